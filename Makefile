@@ -1,0 +1,41 @@
+# ADE: every target installs what it needs first, so a fresh clone needs only `make <target>`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build on these machines; override e.g. TORCH_SPEC='torch==2.5.1' or TORCH_SPEC='torch' on a GPU host.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= train,diffusers,minilm,dev
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | md5sum | cut -c1-8)
+
+DATA ?= data/sample
+OUT ?= checkpoints/card
+SEED ?= 0
+
+.PHONY: install test test-fast lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" -x
+
+lint: install
+	$(PY) -m ruff check ade_runtime ade_train tests
+	$(PY) -m ruff format --check ade_runtime ade_train tests
+
+format: install
+	$(PY) -m ruff format ade_runtime ade_train tests
+	$(PY) -m ruff check --fix ade_runtime ade_train tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
