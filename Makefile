@@ -39,3 +39,9 @@ format: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# ---- data, training, benchmarks (see README) ----
+.PHONY: sample-data train-card train-critique calibrate train bench
+
+sample-data: install
+	@test -f $(DATA)/.complete || $(VENV)/bin/ade-testbed generate --out $(DATA) --seed $(SEED)

@@ -1,0 +1,244 @@
+"""Exact offline replay of policies over logged attempt grids.
+
+The attempts of a trace already exist, so a policy can be replayed without running a
+backbone: the session asks for an attempt, replay looks it up in the record, feeds back
+its calibrated confidence, and charges its logged cost. Calibration chooses thresholds
+this way and ``ade-replay`` compares policies this way. Every figure includes what the
+policy's own checks cost (scoring, critique, previews), as Flash-BoN asks of verifiers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+from ade_runtime.policy.config import PolicyConfig, preset
+from ade_runtime.policy.session import Key, PolicySession
+from ade_runtime.traces.records import Attempt, EditRecord
+
+DEFAULT_PREVIEW_STEP = 4
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Modelled cost of the controller's own work, in GPU-seconds per attempt it looks at."""
+
+    score_s: float = 0.0  # cheap online scores of a finished attempt
+    critique_s: float = 0.0  # critique head on a finished attempt (0 when the calibrator does not use it)
+    preview_s: float = 0.0  # decoding and scoring a one-step preview
+
+
+@dataclass
+class Outcome:
+    """What one policy did on one request."""
+
+    id: str
+    category: str | None
+    chosen: Key | None
+    score: float
+    passed: bool
+    nfe: float
+    seconds: float
+    attempts: int
+    pruned: int
+    stop_reason: str
+    complete: bool = True
+    missing: Key | None = None
+    decisions: list[dict] = field(default_factory=list)
+
+
+class ReplayError(ValueError):
+    """A policy needs something the dataset does not have (judge labels, preview scores, attempts)."""
+
+
+def _snap(levels: list[int], tokens: int) -> int:
+    """The record's reasoning level closest to ``tokens`` (ties: the smaller)."""
+    return min(levels, key=lambda t: (abs(t - tokens), t))
+
+
+def _seconds(a: Attempt) -> float:
+    return float(a.cost.latency_s) if a.cost.latency_s is not None else float("nan")
+
+
+def replay_record(
+    record: EditRecord,
+    config: PolicyConfig,
+    confidence: Mapping[Key, float],
+    *,
+    budget: int | None = None,
+    reasoning_tokens: int | None = None,
+    preview: Mapping[Key, float] | None = None,
+    overhead: Overhead = Overhead(),
+    preview_step: int | None = None,
+) -> Outcome:
+    """Replay ``config`` on one record.
+
+    ``confidence`` maps attempt keys to calibrated P(pass); ``preview`` to the calibrated
+    confidence of their one-step preview (needed when ``config.prune_threshold`` is set).
+    ``budget``/``reasoning_tokens`` come from CARD when ``config.use_card``.
+    """
+    grid = record.attempt_grid()
+    levels = sorted({a.reasoning_tokens for a in record.attempts})
+    if config.use_card:
+        if budget is None:
+            raise ReplayError("this policy uses CARD: pass the request's attempt budget")
+        attempts_budget = budget
+        t = _snap(levels, reasoning_tokens if reasoning_tokens is not None else levels[0])
+    else:
+        attempts_budget = config.default_budget
+        t = levels[0]
+    prune = config.prune_threshold is not None
+    if prune and preview is None:
+        raise ReplayError("pruning needs preview confidences; the dataset has no preview scores")
+    step_of_preview = preview_step or int(record.meta.get("preview_step", DEFAULT_PREVIEW_STEP))
+
+    session = PolicySession(config, attempts_budget, t)
+    nfe = seconds = 0.0
+    missing: Key | None = None
+    while (step := session.next_step()) is not None:
+        a = grid.get(step.key)
+        if a is None:
+            missing = step.key
+            session.abort("missing_attempt")
+            break
+        if prune and step.round == 0:
+            seconds += overhead.preview_s
+            if session.should_prune(preview.get(step.key)):  # type: ignore[union-attr]
+                frac = min(1.0, step_of_preview / a.cost.nfe) if a.cost.nfe else 0.0
+                nfe += min(step_of_preview, a.cost.nfe)
+                seconds += _seconds(a) * frac
+                session.observe(step, None, pruned=True)
+                continue
+        nfe += a.cost.nfe
+        # every finished attempt is scored and critiqued: the calibrated confidence reads both
+        seconds += _seconds(a) + overhead.score_s + overhead.critique_s
+        c = confidence.get(step.key)
+        if config.select == "judge":
+            c = a.judge.score if a.judge is not None else None
+        session.observe(step, c)
+
+    chosen = session.best()
+    if chosen is None:
+        # No usable confidence: fall back to the first finished attempt (documented in the README).
+        finished = [k for k in session.confidences]
+        chosen = finished[0] if finished else None
+    ja = grid[chosen].judge if chosen is not None else None
+    score = float(ja.score) if ja is not None else (0.0 if chosen is None else float("nan"))
+    return Outcome(
+        id=record.id,
+        category=record.category,
+        chosen=chosen,
+        score=score,
+        passed=bool(ja.passed) if ja is not None else False,
+        nfe=nfe,
+        seconds=seconds,
+        attempts=session.attempts_used,
+        pruned=len(session.pruned),
+        stop_reason=session.stop_reason or "done",
+        complete=missing is None,
+        missing=missing,
+        decisions=[d.to_json() for d in session.decisions],
+    )
+
+
+def replay_oracle(record: EditRecord) -> Outcome:
+    """The cheapest attempt that passes, paying for its refinement chain (an upper bound)."""
+    grid = record.attempt_grid()
+    best: tuple[float, float, Key] | None = None
+    for key, a in grid.items():
+        if a.judge is None:
+            continue
+        chain = [grid.get((key[0], r, key[2])) for r in range(key[1] + 1)]
+        if any(x is None for x in chain):
+            continue
+        nfe = float(sum(x.cost.nfe for x in chain))  # type: ignore[union-attr]
+        rank = (0 if a.judge.passed else 1, nfe, -a.judge.score)
+        if best is None or rank < best[0]:
+            best = (rank, nfe, key)  # type: ignore[assignment]
+    if best is None:
+        return Outcome(
+            record.id, record.category, None, 0.0, False, 0.0, 0.0, 0, 0, "unjudged", complete=False
+        )
+    _, nfe, key = best
+    chain = [grid[(key[0], r, key[2])] for r in range(key[1] + 1)]
+    j = grid[key].judge
+    return Outcome(
+        id=record.id,
+        category=record.category,
+        chosen=key,
+        score=float(j.score),  # type: ignore[union-attr]
+        passed=bool(j.passed),  # type: ignore[union-attr]
+        nfe=nfe,
+        seconds=sum(_seconds(x) for x in chain),
+        attempts=len(chain),
+        pruned=0,
+        stop_reason="oracle",
+    )
+
+
+def summarize(outcomes: list[Outcome]) -> dict:
+    """Mean judge score, pass rate, NFE and GPU-seconds per request, overall and per category."""
+
+    def stats(items: list[Outcome]) -> dict:
+        n = len(items)
+        if n == 0:
+            return {"n": 0}
+        secs = [o.seconds for o in items]
+        return {
+            "n": n,
+            "mean_score": sum(o.score for o in items) / n,
+            "pass_rate": sum(o.passed for o in items) / n,
+            "nfe_per_request": sum(o.nfe for o in items) / n,
+            "gpu_seconds_per_request": (sum(secs) / n) if all(math.isfinite(s) for s in secs) else None,
+            "attempts_per_request": sum(o.attempts for o in items) / n,
+            "incomplete": sum(not o.complete for o in items),
+        }
+
+    out = stats(outcomes)
+    cats = sorted({o.category or "uncategorised" for o in outcomes})
+    out["by_category"] = {
+        c: stats([o for o in outcomes if (o.category or "uncategorised") == c]) for c in cats
+    }
+    return out
+
+
+SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float] | None]]
+CardFn = Callable[[EditRecord], tuple[int, int]]
+
+
+def replay_policy(
+    records: Iterable[EditRecord],
+    name: str,
+    base: PolicyConfig,
+    signals: SignalFn,
+    card: CardFn | None = None,
+    overhead: Overhead = Overhead(),
+) -> list[Outcome]:
+    """Replay the named policy over records. ``signals(rec) -> (confidence, preview)``, ``card(rec) -> (budget, tokens)``."""
+    if name == "oracle":
+        return [replay_oracle(r) for r in records]
+    config = preset(name, base)
+    if config.use_card and card is None:
+        raise ReplayError(f"policy {name!r} uses CARD: pass a CARD predictor (budget per request)")
+    outcomes = []
+    for rec in records:
+        if not any(a.judge is not None for a in rec.attempts):
+            raise ReplayError(
+                f"record {rec.id!r} has no judge labels; replay needs judged traces (see ade-judge)"
+            )
+        conf, prev = signals(rec)
+        budget, tokens = card(rec) if (config.use_card and card is not None) else (None, None)
+        outcomes.append(
+            replay_record(
+                rec, config, conf, budget=budget, reasoning_tokens=tokens, preview=prev, overhead=overhead
+            )
+        )
+    return outcomes
+
+
+def outcome_dict(o: Outcome) -> dict:
+    d = asdict(o)
+    d["chosen"] = list(o.chosen) if o.chosen is not None else None
+    d["missing"] = list(o.missing) if o.missing is not None else None
+    return d

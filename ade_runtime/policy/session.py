@@ -1,0 +1,174 @@
+"""The adaptive policy as a small state machine, shared by the live loop and by replay.
+
+One ``PolicySession`` per request: ``next_step()`` says which attempt to run (candidate,
+round, reasoning budget, and whether it refines the previous round), ``observe()`` takes
+the calibrated confidence of what was run (or that it was pruned at its preview), and
+``best()`` names the answer. Every decision is kept with its reason, so a request's trace
+explains what was spent and why (ADE-CoT's adaptive stopping; PhysEdit's CARD budget).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ade_runtime.policy.config import PolicyConfig
+
+Key = tuple[int, int, int]  # (candidate, round, reasoning_tokens), as in the trace format
+
+
+@dataclass(frozen=True)
+class Step:
+    """The next attempt to run. ``refines`` is the key of the attempt a refinement round starts from."""
+
+    candidate: int
+    round: int
+    reasoning_tokens: int
+    refines: Key | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.candidate, self.round, self.reasoning_tokens)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision of the policy, in the order taken; written to the trace's ``meta.ade``."""
+
+    action: str  # "run", "prune", "accept", "refine", "new_candidate", "stop"
+    key: Key | None
+    reason: str
+    confidence: float | None = None
+
+    def to_json(self) -> dict:
+        out = {"action": self.action, "reason": self.reason}
+        if self.key is not None:
+            out["key"] = list(self.key)
+        if self.confidence is not None and math.isfinite(self.confidence):
+            out["confidence"] = round(float(self.confidence), 6)
+        return out
+
+
+def usable(confidence: float | None) -> bool:
+    """NaN, infinite or missing confidences never select or stop anything."""
+    return confidence is not None and math.isfinite(confidence)
+
+
+@dataclass
+class PolicySession:
+    """Decisions for one request under ``config`` with an attempt ``budget`` and reasoning budget."""
+
+    config: PolicyConfig
+    budget: int
+    reasoning_tokens: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    confidences: dict[Key, float | None] = field(default_factory=dict)
+    pruned: list[Key] = field(default_factory=list)
+    stop_reason: str | None = None
+    _candidate: int = 0
+    _round: int = 0
+    _used: int = 0
+    _pending: Step | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"attempt budget must be >= 1, got {self.budget}")
+
+    @property
+    def attempts_used(self) -> int:
+        return self._used
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.decisions.append(Decision("stop", None, reason))
+
+    def abort(self, reason: str) -> None:
+        """Stop with the pending step unrun (the backbone or the dataset could not provide it)."""
+        self._pending = None
+        self.stop(reason)
+
+    def next_step(self) -> Step | None:
+        """The attempt to run next, or None when the request is finished."""
+        if self._pending is not None:
+            return self._pending
+        if self.done:
+            return None
+        if self._used >= self.budget:
+            self.stop("budget")
+            return None
+        if self._candidate >= self.config.max_candidates:
+            self.stop("max_candidates")
+            return None
+        refines = None
+        if self._round > 0:
+            refines = (self._candidate, self._round - 1, self.reasoning_tokens)
+        step = Step(self._candidate, self._round, self.reasoning_tokens, refines)
+        self._pending = step
+        self.decisions.append(Decision("run", step.key, "refine" if refines else "sample"))
+        return step
+
+    def observe(
+        self, step: Step, confidence: float | None, *, pruned: bool = False, failed: bool = False
+    ) -> None:
+        """Record what ``step`` produced and decide what comes next."""
+        if self._pending is None or step.key != self._pending.key:
+            raise RuntimeError(f"observe() got {step.key}, expected the pending step {self._pending}")
+        self._pending = None
+        cfg = self.config
+        # A pruned candidate spent only its preview: it does not use up an attempt of the budget
+        # (max_candidates still bounds how many are tried).
+        if not pruned:
+            self._used += 1
+        if pruned or failed:
+            if pruned:
+                self.pruned.append(step.key)
+            self.decisions.append(
+                Decision(
+                    "prune" if pruned else "new_candidate",
+                    step.key,
+                    "preview" if pruned else "backbone_failed",
+                )
+            )
+            self._next_candidate()
+            return
+        self.confidences[step.key] = confidence if usable(confidence) else None
+        c = confidence if usable(confidence) else None
+        if cfg.early_stop and c is not None and c >= cfg.tau_high:
+            self.decisions.append(Decision("accept", step.key, "confidence>=tau_high", c))
+            self.stop("confident")
+            return
+        last_round = self._round + 1 >= cfg.s_max
+        if cfg.fixed_rounds and not last_round:
+            self.decisions.append(Decision("refine", step.key, "fixed_rounds", c))
+            self._round += 1
+        elif cfg.refine and not last_round and c is not None and c >= cfg.tau_low:
+            self.decisions.append(Decision("refine", step.key, "tau_low<=confidence<tau_high", c))
+            self._round += 1
+        else:
+            reason = "s_max" if last_round else ("confidence<tau_low" if cfg.refine else "no_refinement")
+            self.decisions.append(Decision("new_candidate", step.key, reason, c))
+            self._next_candidate()
+
+    def should_prune(self, preview_confidence: float | None) -> bool:
+        """Whether a candidate whose one-step preview scored ``preview_confidence`` is dropped."""
+        thr = self.config.prune_threshold
+        if thr is None or not usable(preview_confidence):
+            return False
+        return preview_confidence < thr  # type: ignore[operator]
+
+    def best(self) -> Key | None:
+        """The attempt with the highest usable confidence (ties: the earliest); None if none is usable."""
+        best_key, best_c = None, -math.inf
+        for key, c in self.confidences.items():
+            if c is not None and c > best_c:
+                best_key, best_c = key, c
+        return best_key
+
+    def _next_candidate(self) -> None:
+        self._candidate += 1
+        self._round = 0

@@ -1,0 +1,34 @@
+"""ADE's predictors as plain torch modules, loadable from an export directory.
+
+- ``card``: CARD, the complexity-adaptive budget (attempts and reasoning tokens) per request.
+- ``critique``: the DINOv2 critique head (pass probability, flaw map, feedback text, region).
+- ``calibration``: calibrated confidence P(pass) from online signals, and the policy thresholds.
+
+Names are imported lazily so that ``import ade_runtime.predictors`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CardPredictor": "card",
+    "CardConfig": "card",
+    "BudgetPrediction": "card",
+    "CritiquePredictor": "critique",
+    "CritiqueConfig": "critique",
+    "Critique": "critique",
+    "Calibrator": "calibration",
+    "CalibrationConfig": "calibration",
+    "RequestFeaturizer": "features",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
