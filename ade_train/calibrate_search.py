@@ -1,0 +1,232 @@
+"""Threshold search: choose tau_high, tau_low, S_max, the CARD quantile (and the pruning threshold)
+by replaying the adaptive policy over the calibration split.
+
+Every candidate ``PolicyConfig`` of a grid is replayed exactly with ``ade_runtime.policy.replay_policy``
+(the same session the live loop runs), charging the logged backbone cost plus what scoring, the
+critique and previews cost (``Overhead``, as Flash-BoN asks of verifiers). The chosen candidate is the
+cheapest one whose mean judge score reaches ``target_fraction`` x the mean judge score of Best-of-8
+with the same selector (the calibrated confidence); like MAPIE's risk controllers it exposes the
+chosen value *and* every candidate considered. The guarantee is empirical on n requests: the report
+gives the paired standard-error margin and a Hoeffding margin, and warns when n cannot support it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ade_runtime.policy import Outcome, Overhead, PolicyConfig, replay_policy, summarize
+from ade_runtime.traces.records import EditRecord
+
+Key = tuple[int, int, int]
+SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float] | None]]
+CardFn = Callable[[EditRecord], tuple[int, int]]
+# CARD's prediction for a record: anything with .quantile(q) -> attempts and .reasoning_tokens
+CardPredictFn = Callable[[EditRecord], Any]
+SEARCHED = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold")
+
+
+@dataclass
+class SearchGrid:
+    """Values tried for each threshold (the product of the lists, minus tau_low > tau_high)."""
+
+    tau_high: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    tau_low: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3)
+    s_max: Sequence[int] = (1, 2, 3)
+    card_quantile: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+    prune_threshold: Sequence[float | None] = (None, 0.05, 0.1, 0.2)
+
+    def __post_init__(self) -> None:
+        for name in SEARCHED:
+            values = list(getattr(self, name))
+            if not values:
+                raise ValueError(f"SearchGrid.{name} is empty; give at least one value to try")
+            setattr(self, name, values)
+        for name in ("tau_high", "tau_low", "card_quantile"):
+            bad = [v for v in getattr(self, name) if not (0.0 <= float(v) <= 1.0)]
+            if bad:
+                raise ValueError(f"SearchGrid.{name} has values outside [0, 1]: {bad}")
+        if any(q <= 0.0 for q in self.card_quantile):
+            raise ValueError("SearchGrid.card_quantile values must be > 0")
+        if any(int(s) < 1 for s in self.s_max):
+            raise ValueError(f"SearchGrid.s_max values must be >= 1, got {list(self.s_max)}")
+
+    def configs(self, base: PolicyConfig, *, use_card: bool, use_prune: bool) -> list[PolicyConfig]:
+        """Every valid candidate; axes that do not apply (no CARD, no previews) keep base's value."""
+        quantiles = self.card_quantile if use_card else [base.card_quantile]
+        prunes = self.prune_threshold if use_prune else [None]
+        out = []
+        for th, tl, s, q, pr in itertools.product(self.tau_high, self.tau_low, self.s_max, quantiles, prunes):
+            if tl > th:
+                continue
+            out.append(
+                replace(
+                    base,
+                    tau_high=float(th),
+                    tau_low=float(tl),
+                    s_max=int(s),
+                    card_quantile=float(q),
+                    prune_threshold=None if pr is None else float(pr),
+                    use_card=use_card,
+                )
+            )
+        return out
+
+
+@dataclass
+class SearchResult:
+    """The chosen policy, the reference it had to match, and every candidate with compute and quality."""
+
+    chosen: PolicyConfig
+    feasible: bool
+    target_score: float
+    reference: dict[str, Any]
+    compute_key: str
+    candidates: list[dict[str, Any]]
+    guarantee: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def table_csv(self) -> str:
+        """The candidates table as CSV text (one row per candidate, the chosen one flagged)."""
+        cols = [*SEARCHED, "mean_score", "pass_rate", "compute", "nfe_per_request"]
+        cols += ["gpu_seconds_per_request", "attempts_per_request", "feasible", "chosen"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.candidates:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+        return buf.getvalue()
+
+
+def compute_of(summary: Mapping[str, Any], key: str) -> float:
+    v = summary.get(key)
+    return float("nan") if v is None else float(v)
+
+
+def guarantee_margins(ours: Sequence[Outcome], reference: Sequence[Outcome], target_fraction: float) -> dict:
+    """How well n requests support "mean score >= target_fraction x reference" for the chosen policy.
+
+    Paired differences d_i = score_i - target_fraction * ref_i; the slack is mean(d). Margins at 95%
+    one-sided: normal (1.645 sd / sqrt n) and Hoeffding (d in [-1, 1]: sqrt(2 ln(1/0.05) / n)).
+    """
+    ref = {o.id: o.score for o in reference}
+    d = np.array([o.score - target_fraction * ref[o.id] for o in ours if o.id in ref], dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "slack": float("nan"), "se_margin": float("inf"), "hoeffding_margin": float("inf")}
+    sd = float(d.std(ddof=1)) if n > 1 else float("inf")
+    return {
+        "n": n,
+        "slack": float(d.mean()),
+        "se_margin": 1.645 * sd / math.sqrt(n),
+        "hoeffding_margin": math.sqrt(2.0 * math.log(1.0 / 0.05) / n),
+    }
+
+
+def search_thresholds(
+    records: Sequence[EditRecord],
+    signals: SignalFn,
+    *,
+    base: PolicyConfig,
+    grid: SearchGrid,
+    card: CardPredictFn | None,
+    overhead: Overhead,
+    compute_key: str,
+    target_fraction: float = 1.0,
+    reference_policy: str = "best_of_8",
+    use_prune: bool = False,
+    min_requests: int = 100,
+) -> SearchResult:
+    """Replay every candidate of ``grid`` and choose the cheapest meeting the quality target.
+
+    ``card(rec)`` returns CARD's prediction for a record (``BudgetPrediction``), computed once and
+    read at each candidate's quantile. ``compute_key`` is ``"gpu_seconds_per_request"`` or ``"nfe_per_request"`` (see ``summarize``).
+    Without a feasible candidate the one with the highest mean score is returned, ``feasible=False``.
+    """
+    if not records:
+        raise ValueError("search_thresholds: the calibration split has no records")
+    if not 0.0 < target_fraction <= 1.5:
+        raise ValueError(f"target_fraction must be in (0, 1.5], got {target_fraction}")
+    # signals are computed once per record: every candidate replays the same confidences
+    cache = {rec.id: signals(rec) for rec in records}
+    cards = {rec.id: card(rec) for rec in records} if card is not None else {}
+
+    def cached_signals(rec: EditRecord):
+        return cache[rec.id]
+
+    def cached_card(rec: EditRecord):
+        return cards[rec.id]
+
+    ref_out = replay_policy(records, reference_policy, base, cached_signals, None, overhead)
+    ref_sum = summarize(ref_out)
+    target = target_fraction * ref_sum["mean_score"]
+    reference = {"policy": reference_policy, **{k: v for k, v in ref_sum.items() if k != "by_category"}}
+
+    rows: list[dict[str, Any]] = []
+    outcomes: list[list[Outcome]] = []
+    configs = grid.configs(base, use_card=card is not None, use_prune=use_prune)
+    for cfg in configs:
+        # a card quantile is baked into the per-record budget: recompute the budget for this q
+        card_q = _card_at(cards, cfg.card_quantile) if card is not None else None
+        outs = replay_policy(records, "ade", cfg, cached_signals, card_q, overhead)
+        s = summarize(outs)
+        row = {k: getattr(cfg, k) for k in SEARCHED}
+        row.update({k: v for k, v in s.items() if k != "by_category"})
+        row["compute"] = compute_of(s, compute_key)
+        row["feasible"] = bool(s["mean_score"] >= target - 1e-12)
+        row["chosen"] = False
+        rows.append(row)
+        outcomes.append(outs)
+    feasible = [i for i, r in enumerate(rows) if r["feasible"]]
+    if feasible:
+        best = min(feasible, key=lambda i: (rows[i]["compute"], -rows[i]["mean_score"], i))
+    else:
+        best = max(range(len(rows)), key=lambda i: (rows[i]["mean_score"], -rows[i]["compute"], -i))
+    rows[best]["chosen"] = True
+    guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction)
+    warnings = []
+    n = len(records)
+    if not feasible:
+        warnings.append(
+            f"no candidate reaches {target_fraction:g} x {reference_policy} mean score ({target:.4f}) on the "
+            f"{n} calibration requests; chose the highest-scoring one ({rows[best]['mean_score']:.4f}); "
+            "widen the grid or lower --target-fraction"
+        )
+    if n < min_requests:
+        warnings.append(
+            f"calibration split has n={n} requests (< {min_requests}): the quality constraint holds on these "
+            f"requests only; at 95% the mean score is known to +-{guarantee['se_margin']:.3f} (normal) / "
+            f"+-{guarantee['hoeffding_margin']:.3f} (Hoeffding), slack {guarantee['slack']:.3f}"
+        )
+    elif feasible and guarantee["slack"] < guarantee["se_margin"]:
+        warnings.append(
+            f"the chosen policy meets the target with slack {guarantee['slack']:.4f}, below the 95% margin "
+            f"{guarantee['se_margin']:.4f} for n={n}: the guarantee is not supported beyond these requests"
+        )
+    return SearchResult(
+        chosen=configs[best],
+        feasible=bool(feasible),
+        target_score=target,
+        reference=reference,
+        compute_key=compute_key,
+        candidates=rows,
+        guarantee=guarantee,
+        warnings=warnings,
+    )
+
+
+def _card_at(cards: Mapping[str, Any], q: float) -> CardFn:
+    """A CardFn answering from precomputed predictions at quantile ``q``."""
+
+    def fn(rec: EditRecord) -> tuple[int, int]:
+        pred = cards[rec.id]
+        return int(pred.quantile(q)), int(pred.reasoning_tokens)
+
+    return fn
