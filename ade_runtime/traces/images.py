@@ -1,0 +1,152 @@
+"""Image path safety and image checks for trace datasets (``shared/spec/trace-format-v1.md``, Layout).
+
+A record names images by paths relative to its shard's directory. Before anyone opens
+such a path it must stay inside the dataset root: no absolute paths, no ``..`` climbing
+out, no symlink resolving outside. Then, depending on the mode, the file is checked:
+
+- ``"none"``: only the lexical checks above (no filesystem access at all);
+- ``"header"``: the file exists, is a regular file and PIL reads a PNG/JPEG/WebP header
+  (``Image.open`` parses the header without decoding pixels) of at most ``max_pixels``;
+- ``"decode"``: ``"header"`` plus a full pixel decode.
+
+Results are cached per normalised absolute path for the lifetime of the checker, so a
+dataset whose records share images checks each file once. Decompression bombs (a tiny
+file declaring huge dimensions) are refused from the header, before any pixel is decoded;
+this follows PIL's own guard (``PIL/Image.py: _decompression_bomb_check``) with a lower cap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+IMAGE_MODES = ("none", "header", "decode")
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+DEFAULT_MAX_PIXELS = 64_000_000
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def lexical_problem(rel: object) -> tuple[str, str] | None:
+    """(reason, detail) when ``rel`` is not a usable relative path string, else None (no filesystem)."""
+    if not isinstance(rel, str):
+        return "wrong_type", f"must be a relative path string, got {type(rel).__name__}"
+    if not rel:
+        return "bad_path", "is an empty path; name the image file relative to the shard's directory"
+    if "\x00" in rel:
+        return "bad_path", "contains a NUL character; write a plain relative path"
+    # Windows drive letters and UNC/backslash roots are absolute on the machine that wrote them.
+    if rel.startswith(("/", "\\")) or _DRIVE.match(rel):
+        return "absolute_path", f"is absolute ({rel!r}); write it relative to the shard's directory"
+    return None
+
+
+class ImageChecker:
+    """Checks image paths named by records against one dataset root, with a per-path cache."""
+
+    def __init__(
+        self, dataset_root: str | os.PathLike, mode: str = "header", max_pixels: int = DEFAULT_MAX_PIXELS
+    ):
+        if mode not in IMAGE_MODES:
+            raise ValueError(f"images={mode!r} is not one of {IMAGE_MODES}")
+        if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels <= 0:
+            raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        self.mode = mode
+        self.max_pixels = max_pixels
+        self.root = os.path.normpath(os.path.abspath(dataset_root))
+        self._real_root = os.path.realpath(self.root)
+        self._cache: dict[str, tuple[str, str] | None] = {}
+
+    def check(self, base_dir: str | os.PathLike, rel: object) -> tuple[str, str] | None:
+        """(reason, detail) for the image ``rel`` named from ``base_dir``, or None when it is fine.
+
+        ``detail`` completes a sentence that starts with the field name, e.g.
+        ``"source_image " + detail``.
+        """
+        problem = lexical_problem(rel)
+        if problem is not None:
+            return problem
+        assert isinstance(rel, str)
+        full = os.path.abspath(os.path.join(os.fspath(base_dir), rel))  # abspath also normalises
+        cached = self._cache.get(full, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        result = self._check_full(full, rel)
+        self._cache[full] = result
+        return result
+
+    def forget(self, path: str | os.PathLike) -> None:
+        """Drop a cached result (a writer calls this after replacing an image file)."""
+        self._cache.pop(os.path.normpath(os.path.abspath(path)), None)
+
+    def _check_full(self, full: str, rel: str) -> tuple[str, str] | None:
+        if not _inside(full, self.root):
+            return "path_escape", f"({rel!r}) leaves the dataset directory; keep images inside it"
+        if self.mode == "none":
+            return None
+        real = os.path.realpath(full)
+        if not _inside(real, self._real_root):
+            return "path_escape", f"({rel!r}) is a symlink resolving outside the dataset directory"
+        if not os.path.exists(real):
+            return "missing_image", f"({rel!r}) does not exist; write the image or fix the path"
+        if not os.path.isfile(real):
+            return "unreadable_image", f"({rel!r}) is not a regular file"
+        return check_image_file(real, decode=self.mode == "decode", max_pixels=self.max_pixels, label=rel)
+
+
+def check_image_file(
+    path: str | os.PathLike, *, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None
+) -> tuple[str, str] | None:
+    """Open an image file's header (and decode it when asked); (reason, detail) or None."""
+    label = label if label is not None else os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (and above 2x its cap raises) on huge images; our own cap below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format
+                width, height = im.size
+                if fmt not in ALLOWED_FORMATS:
+                    return (
+                        "unsupported_image_format",
+                        f"({label!r}) is {fmt}; only PNG, JPEG and WebP are accepted, convert it",
+                    )
+                if width * height > max_pixels:
+                    return (
+                        "image_too_large",
+                        f"({label!r}) declares {width}x{height} = {width * height} pixels, over the cap of "
+                        f"{max_pixels} (decompression-bomb guard); store a smaller image",
+                    )
+                if decode:
+                    im.load()
+    except Image.DecompressionBombError as exc:
+        return "image_too_large", f"({label!r}) is refused as a decompression bomb: {exc}"
+    except Image.UnidentifiedImageError:
+        return "corrupt_image", f"({label!r}) is not a readable PNG/JPEG/WebP image; rewrite the file"
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        # PIL signals truncated/corrupt data with several exception types depending on the plugin.
+        return (
+            "corrupt_image",
+            f"({label!r}) cannot be {'decoded' if decode else 'read'}: {exc}; rewrite the file",
+        )
+    return None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def safe_join(root: str | os.PathLike, rel: str) -> Path:
+    """Absolute path of ``rel`` under ``root``; ValueError when it is absolute or climbs out of ``root``."""
+    problem = lexical_problem(rel)
+    if problem is not None:
+        raise ValueError(f"image path {rel!r} {problem[1]}")
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(base, rel))
+    if not _inside(full, base) or full == base:
+        raise ValueError(f"image path {rel!r} leaves the dataset directory {base}; keep images inside it")
+    return Path(full)

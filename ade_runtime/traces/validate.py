@@ -1,0 +1,402 @@
+"""Validation of one parsed trace record against edit-trace format v1 (``shared/spec/trace-format-v1.md``).
+
+``validate_record(obj)`` returns the list of problems of a parsed JSON object (empty when
+valid); ``parse_record(obj)`` returns an ``EditRecord`` or that list. Every problem carries
+a short stable ``reason`` code (counted by ``ade-traces validate``), the ``field`` path
+(``"attempts[3].cost.nfe"``) and a ``message`` naming the field and the fix.
+
+The rules are exactly the spec's; unknown extra fields are accepted (and kept) but must
+not hold NaN/Infinity either, so every valid record can be written back with
+``allow_nan=False``. Integers written as integral floats (``28.0``) are accepted as JSON
+Schema's ``integer`` does; booleans are never numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .images import ImageChecker, lexical_problem
+from .records import ATTEMPT_FIELDS, FORMAT, RECORD_FIELDS, EditRecord
+
+MAX_PROBLEMS = 20
+
+#: Every reject reason code, with what it means (the docs table and the CLI use this).
+REASONS: dict[str, str] = {
+    "empty_line": "a blank line (only whitespace); blank lines are not records, remove them",
+    "invalid_utf8": "the line is not valid UTF-8",
+    "invalid_json": "the line is not one JSON value",
+    "truncated_line": "the last line has no newline and does not parse (a writer stopped mid-record)",
+    "line_too_long": "the line exceeds the reader's line cap (16 MiB by default)",
+    "truncated_gzip": "a .jsonl.gz shard ends before its end-of-stream marker (lines before it are kept)",
+    "corrupt_shard": "a shard cannot be read further (bad gzip data, I/O error)",
+    "not_an_object": "the line is JSON but not an object",
+    "duplicate_key": "an object names the same key twice",
+    "missing_field": "a required field is absent",
+    "wrong_type": "a field has the wrong JSON type (booleans are not numbers)",
+    "wrong_format": 'format is not exactly "ade-trace/1"',
+    "empty_string": "id/backbone empty, or instruction empty after trimming",
+    "invalid_unicode": "a string holds a lone surrogate and cannot be written as UTF-8",
+    "nan": "a number is NaN",
+    "infinity": "a number is +/-Infinity (or overflows a double)",
+    "out_of_range": "a number is outside its range (negative count/cost, score or box outside [0, 1])",
+    "bad_box": "a flaw box is not [x0, y0, x1, y1] with x0 < x1 and y0 < y1",
+    "empty_attempts": "attempts is an empty array",
+    "duplicate_attempt": "two attempts share (candidate, round, reasoning_tokens)",
+    "missing_parent_round": "round r > 0 without round r-1 of the same candidate and reasoning budget",
+    "duplicate_id": "the id was already used by a valid record earlier in the dataset",
+    "bad_path": "an image path is empty or contains NUL",
+    "absolute_path": "an image path is absolute",
+    "path_escape": "an image path leaves the dataset directory ('..' or a symlink pointing outside)",
+    "missing_image": "an image file does not exist",
+    "unreadable_image": "an image path is not a regular file",
+    "unsupported_image_format": "an image is not PNG, JPEG or WebP",
+    "image_too_large": "an image declares more pixels than the cap (decompression-bomb guard)",
+    "corrupt_image": "an image cannot be opened or decoded",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: stable ``reason`` code, ``field`` path (None for the whole line), human ``message``."""
+
+    reason: str
+    field: str | None
+    message: str
+
+
+class _TooMany(Exception):
+    """Stop collecting once MAX_PROBLEMS are found (a record with 10^5 bad attempts)."""
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, reason: str, field: str | None, message: str) -> None:
+        self.problems.append(Problem(reason, field, message))
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise _TooMany
+
+    # -- typed field checks; each returns the value when it is valid, else None --------------------
+
+    def int_ge0(self, obj: dict, key: str, path: str, what: str) -> int | None:
+        field = f"{path}.{key}" if path else key
+        if key not in obj:
+            self.add("missing_field", field, f"{field} is missing; write {what} as an integer >= 0")
+            return None
+        v = obj[key]
+        if type(v) is float and math.isfinite(v) and v.is_integer():
+            v = int(v)
+        if type(v) is not int:
+            self.number_problem(v, field, f"an integer >= 0 ({what})")
+            return None
+        if v < 0:
+            self.add("out_of_range", field, f"{field} must be >= 0 ({what}), got {v}")
+            return None
+        return v
+
+    def number(self, v: Any, field: str, lo: float | None, hi: float | None, what: str) -> float | None:
+        if type(v) not in (int, float):
+            self.number_problem(v, field, f"a finite number ({what})")
+            return None
+        if type(v) is float and not math.isfinite(v):
+            self.number_problem(v, field, f"a finite number ({what})")
+            return None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            self.add("out_of_range", field, f"{field} must be {rng} ({what}), got {v!r}")
+            return None
+        return float(v)
+
+    def number_problem(self, v: Any, field: str, expected: str) -> None:
+        if type(v) is float and math.isnan(v):
+            self.add("nan", field, f"{field} is NaN; write {expected} (NaN is not allowed in traces)")
+        elif type(v) is float and math.isinf(v):
+            self.add("infinity", field, f"{field} is {v}; write {expected} (Infinity is not allowed)")
+        else:
+            self.add("wrong_type", field, f"{field} must be {expected}, got {_show(v)}")
+
+    def string(
+        self, obj: dict, key: str, path: str, *, required: bool, non_empty: bool, strip: bool = False
+    ) -> Any:
+        field = f"{path}.{key}" if path else key
+        if key not in obj:
+            if required:
+                self.add("missing_field", field, f"{field} is missing; it is a required string")
+            return None
+        v = obj[key]
+        if not isinstance(v, str):
+            self.add("wrong_type", field, f"{field} must be a string, got {_show(v)}")
+            return None
+        if non_empty and not (v.strip() if strip else v):
+            self.add("empty_string", field, f"{field} must be non-empty{' after trimming' if strip else ''}")
+            return None
+        self.unicode(v, field)
+        return v
+
+    def unicode(self, v: str, field: str) -> None:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            self.add("invalid_unicode", field, f"{field} holds a lone surrogate; write valid Unicode text")
+
+    def free_form(self, value: Any, field: str) -> None:
+        """Non-finite numbers and lone surrogates anywhere inside free-form data (meta, extra fields)."""
+        stack = [(value, field)]  # iterative: data nested near the parser's limit must not overflow
+        while stack:
+            v, f = stack.pop()
+            t = type(v)
+            if t is float and not math.isfinite(v):
+                self.number_problem(v, f, "a finite number")
+            elif t is str:
+                self.unicode(v, f)
+            elif t is dict:
+                for k, x in v.items():
+                    stack.append((x, f"{f}.{k}" if f else str(k)))
+            elif t is list:
+                stack.extend((x, f"{f}[{i}]") for i, x in enumerate(v))
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if v is None:
+        return "null"
+    text = repr(v)
+    return f"{type(v).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _image(
+    c: _Collector, v: Any, field: str, base_dir: str | os.PathLike | None, checker: ImageChecker | None
+) -> None:
+    problem = (
+        checker.check(base_dir, v) if (checker is not None and base_dir is not None) else lexical_problem(v)
+    )
+    if problem is not None:
+        c.add(problem[0], field, f"{field} {problem[1]}")
+
+
+def _judge(c: _Collector, j: Any, p: str) -> None:
+    if not isinstance(j, dict):
+        c.add("wrong_type", p, f"{p} must be null or an object with score, pass, flaws; got {_show(j)}")
+        return
+    if "score" not in j:
+        c.add("missing_field", f"{p}.score", f"{p}.score is missing; write the judge score in [0, 1]")
+    else:
+        c.number(j["score"], f"{p}.score", 0.0, 1.0, "judge score")
+    if "pass" not in j:
+        c.add("missing_field", f"{p}.pass", f"{p}.pass is missing; write true or false")
+    elif type(j["pass"]) is not bool:
+        c.add("wrong_type", f"{p}.pass", f"{p}.pass must be true or false, got {_show(j['pass'])}")
+    if "flaws" not in j:
+        c.add("missing_field", f"{p}.flaws", f"{p}.flaws is missing; write [] when there are none")
+    elif not isinstance(j["flaws"], list):
+        c.add("wrong_type", f"{p}.flaws", f"{p}.flaws must be an array, got {_show(j['flaws'])}")
+    else:
+        for k, flaw in enumerate(j["flaws"]):
+            _flaw(c, flaw, f"{p}.flaws[{k}]")
+    c.free_form({k: v for k, v in j.items() if k not in ("score", "pass", "flaws")}, p)
+
+
+def _flaw(c: _Collector, flaw: Any, p: str) -> None:
+    if not isinstance(flaw, dict):
+        c.add("wrong_type", p, f"{p} must be an object {{kind, box}}, got {_show(flaw)}")
+        return
+    c.string(flaw, "kind", p, required=True, non_empty=False)
+    if "box" not in flaw:
+        c.add("missing_field", f"{p}.box", f"{p}.box is missing; write [x0, y0, x1, y1] normalised to [0, 1]")
+        return
+    box = flaw["box"]
+    if not isinstance(box, list) or len(box) != 4:
+        c.add(
+            "bad_box", f"{p}.box", f"{p}.box must be an array [x0, y0, x1, y1] of 4 numbers, got {_show(box)}"
+        )
+        return
+    vals = [c.number(v, f"{p}.box[{i}]", 0.0, 1.0, "normalised coordinate") for i, v in enumerate(box)]
+    if None in vals:
+        return
+    x0, y0, x1, y1 = vals
+    if not (x0 < x1 and y0 < y1):  # type: ignore[operator]
+        c.add("bad_box", f"{p}.box", f"{p}.box must have x0 < x1 and y0 < y1 (origin top-left), got {box}")
+    c.free_form({k: v for k, v in flaw.items() if k not in ("kind", "box")}, p)
+
+
+def _attempt(
+    c: _Collector, a: Any, p: str, base_dir: Any, checker: ImageChecker | None
+) -> tuple[int, int, int] | None:
+    if not isinstance(a, dict):
+        c.add("wrong_type", p, f"{p} must be an object, got {_show(a)}")
+        return None
+    cand = c.int_ge0(a, "candidate", p, "independent sample index")
+    rnd = c.int_ge0(a, "round", p, "refinement depth")
+    tok = c.int_ge0(a, "reasoning_tokens", p, "thinking budget, 0 = none")
+    c.string(a, "prompt", p, required=True, non_empty=False)
+    if "image" not in a:
+        c.add("missing_field", f"{p}.image", f"{p}.image is missing; write the output path or null")
+    elif a["image"] is not None:
+        _image(c, a["image"], f"{p}.image", base_dir, checker)
+    cost = a.get("cost")
+    if "cost" not in a:
+        c.add("missing_field", f"{p}.cost", f'{p}.cost is missing; write {{"nfe": <int>}}')
+    elif not isinstance(cost, dict):
+        c.add(
+            "wrong_type",
+            f"{p}.cost",
+            f"{p}.cost must be an object with nfe (and latency_s), got {_show(cost)}",
+        )
+    else:
+        c.int_ge0(cost, "nfe", f"{p}.cost", "backbone function evaluations")
+        if cost.get("latency_s") is not None:
+            c.number(cost["latency_s"], f"{p}.cost.latency_s", 0.0, None, "seconds")
+        c.free_form({k: v for k, v in cost.items() if k not in ("nfe", "latency_s")}, f"{p}.cost")
+    if "scores" not in a:
+        c.add("missing_field", f"{p}.scores", f"{p}.scores is missing; write {{}} when there are none")
+    elif not isinstance(a["scores"], dict):
+        c.add(
+            "wrong_type",
+            f"{p}.scores",
+            f"{p}.scores must be an object name -> number, got {_show(a['scores'])}",
+        )
+    else:
+        for name, v in a["scores"].items():
+            c.number(v, f"{p}.scores.{name}", None, None, "score")
+    if "judge" not in a:
+        c.add("missing_field", f"{p}.judge", f"{p}.judge is missing; write null when not judged")
+    elif a["judge"] is not None:
+        _judge(c, a["judge"], f"{p}.judge")
+    c.free_form({k: v for k, v in a.items() if k not in ATTEMPT_FIELDS}, p)
+    if cand is None or rnd is None or tok is None:
+        return None
+    return cand, rnd, tok
+
+
+def _record(c: _Collector, obj: Any, base_dir: Any, checker: ImageChecker | None) -> None:
+    if not isinstance(obj, dict):
+        c.add("not_an_object", None, f"the line must be a JSON object (one edit request), got {_show(obj)}")
+        return
+    if "format" not in obj:
+        c.add("missing_field", "format", f'format is missing; write "format": "{FORMAT}"')
+    elif obj["format"] != FORMAT:
+        c.add("wrong_format", "format", f"format must be exactly {FORMAT!r}, got {_show(obj['format'])}")
+    c.string(obj, "id", "", required=True, non_empty=True)
+    c.string(obj, "instruction", "", required=True, non_empty=True, strip=True)
+    if "source_image" not in obj:
+        c.add(
+            "missing_field", "source_image", "source_image is missing; write the source image's relative path"
+        )
+    else:
+        _image(c, obj["source_image"], "source_image", base_dir, checker)
+    c.string(obj, "backbone", "", required=True, non_empty=True)
+    if obj.get("category") is not None:
+        c.string(obj, "category", "", required=False, non_empty=False)
+    if "meta" in obj:
+        if not isinstance(obj["meta"], dict):
+            c.add(
+                "wrong_type",
+                "meta",
+                f"meta must be an object (omit it or write {{}}), got {_show(obj['meta'])}",
+            )
+        else:
+            c.free_form(obj["meta"], "meta")
+    c.free_form({k: v for k, v in obj.items() if k not in RECORD_FIELDS}, "")
+    if "attempts" not in obj:
+        c.add("missing_field", "attempts", "attempts is missing; write at least one attempt")
+        return
+    attempts = obj["attempts"]
+    if not isinstance(attempts, list):
+        c.add("wrong_type", "attempts", f"attempts must be an array, got {_show(attempts)}")
+        return
+    if not attempts:
+        c.add("empty_attempts", "attempts", "attempts is empty; a record needs at least one attempt")
+        return
+    keys: dict[tuple[int, int, int], int] = {}
+    for i, a in enumerate(attempts):
+        key = _attempt(c, a, f"attempts[{i}]", base_dir, checker)
+        if key is None:
+            continue
+        if key in keys:
+            c.add(
+                "duplicate_attempt",
+                f"attempts[{i}]",
+                f"attempts[{i}] repeats (candidate, round, reasoning_tokens) = {key} of attempts[{keys[key]}]; "
+                "each triple must be unique",
+            )
+        else:
+            keys[key] = i
+    for (cand, rnd, tok), i in keys.items():
+        if rnd > 0 and (cand, rnd - 1, tok) not in keys:
+            c.add(
+                "missing_parent_round",
+                f"attempts[{i}].round",
+                f"attempts[{i}] is round {rnd} of candidate {cand} (reasoning_tokens {tok}) but round {rnd - 1} "
+                "of that candidate and budget is absent; log every round of a refinement chain",
+            )
+
+
+def validate_record(
+    obj: Any,
+    *,
+    base_dir: str | os.PathLike | None = None,
+    checker: ImageChecker | None = None,
+    seen_ids: set[str] | None = None,
+) -> list[Problem]:
+    """Problems of one parsed record (empty list when valid).
+
+    ``base_dir`` is the directory of the record's shard; with a ``checker`` the image paths
+    are checked there (existence, format, safety), otherwise only lexically. ``seen_ids``
+    holds the ids of earlier valid records: a repeat is a ``duplicate_id``, and the id of a
+    valid record is added to it.
+    """
+    c = _Collector()
+    try:
+        _record(c, obj, base_dir, checker)
+    except _TooMany:
+        pass
+    if seen_ids is not None and not c.problems:
+        rid = obj["id"]
+        if rid in seen_ids:
+            c.add(
+                "duplicate_id",
+                "id",
+                f"id {rid!r} is used by an earlier record of the dataset; ids must be unique",
+            )
+        else:
+            seen_ids.add(rid)
+    return c.problems
+
+
+def parse_record(
+    obj: Any,
+    *,
+    root: str | os.PathLike | None = None,
+    checker: ImageChecker | None = None,
+    seen_ids: set[str] | None = None,
+) -> EditRecord | list[Problem]:
+    """An ``EditRecord`` (with ``root`` set) when ``obj`` is valid, else its list of problems."""
+    problems = validate_record(obj, base_dir=root, checker=checker, seen_ids=seen_ids)
+    if problems:
+        return problems
+    return EditRecord.from_json(obj, root=None if root is None else Path(root))
+
+
+def record_id(obj: Any) -> str | None:
+    """The id of a parsed line when it is readable (for reject reports), else None."""
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(rid, str) and rid:
+            return rid
+    return None
+
+
+def summarize(problems: list[Problem]) -> Problem:
+    """One problem standing for a rejected record: the first, its message noting how many more."""
+    first = problems[0]
+    if len(problems) == 1:
+        return first
+    more = ", ".join(f"{p.reason}@{p.field}" for p in problems[1:4])
+    extra = f" (and {len(problems) - 1} more: {more}{', ...' if len(problems) > 4 else ''})"
+    return Problem(first.reason, first.field, first.message + extra)
