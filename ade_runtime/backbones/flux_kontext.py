@@ -1,0 +1,330 @@
+"""FLUX.1 Kontext behind ADE's Backbone protocol, wrapping diffusers' ``FluxKontextPipeline``.
+
+Follows ``diffusers/pipelines/flux/pipeline_flux_kontext.py`` through its public arguments only:
+prompt embeddings (``prompt_embeds``/``pooled_prompt_embeds``, and the negative pair when true CFG
+is on, so CFG is never silently dropped, diffusers #13377) are encoded once per distinct prompt per
+request; the source image latents once per request and passed as ``image`` (the pipeline accepts
+latents there and skips its VAE encode); per-step work (x0 preview, pruning through the pipeline's
+interrupt flag, mask confinement) goes through ``callback_on_step_end``; ``output_type="latent"``
+lets a pruned attempt skip the VAE decode (diffusers #4165, #9619).
+
+Resolution policy (Kontext otherwise resizes silently, diffusers #11886): ``"preferred"`` picks
+Kontext's trained resolution closest in aspect ratio (``PREFERRED_KONTEXT_RESOLUTIONS``);
+``"input"`` keeps the input size, scaled down to ``max_area`` if larger and floored to a multiple
+of 16 pixels (VAE factor x 2x2 packing). The pipeline then runs at exactly that size and the output
+is resized back to the input size; ``AttemptOutput.extra["resolution"]`` records both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from ade_runtime.backbones._diffusers import (
+    CallCounter,
+    check_mask,
+    composite,
+    flow_x0,
+    image_key,
+    mask_to_tokens,
+    require_diffusers,
+    scheduler_sigmas,
+)
+from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
+from ade_runtime.errors import InputError
+from ade_runtime.srm import SRMCapture, SRMConfig, token_map_to_mask
+
+RESOLUTION_POLICIES = ("preferred", "input")
+
+
+@dataclass
+class KontextState:
+    """Per-request cache: prompt embeddings by prompt text, image latents by image content."""
+
+    request: EditRequest
+    source_key: str
+    working_size: tuple[int, int]  # (W, H) the pipeline runs at
+    prompts: dict[str, tuple[Any, Any, int]] = field(
+        default_factory=dict
+    )  # text -> (embeds, pooled, n_tokens)
+    latents: dict[str, Any] = field(default_factory=dict)  # image key -> unpacked, normalised latents
+    encodes: dict[str, int] = field(default_factory=lambda: {"prompt": 0, "image": 0})
+
+
+class FluxKontextBackbone:
+    """ADE adapter for FLUX.1 Kontext (see the module docstring for what is reused and how)."""
+
+    name = "flux-kontext"
+    supports_preview = True
+    supports_mask = True
+    supports_reasoning = False
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 2.5,
+        resolution: str = "preferred",
+        max_area: int = 1024**2,
+        negative_prompt: str | None = None,
+        true_cfg_scale: float = 1.0,
+        max_sequence_length: int = 512,
+        srm: SRMConfig | None = None,
+        reuse_output_latents: bool = True,
+        name: str | None = None,
+    ):
+        if resolution not in RESOLUTION_POLICIES:
+            raise InputError(
+                f"FluxKontextBackbone: resolution must be one of {RESOLUTION_POLICIES}, got {resolution!r}"
+            )
+        if num_inference_steps < 1:
+            raise InputError(
+                f"FluxKontextBackbone: num_inference_steps must be >= 1, got {num_inference_steps}"
+            )
+        if true_cfg_scale > 1 and negative_prompt is None:
+            raise InputError(
+                "FluxKontextBackbone: true_cfg_scale > 1 needs a negative_prompt (CFG would be a no-op)"
+            )
+        self.pipe = pipe
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.resolution = resolution
+        self.max_area = int(max_area)
+        self.negative_prompt = negative_prompt
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.max_sequence_length = int(max_sequence_length)
+        self.srm = srm
+        self.reuse_output_latents = reuse_output_latents
+        if name is not None:
+            self.name = name
+        self.multiple_of = pipe.vae_scale_factor * 2
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "black-forest-labs/FLUX.1-Kontext-dev",
+        *,
+        torch_dtype: Any = None,
+        device: str | None = None,
+        cpu_offload: bool = False,
+        **kwargs: Any,
+    ) -> FluxKontextBackbone:
+        """Load the pipeline from the Hub or a local directory (bfloat16 by default)."""
+        diffusers = require_diffusers("FluxKontextBackbone")
+        import torch
+
+        pipe = diffusers.FluxKontextPipeline.from_pretrained(model, torch_dtype=torch_dtype or torch.bfloat16)
+        if cpu_offload:
+            pipe.enable_model_cpu_offload()
+        elif device is not None:
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, **kwargs)
+
+    @property
+    def _cfg(self) -> bool:
+        return self.true_cfg_scale > 1 and self.negative_prompt is not None
+
+    # ---- resolution policy -------------------------------------------------------------------
+    def working_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (W, H) the pipeline runs at for an input of ``size`` under this adapter's policy."""
+        w, h = size
+        m = self.multiple_of
+        if self.resolution == "preferred":
+            from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+            _, w, h = min((abs(w / h - pw / ph), pw, ph) for pw, ph in PREFERRED_KONTEXT_RESOLUTIONS)
+        elif w * h > self.max_area:
+            scale = (self.max_area / (w * h)) ** 0.5
+            w, h = int(w * scale), int(h * scale)
+        w, h = w // m * m, h // m * m
+        if w < m or h < m:
+            raise InputError(f"FluxKontextBackbone: image {size} is smaller than {m} pixels on a side")
+        return w, h
+
+    # ---- encoding, once per request ----------------------------------------------------------
+    def _encode_prompt(self, state: KontextState, text: str) -> tuple[Any, Any, int]:
+        if text not in state.prompts:
+            import torch
+
+            with torch.no_grad():
+                embeds, pooled, _ = self.pipe.encode_prompt(
+                    prompt=text,
+                    prompt_2=None,
+                    device=self.pipe._execution_device,
+                    num_images_per_prompt=1,
+                    max_sequence_length=self.max_sequence_length,
+                )
+            ids = self.pipe.tokenizer_2(
+                text, max_length=self.max_sequence_length, truncation=True, return_attention_mask=True
+            )
+            state.prompts[text] = (embeds, pooled, int(sum(ids["attention_mask"])))
+            state.encodes["prompt"] += 1
+        return state.prompts[text]
+
+    def _encode_image(self, state: KontextState, image: Image.Image) -> Any:
+        key = image_key(image)
+        if key not in state.latents:
+            import torch
+
+            w, h = state.working_size
+            proc = self.pipe.image_processor
+            pixels = proc.preprocess(proc.resize(image.convert("RGB"), h, w), h, w)
+            vae = self.pipe.vae
+            with torch.no_grad():
+                pixels = pixels.to(device=self.pipe._execution_device, dtype=vae.dtype)
+                state.latents[key] = self.pipe._encode_vae_image(image=pixels, generator=None)
+            state.encodes["image"] += 1
+        return state.latents[key]
+
+    def prepare(self, request: EditRequest) -> KontextState:
+        if not isinstance(request.image, Image.Image):
+            raise InputError("FluxKontextBackbone.prepare: request.image must be a PIL image")
+        state = KontextState(request, image_key(request.image), self.working_size(request.image.size))
+        self._encode_image(state, request.image)
+        self._encode_prompt(state, request.instruction)
+        if self._cfg:
+            self._encode_prompt(state, self.negative_prompt)
+        return state
+
+    def _decode(self, latents: Any, size: tuple[int, int]) -> Image.Image:
+        import torch
+
+        w, h = size
+        pipe = self.pipe
+        with torch.no_grad():
+            x = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
+            x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+            img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(img, output_type="pil")[0]
+
+    # ---- one attempt -------------------------------------------------------------------------
+    def run(self, state: KontextState, spec: AttemptSpec) -> AttemptOutput:
+        import torch
+
+        t0 = time.perf_counter()
+        pipe = self.pipe
+        steps = self.num_inference_steps
+        source = spec.input_image if spec.input_image is not None else state.request.image
+        in_size = source.size
+        w, h = state.working_size
+        if spec.preview_fn is not None and not (spec.preview_step and 1 <= spec.preview_step <= steps):
+            raise InputError(
+                f"FluxKontextBackbone: spec.preview_step must be in [1, {steps}], got {spec.preview_step}"
+            )
+        mask = None if spec.mask is None else check_mask(spec.mask, in_size, "FluxKontextBackbone")
+        reused = image_key(source) in state.latents
+        image_latents = self._encode_image(state, source)
+        embeds, pooled, n_tokens = self._encode_prompt(state, spec.prompt)
+        kwargs: dict[str, Any] = {}
+        if self._cfg:
+            neg, neg_pooled, _ = self._encode_prompt(state, self.negative_prompt)
+            kwargs.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        grid = (h // self.multiple_of, w // self.multiple_of)
+        packed_in = pipe._pack_latents(image_latents, 1, image_latents.shape[1], *image_latents.shape[2:])
+        token_mask = (
+            None if mask is None else mask_to_tokens(mask, grid).to(packed_in.device, packed_in.dtype)
+        )
+        calls_per_step = 2 if self._cfg else 1
+        info: dict[str, Any] = {"noise": None, "preview": None, "pruned": False}
+
+        def on_step_end(p, i, t, cb):
+            latents = cb["latents"]
+            x_t = counter.last_input[: latents.shape[0], : latents.shape[1]]
+            if i == 0:
+                info["noise"] = x_t
+            sig = scheduler_sigmas(p.scheduler)
+            if token_mask is not None:
+                # Outside the mask, follow the input's own flow path at the current noise level.
+                s = sig[i + 1]
+                target = (1.0 - s) * packed_in + s * info["noise"]
+                latents = token_mask * latents + (1.0 - token_mask) * target
+            if spec.preview_fn is not None and i + 1 == spec.preview_step:
+                x0 = latents if sig[i + 1] == 0 else flow_x0(x_t, latents, sig[i], sig[i + 1])
+                if token_mask is not None:
+                    x0 = token_mask * x0 + (1.0 - token_mask) * packed_in
+                preview = self._decode(x0, (w, h))
+                if preview.size != in_size:
+                    preview = preview.resize(in_size, Image.BICUBIC)
+                info["preview"] = preview
+                if not spec.preview_fn(preview, spec.preview_step):
+                    info["pruned"] = True
+                    p._interrupt = True
+            return {"latents": latents}
+
+        capture = None
+        if self.srm is not None:
+            capture = SRMCapture(
+                pipe.transformer,
+                self.srm,
+                text_tokens=n_tokens,
+                query_tokens=grid[0] * grid[1],
+                calls_per_step=calls_per_step,
+            )
+        generator = torch.Generator(device="cpu").manual_seed(int(spec.seed))
+        with CallCounter(pipe.transformer) as counter:
+            if capture is not None:
+                capture.__enter__()
+            try:
+                latents = pipe(
+                    image=image_latents,
+                    prompt_embeds=embeds,
+                    pooled_prompt_embeds=pooled,
+                    true_cfg_scale=self.true_cfg_scale,
+                    height=h,
+                    width=w,
+                    max_area=w * h,
+                    _auto_resize=False,
+                    num_inference_steps=steps,
+                    guidance_scale=self.guidance_scale,
+                    generator=generator,
+                    max_sequence_length=self.max_sequence_length,
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    **kwargs,
+                ).images
+            finally:
+                if capture is not None:
+                    capture.__exit__(None, None, None)
+        extra: dict[str, Any] = {
+            "resolution": {"policy": self.resolution, "working": [w, h], "input": list(in_size)},
+            "input_latents": "cached" if reused else "encoded",
+            "transformer_calls": counter.calls,
+            "preview_decodes": int(info["preview"] is not None),
+        }
+        attention_mask = None
+        if capture is not None and capture.token_scores() is not None:
+            attention_mask, _ = token_map_to_mask(capture.token_scores()[0], grid, in_size, self.srm)
+            extra["srm_maps"] = capture.captured
+        if info["pruned"]:
+            return AttemptOutput(
+                image=None,
+                nfe=counter.calls,
+                latency_s=time.perf_counter() - t0,
+                pruned=True,
+                preview_image=info["preview"],
+                attention_mask=attention_mask,
+                extra=extra,
+            )
+        image = self._decode(latents, (w, h))
+        if image.size != in_size:
+            image = image.resize(in_size, Image.BICUBIC)
+        if mask is not None:
+            image = composite(image, source, mask)
+        if self.reuse_output_latents:
+            # A refinement round starting from this output skips decode -> encode.
+            state.latents[image_key(image)] = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
+        return AttemptOutput(
+            image=image,
+            nfe=counter.calls,
+            latency_s=time.perf_counter() - t0,
+            pruned=False,
+            preview_image=info["preview"],
+            attention_mask=attention_mask,
+            extra=extra,
+        )
