@@ -1,0 +1,308 @@
+"""The live adaptive loop: ADE's policy around a frozen editing backbone.
+
+Per request: CARD sets the attempt budget and the reasoning budget; candidates are
+explored depth-first; a candidate may be pruned from its one-step preview; every finished
+attempt is scored, critiqued and given a calibrated confidence; the request stops as soon
+as the confidence reaches tau_high, otherwise the critique's feedback (and its region,
+intersected with the SRM attention mask) drives the next refinement round; at the budget
+the attempt with the highest confidence is returned. The decision rules are
+``ade_runtime.policy.PolicySession``, the same ones offline replay calibrates, and every
+request can be logged as a trace (format v1, judge empty) through the crash-safe writer.
+
+Failures never lose a request: a missing or failing predictor falls back (fixed budget,
+critique-free confidence), a backbone error on one attempt is recorded and the loop goes
+on with the next candidate, and NaN/inf confidences never select an attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, Backbone, EditRequest
+from ade_runtime.errors import InputError
+from ade_runtime.policy import Key, PolicyConfig, PolicySession, Step, preset
+from ade_runtime.policy.signals import CRITIQUE_FEATURE, preview_confidence
+from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.traces.records import EditRecord
+
+log = logging.getLogger(__name__)
+
+MAX_INSTRUCTION_CHARS = 2000
+MIN_SIDE, MAX_SIDE = 16, 4096
+
+Scorer = Callable[[Image.Image, Image.Image, str], dict[str, float]]
+
+
+@dataclass
+class AttemptLog:
+    """One attempt the loop ran, with what it was judged online."""
+
+    step: Step
+    prompt: str
+    output: AttemptOutput | None
+    scores: dict[str, float] = field(default_factory=dict)
+    critique_p: float | None = None
+    confidence: float | None = None
+    feedback: str | None = None
+    mask: np.ndarray | None = None
+    error: str | None = None
+    overhead_s: float = 0.0
+
+
+@dataclass
+class EditResult:
+    """The answer to one request and everything it cost."""
+
+    image: Image.Image | None
+    chosen: Key | None
+    confidence: float | None
+    attempts: list[AttemptLog]
+    budget: int
+    reasoning_tokens: int
+    decisions: list[dict]
+    stop_reason: str
+    nfe: int
+    backbone_seconds: float
+    overhead_seconds: float
+    failures: list[dict]
+    request: EditRequest | None = None  # the validated request (RGB image, trimmed instruction)
+    record: EditRecord | None = None  # the trace record, once logged
+
+    @property
+    def seconds(self) -> float:
+        return self.backbone_seconds + self.overhead_seconds
+
+
+def attempt_seed(base: int, candidate: int, round_: int) -> int:
+    """The sampler seed of one attempt; ade-collect uses the same, so traces match live runs."""
+    return base + 1000 * candidate + round_
+
+
+def validate_request(request: EditRequest) -> EditRequest:
+    """Check the inputs with errors that say the fix; converts the image to RGB."""
+    img = request.image
+    if not isinstance(img, Image.Image):
+        raise InputError(f"request {request.id!r}: image must be a PIL.Image, got {type(img).__name__}")
+    w, h = img.size
+    if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE:
+        raise InputError(
+            f"request {request.id!r}: image is {w}x{h}; each side must be between {MIN_SIDE} and {MAX_SIDE} px"
+            " (resize it first)"
+        )
+    if img.mode not in ("RGB", "RGBA", "L", "P", "LA"):
+        raise InputError(
+            f"request {request.id!r}: image mode {img.mode!r} is not supported; convert it to RGB"
+        )
+    text = (request.instruction or "").strip()
+    if not text:
+        raise InputError(f"request {request.id!r}: the instruction is empty; say what to edit")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise InputError(
+            f"request {request.id!r}: the instruction has {len(text)} characters; the limit is "
+            f"{MAX_INSTRUCTION_CHARS} (shorten it or split it into several requests)"
+        )
+    rgb = img.convert("RGB") if img.mode != "RGB" else img
+    return EditRequest(
+        image=rgb, instruction=text, id=request.id, category=request.category, meta=request.meta
+    )
+
+
+class AdaptiveEditor:
+    """ADE around one backbone. ``policy`` is a PolicyConfig or a policy name (``ade``, ``best_of_8`` ...)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        predictors: Predictors | None = None,
+        policy: PolicyConfig | str = "ade",
+        scorer: Scorer | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.predictors = predictors or Predictors()
+        base = self.predictors.policy or PolicyConfig()
+        self.config = preset(policy, base) if isinstance(policy, str) else policy
+        self.scorer = scorer
+        self.seed = seed
+
+    # -- budget -----------------------------------------------------------------------------------
+    def _budget(self, request: EditRequest, failures: list[dict]) -> tuple[int, int]:
+        cfg = self.config
+        card = self.predictors.card
+        if not cfg.use_card:
+            return cfg.default_budget, 0
+        if card is None:
+            failures.append(
+                {"stage": "card", "error": "no CARD predictor loaded", "fallback": "default_budget"}
+            )
+            return cfg.default_budget, 0
+        try:
+            pred = card.predict(request.instruction, request.image)
+            budget = int(pred.quantile(cfg.card_quantile))
+            tokens = int(pred.reasoning_tokens) if self.backbone.supports_reasoning else 0
+            return max(1, budget), max(0, tokens)
+        except Exception as exc:  # a failing predictor must not fail the request
+            failures.append({"stage": "card", "error": repr(exc), "fallback": "default_budget"})
+            log.warning(
+                "CARD failed on %s (%r); using the fixed budget %d", request.id, exc, cfg.default_budget
+            )
+            return cfg.default_budget, 0
+
+    # -- confidence -------------------------------------------------------------------------------
+    def _judge_online(
+        self, request: EditRequest, entry: AttemptLog, failures: list[dict], want_critique: bool
+    ) -> None:
+        out = entry.output
+        assert out is not None and out.image is not None
+        t0 = time.perf_counter()
+        if self.scorer is not None:
+            try:
+                entry.scores = {
+                    k: float(v) for k, v in self.scorer(request.image, out.image, request.instruction).items()
+                }
+            except Exception as exc:
+                failures.append({"stage": "score", "key": list(entry.step.key), "error": repr(exc)})
+        crit = self.predictors.critique
+        if crit is not None and want_critique:
+            try:
+                c = crit.predict(
+                    request.image, out.image, request.instruction, attention_mask=out.attention_mask
+                )
+                entry.critique_p = float(c.p_pass)
+                entry.feedback = c.feedback
+                entry.mask = c.mask
+            except Exception as exc:
+                failures.append({"stage": "critique", "key": list(entry.step.key), "error": repr(exc)})
+        entry.confidence = self._confidence(entry.scores, entry.critique_p, failures, entry.step.key)
+        entry.overhead_s += time.perf_counter() - t0
+
+    def _confidence(
+        self, scores: dict[str, float], critique_p: float | None, failures: list[dict], key
+    ) -> float | None:
+        cal = self.predictors.calibrator
+        feats = dict(scores)
+        if critique_p is not None:
+            feats[CRITIQUE_FEATURE] = critique_p
+        if cal is not None:
+            try:
+                p = float(cal.predict_proba(feats))
+                return p if math.isfinite(p) else None
+            except Exception as exc:
+                failures.append({"stage": "calibration", "key": list(key), "error": repr(exc)})
+        # Documented fallback: the critique's own probability, else no confidence (no early stop).
+        return critique_p if critique_p is not None and math.isfinite(critique_p) else None
+
+    def _preview_fn(self, request: EditRequest, session: PolicySession, sink: dict):
+        def keep(preview: Image.Image, step_index: int) -> bool:
+            t0 = time.perf_counter()
+            scores = {}
+            if self.scorer is not None:
+                try:
+                    scores = self.scorer(request.image, preview, request.instruction)
+                except Exception:
+                    scores = {}
+            conf = preview_confidence(self.predictors.calibrator, scores)
+            sink["preview_confidence"] = conf
+            sink["overhead_s"] = sink.get("overhead_s", 0.0) + time.perf_counter() - t0
+            return not session.should_prune(conf)
+
+        return keep
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def edit(self, request: EditRequest) -> EditResult:
+        request = validate_request(request)
+        failures: list[dict] = []
+        t_overhead = time.perf_counter()
+        budget, tokens = self._budget(request, failures)
+        session = PolicySession(self.config, budget, tokens)
+        overhead = time.perf_counter() - t_overhead
+        state = self.backbone.prepare(request)
+        logs: dict[Key, AttemptLog] = {}
+        order: list[AttemptLog] = []
+        nfe = 0
+        backbone_s = 0.0
+        prune = self.config.prune_threshold is not None and self.backbone.supports_preview
+        while (step := session.next_step()) is not None:
+            prev = logs.get(step.refines) if step.refines else None
+            prompt = request.instruction
+            input_image = None
+            mask = None
+            if prev is not None and prev.output is not None:
+                prompt = prev.feedback or request.instruction
+                input_image = prev.output.image
+                if self.config.use_mask and self.backbone.supports_mask:
+                    mask = prev.mask
+            sink: dict[str, Any] = {}
+            spec = AttemptSpec(
+                candidate=step.candidate,
+                round=step.round,
+                reasoning_tokens=step.reasoning_tokens,
+                prompt=prompt,
+                seed=attempt_seed(self.seed, step.candidate, step.round),
+                input_image=input_image,
+                mask=mask,
+                preview_step=self._preview_step() if (prune and step.round == 0) else None,
+                preview_fn=self._preview_fn(request, session, sink) if (prune and step.round == 0) else None,
+            )
+            entry = AttemptLog(step=step, prompt=prompt, output=None)
+            try:
+                out = self.backbone.run(state, spec)
+            except Exception as exc:  # one failing attempt must not fail the request
+                entry.error = f"{type(exc).__name__}: {exc}"
+                failures.append(
+                    {
+                        "stage": "backbone",
+                        "key": list(step.key),
+                        "error": entry.error,
+                        "trace": traceback.format_exc(limit=3),
+                    }
+                )
+                order.append(entry)
+                session.observe(step, None, failed=True)
+                continue
+            entry.output = out
+            entry.overhead_s += sink.get("overhead_s", 0.0)
+            nfe += int(out.nfe)
+            backbone_s += float(out.latency_s)
+            logs[step.key] = entry
+            order.append(entry)
+            if out.pruned or out.image is None:
+                session.observe(step, None, pruned=True)
+                continue
+            # the critique is needed for the confidence when the calibrator reads it, and for feedback
+            self._judge_online(request, entry, failures, want_critique=True)
+            session.observe(step, entry.confidence)
+        chosen = session.best()
+        if chosen is None:
+            # Documented fallback: no usable confidence -> the first attempt that produced an image.
+            done = [e for e in order if e.output is not None and e.output.image is not None]
+            chosen = done[0].step.key if done else None
+        overhead += sum(e.overhead_s for e in order)
+        best = logs.get(chosen) if chosen is not None else None
+        return EditResult(
+            image=best.output.image if best is not None and best.output is not None else None,
+            chosen=chosen,
+            confidence=best.confidence if best is not None else None,
+            attempts=order,
+            budget=budget,
+            reasoning_tokens=tokens,
+            decisions=[d.to_json() for d in session.decisions],
+            stop_reason=session.stop_reason or "done",
+            nfe=nfe,
+            backbone_seconds=backbone_s,
+            overhead_seconds=overhead,
+            failures=failures,
+            request=request,
+        )
+
+    def _preview_step(self) -> int:
+        return int(getattr(self.backbone, "preview_step", 4))

@@ -1,0 +1,115 @@
+"""Online signals of logged attempts, as the live loop would have seen them.
+
+Replay (``ade-replay``, threshold calibration) needs, for every logged attempt, the
+calibrated confidence the loop would have computed: the attempt's cheap scores plus, when
+a critique head is loaded and the attempt's image was stored, the critique probability,
+mapped through the calibrator. A one-step preview's confidence is the calibrator's
+cheap-score map applied to the preview's scores (logged as ``preview_<name>``); the
+pruning threshold is chosen on that same quantity, so live and replay agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image
+
+from ade_runtime.policy.session import Key
+from ade_runtime.traces.records import Attempt, EditRecord
+
+PREVIEW_PREFIX = "preview_"
+# Scores the runtime itself adds to a logged attempt; they are outputs, never calibration inputs.
+DERIVED_SCORES = ("confidence",)
+CRITIQUE_FEATURE = "critique"
+
+
+def attempt_features(attempt: Attempt, critique_p: float | None = None) -> dict[str, float]:
+    """The cheap scores of an attempt (previews and derived values left out) plus the critique."""
+    feats = {
+        k: float(v)
+        for k, v in attempt.scores.items()
+        if not k.startswith(PREVIEW_PREFIX) and k not in DERIVED_SCORES
+    }
+    if critique_p is not None:
+        feats[CRITIQUE_FEATURE] = float(critique_p)
+    return feats
+
+
+def preview_features(attempt: Attempt) -> dict[str, float] | None:
+    """The scores of the attempt's one-step preview under their plain names, or None if not logged."""
+    feats = {
+        k[len(PREVIEW_PREFIX) :]: float(v) for k, v in attempt.scores.items() if k.startswith(PREVIEW_PREFIX)
+    }
+    return feats or None
+
+
+def preview_confidence(calibrator: Any, scores: Mapping[str, float] | None) -> float | None:
+    """Confidence of a preview through the calibrator's cheap-score map; None when it cannot say."""
+    if calibrator is None or not scores:
+        return None
+    feats = {k: v for k, v in scores.items() if k != CRITIQUE_FEATURE}
+    if calibrator.uses_fallback(feats) == "missing":
+        return None
+    p = float(calibrator.predict_proba(feats))
+    return p if math.isfinite(p) else None
+
+
+def _load(record: EditRecord, rel: str) -> Image.Image:
+    with Image.open(record.resolve(rel)) as im:
+        return im.convert("RGB")
+
+
+def critique_probabilities(record: EditRecord, critique: Any, batch_size: int = 32) -> dict[Key, float]:
+    """The critique head's p_pass of every attempt whose image was stored."""
+    todo = [a for a in record.attempts if a.image is not None]
+    if critique is None or not todo:
+        return {}
+    source = _load(record, record.source_image)
+    out: dict[Key, float] = {}
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i : i + batch_size]
+        results = critique.predict_batch(
+            [source] * len(chunk), [_load(record, a.image) for a in chunk], [record.instruction] * len(chunk)
+        )
+        for a, res in zip(chunk, results, strict=True):
+            out[a.key] = float(res.p_pass)
+    return out
+
+
+def record_signals(
+    record: EditRecord,
+    calibrator: Any,
+    critique: Any = None,
+    critique_p: Mapping[Key, float] | None = None,
+) -> tuple[dict[Key, float], dict[Key, float] | None]:
+    """(confidence, preview confidence) of every attempt of ``record``.
+
+    ``critique_p`` may be passed precomputed (e.g. cached); otherwise it is computed with
+    ``critique`` when given. Without a calibrator the confidence is the critique
+    probability where there is one (the loop's documented fallback), else NaN.
+    """
+    if critique_p is None:
+        critique_p = critique_probabilities(record, critique) if critique is not None else {}
+    conf: dict[Key, float] = {}
+    prev: dict[Key, float] = {}
+    for a in record.attempts:
+        cp = critique_p.get(a.key)
+        if calibrator is not None:
+            conf[a.key] = float(calibrator.predict_proba(attempt_features(a, cp)))
+        else:
+            conf[a.key] = float(cp) if cp is not None else float("nan")
+        pc = preview_confidence(calibrator, preview_features(a))
+        if pc is not None:
+            prev[a.key] = pc
+    return conf, (prev or None)
+
+
+def card_budget(
+    record: EditRecord, card: Any, quantile: float, image: Image.Image | None = None
+) -> tuple[int, int]:
+    """CARD's attempt budget (at ``quantile``) and reasoning tokens for a logged request."""
+    img = image if image is not None else _load(record, record.source_image)
+    pred = card.predict(record.instruction, img)
+    return int(pred.quantile(quantile)), int(pred.reasoning_tokens)
