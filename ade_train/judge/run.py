@@ -1,0 +1,328 @@
+"""Judge a logged trace dataset: fill every missing ``judge`` and write a new v1 dataset.
+
+Layout and resumability. The run works in ``OUT.partial/``: the journal
+(``judge-journal.ndjson``, one fsynced line per judged attempt) is written while judging; when
+every pending attempt is journaled, the records are written through ``TraceWriter`` into the same
+directory, images are hard-linked (copied when linking fails; the inputs are never modified),
+``judge-summary.json`` is written, and the directory is renamed to ``OUT`` in one step. ``OUT``
+therefore only ever appears complete. A killed run is resumed by running the same command: the
+journal's attempts are not judged again; leftover shards of an interrupted finalisation are
+removed first. Running the command again on a finished ``OUT`` does nothing (idempotent).
+
+Attempts that already carry a judge are kept as they are. Attempts without an image cannot be
+judged by an image judge: their judge stays null and they are counted (``no_image``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ade_runtime.errors import ADEError, InputError
+from ade_runtime.traces import EditRecord, Reject, TraceDataset, TraceWriter
+
+from .base import AttemptRef, Judge, JudgeFailure, JudgeItem, JudgeResult
+from .human import HumanJudge
+from .journal import JOURNAL_NAME, Journal
+
+SUMMARY_NAME = "judge-summary.json"
+SHARD_PREFIX = "traces"
+MAX_LISTED = 1000  # rejects / unmatched rows listed in the summary (all are counted)
+
+
+@dataclass
+class _Task:
+    ref: AttemptRef
+    instruction: str
+    category: str | None
+    source: Path
+    output: Path | None
+
+
+def _records(traces: Path, limit: int | None, images: str) -> tuple[TraceDataset, Any]:
+    ds = TraceDataset(traces, images=images)
+
+    def gen():
+        n = 0
+        for item in ds.scan():
+            if isinstance(item, EditRecord):
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+            yield item
+
+    return ds, gen()
+
+
+def _load(path: Path | None) -> Image.Image | None:
+    if path is None:
+        return None
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _run_batch(judge: Judge, tasks: list[_Task]) -> list[JudgeResult | JudgeFailure]:
+    """Load the images of a batch and judge it; every task gets exactly one outcome."""
+    items, out = [], {}
+    for t in tasks:
+        try:
+            src, dst = (_load(t.source), _load(t.output)) if judge.needs_images else (None, None)
+        except OSError as exc:
+            out[t.ref] = JudgeFailure(t.ref, "image_error", f"cannot read an image of {t.ref}: {exc}")
+            continue
+        items.append(JudgeItem(t.ref, t.instruction, src, dst, t.category))
+    if items:
+        try:
+            results = judge.judge(items)
+            if len(results) != len(items):
+                raise InputError(
+                    f"judge {judge.name} returned {len(results)} outcomes for {len(items)} attempts"
+                )
+        except (ADEError, OSError, RuntimeError, ValueError) as exc:
+            results = [JudgeFailure(it.ref, "judge_error", f"{type(exc).__name__}: {exc}") for it in items]
+        for it, res in zip(items, results, strict=True):
+            out[it.ref] = res
+    return [out[t.ref] for t in tasks]
+
+
+def _place_image(src: Path, dst: Path) -> str:
+    """Hard-link ``src`` at ``dst`` (copy atomically when linking is impossible); 'linked' or 'copied'."""
+    if dst.exists():
+        return "linked" if os.path.samefile(src, dst) else "copied"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=dst.suffix)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return "copied"
+
+
+def _rebase(rec: EditRecord, traces: Path, rel: str) -> tuple[str, Path]:
+    """(path relative to the dataset root, absolute source path) of an image a record names."""
+    absolute = rec.resolve(rel)
+    return Path(os.path.relpath(absolute, traces)).as_posix(), absolute
+
+
+def _finished(out: Path, traces: str, judge_name: str) -> dict[str, Any] | None:
+    summary = out / SUMMARY_NAME
+    if not summary.is_file():
+        return None
+    obj = json.loads(summary.read_text(encoding="utf-8"))
+    return obj if obj.get("traces") == traces and obj.get("judge") == judge_name else None
+
+
+def judge_traces(
+    traces: str | os.PathLike,
+    out: str | os.PathLike,
+    judge: Judge,
+    *,
+    limit: int | None = None,
+    workers: int = 1,
+    batch_size: int = 8,
+    retry_failed: bool = False,
+    restart: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Judge every attempt of ``traces`` that lacks a judge; write the dataset to ``out``; the summary."""
+    traces_p, out_p = Path(traces).resolve(), Path(out).resolve()
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
+    if workers < 1 or batch_size < 1:
+        raise InputError("--workers and --batch-size must be >= 1")
+    if out_p == traces_p or traces_p in out_p.parents or out_p in traces_p.parents:
+        raise InputError(f"--out {out_p} must be outside --traces {traces_p} (and not contain it)")
+    key = str(traces_p) + ("" if limit is None else f"?limit={limit}")
+    if out_p.exists():
+        done = _finished(out_p, key, judge.name)
+        if done is None:
+            raise InputError(
+                f"--out {out_p} exists and is not a finished run of {judge.name} over {traces_p}; "
+                "choose a new --out or remove it"
+            )
+        log(f"{out_p} is already complete; nothing to do")
+        return done
+    work = out_p.with_name(out_p.name + ".partial")
+    if restart and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    journal = Journal(work, key, judge.name)
+    t_start = time.monotonic()
+    try:
+        resumed = len(journal.done)
+        # Pass 1: find the attempts to judge (images header-checked by the reader).
+        ds, items = _records(traces_p, limit, "header")
+        tasks: list[_Task] = []
+        refs: set[AttemptRef] = set()
+        counts = Counter()
+        for rec in items:
+            if isinstance(rec, Reject):
+                continue
+            counts["records"] += 1
+            for a in rec.attempts:
+                ref = AttemptRef(rec.id, a.candidate, a.round, a.reasoning_tokens)
+                refs.add(ref)
+                counts["attempts"] += 1
+                prior = journal.done.get(ref)
+                if a.judge is not None:
+                    counts["kept"] += 1
+                elif prior is not None and (isinstance(prior, JudgeResult) or not retry_failed):
+                    counts["from_journal"] += 1
+                elif a.image is None and judge.needs_images:
+                    counts["no_image"] += 1
+                else:
+                    out_img = None if a.image is None else rec.resolve(a.image)
+                    tasks.append(
+                        _Task(ref, rec.instruction, rec.category, rec.resolve(rec.source_image), out_img)
+                    )
+        rejects = list(ds.rejects)
+        if rejects:
+            by = Counter(r.reason for r in rejects)
+            log(f"{len(rejects)} rejected records (not judged, not copied): {dict(by)}")
+            for r in rejects[:5]:
+                log(f"  {r.shard}:{r.line} id={r.id} {r.reason}: {r.message}")
+        log(
+            f"{counts['records']} records, {counts['attempts']} attempts: {len(tasks)} to judge, "
+            f"{counts['kept']} already labelled, {counts['from_journal']} in the journal, {counts['no_image']} without image"
+        )
+        # Judge in batches; the main thread alone writes the journal.
+        batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
+        from tqdm.auto import tqdm
+
+        show = os.isatty(2) if progress is None else progress
+        bar = tqdm(total=len(tasks), unit="attempt", desc=f"judging ({judge.name})", disable=not show)
+        t_judge = time.monotonic()
+        now = Counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: set[Future] = set()
+            it = iter(batches)
+            while True:
+                while len(pending) < 2 * workers:
+                    batch = next(it, None)
+                    if batch is None:
+                        break
+                    pending.add(pool.submit(_run_batch, judge, batch))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    outcomes = fut.result()
+                    journal.record(outcomes)
+                    for o in outcomes:
+                        now["judged" if isinstance(o, JudgeResult) else "failed"] += 1
+                    bar.update(len(outcomes))
+        bar.close()
+        judge_wall = time.monotonic() - t_judge
+        unmatched = judge.unmatched(refs) if isinstance(judge, HumanJudge) else []
+        for p in unmatched[:20]:
+            log(f"unmatched label: {p}")
+        if isinstance(judge, HumanJudge):
+            for p in judge.problems[:20]:
+                log(f"invalid label: {p}")
+        # Pass 2: write the dataset (records through TraceWriter, images hard-linked).
+        for stale in work.glob(f"{SHARD_PREFIX}-*.jsonl"):
+            stale.unlink()
+        placed = Counter()
+        labelled_now = 0
+        _, items2 = _records(traces_p, limit, "none")
+        with TraceWriter(work, prefix=SHARD_PREFIX, fsync=False) as writer:
+            for rec in items2:
+                if isinstance(rec, Reject):
+                    continue
+                src_rel, src_abs = _rebase(rec, traces_p, rec.source_image)
+                placed[_place_image(src_abs, work / src_rel)] += 1
+                rec.source_image = src_rel
+                for a in rec.attempts:
+                    if a.image is not None:
+                        rel, absolute = _rebase(rec, traces_p, a.image)
+                        placed[_place_image(absolute, work / rel)] += 1
+                        a.image = rel
+                    if a.judge is None:
+                        o = journal.done.get(AttemptRef(rec.id, a.candidate, a.round, a.reasoning_tokens))
+                        if isinstance(o, JudgeResult):
+                            a.judge = o.label
+                            labelled_now += 1
+                rec.root = work
+                writer.write(rec)
+            shards = list(writer.shards_written)
+        for shard in shards:
+            with open(shard, "rb") as fh:
+                os.fsync(fh.fileno())
+        totals = journal.totals()
+        wall = time.monotonic() - t_start
+        summary = {
+            "traces": key,
+            "judge": judge.name,
+            "journal": JOURNAL_NAME,
+            "records": counts["records"],
+            "rejects": len(rejects),
+            "rejects_by_reason": dict(Counter(r.reason for r in rejects)),
+            "attempts": counts["attempts"],
+            "kept_existing": counts["kept"],
+            "labelled_by_this_judge": labelled_now,
+            "no_image": counts["no_image"],
+            "unlabelled": counts["attempts"] - counts["kept"] - labelled_now,
+            "resumed_from_journal": resumed,
+            "this_run": {
+                "judged": now["judged"],
+                "failed": now["failed"],
+                "wall_seconds": round(wall, 3),
+                "attempts_per_second": round((now["judged"] + now["failed"]) / judge_wall, 3)
+                if judge_wall > 0
+                else None,
+            },
+            "cost": totals.to_json(),
+            "images": dict(placed),
+            "unmatched_labels": len(unmatched),
+            "invalid_labels": len(judge.problems) if isinstance(judge, HumanJudge) else 0,
+            "label_problems": [
+                str(p) for p in (unmatched + (judge.problems if isinstance(judge, HumanJudge) else []))
+            ][:MAX_LISTED],
+            "reject_list": [r.to_json() for r in rejects[:MAX_LISTED]],
+        }
+        tmp = work / (SUMMARY_NAME + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, work / SUMMARY_NAME)
+    finally:
+        journal.close()
+    os.rename(work, out_p)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The human-readable cost summary printed at the end of a run."""
+    c, t = summary["cost"], summary["this_run"]
+    tokens = "unknown" if c["tokens_in"] is None else f"{c['tokens_in']} in / {c['tokens_out']} out"
+    return "\n".join(
+        [
+            f"judge {summary['judge']}: {summary['records']} records, {summary['attempts']} attempts, "
+            f"{summary['rejects']} rejects",
+            f"  labelled by this judge {summary['labelled_by_this_judge']}, kept {summary['kept_existing']}, "
+            f"without image {summary['no_image']}, still unlabelled {summary['unlabelled']}",
+            f"  this run: {t['judged']} judged, {t['failed']} failed, {t['wall_seconds']} s, "
+            f"{t['attempts_per_second']} attempts/s",
+            f"  cost (all runs): {c['judge_calls']} judge calls, {c['judge_seconds']} judge-seconds, tokens {tokens}, "
+            f"{c['malformed']} malformed, failures {c['failures']}",
+            f"  images {summary['images']}; unmatched labels {summary['unmatched_labels']}, "
+            f"invalid labels {summary['invalid_labels']}",
+        ]
+    )
