@@ -1,0 +1,254 @@
+"""Every rule of trace-format-v1: each rejection with its exact reason and field, through the reader.
+
+Each case mutates one field of a valid record, writes it as a shard line next to its images and
+reads the dataset back; the JSON Schema shipped with the package is checked against the same case.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonschema
+import pytest
+from test_traces_fixtures import mutate, put_images, record_dict, write_shard
+
+from ade_runtime.traces import REASONS, TraceDataset, load_records, record_schema, validate_record
+
+NAN, INF = float("nan"), float("inf")
+SCHEMA = jsonschema.Draft202012Validator(record_schema())
+
+# (path, value, delete, reason, field, schema_rejects): schema_rejects None = beyond JSON Schema (NaN).
+CASES = [
+    ("format", "ade-trace/2", False, "wrong_format", "format", True),
+    ("format", None, True, "missing_field", "format", True),
+    ("id", "", False, "empty_string", "id", True),
+    ("id", 7, False, "wrong_type", "id", True),
+    ("id", None, True, "missing_field", "id", True),
+    ("instruction", " \t\n ", False, "empty_string", "instruction", True),
+    ("instruction", None, False, "wrong_type", "instruction", True),
+    ("instruction", "bad \ud800 surrogate", False, "invalid_unicode", "instruction", False),
+    ("source_image", "/etc/passwd", False, "absolute_path", "source_image", True),
+    ("source_image", "C:/data/x.png", False, "absolute_path", "source_image", True),
+    ("source_image", "../outside.png", False, "path_escape", "source_image", False),
+    ("source_image", "images/../../outside.png", False, "path_escape", "source_image", False),
+    ("source_image", "", False, "bad_path", "source_image", True),
+    ("source_image", "a\x00b.png", False, "bad_path", "source_image", True),
+    ("source_image", 3, False, "wrong_type", "source_image", True),
+    ("source_image", None, True, "missing_field", "source_image", True),
+    ("source_image", "images/nowhere.png", False, "missing_image", "source_image", False),
+    ("backbone", "", False, "empty_string", "backbone", True),
+    ("backbone", None, True, "missing_field", "backbone", True),
+    ("category", 3, False, "wrong_type", "category", True),
+    ("meta", [], False, "wrong_type", "meta", True),
+    ("meta", None, False, "wrong_type", "meta", True),
+    ("meta.x", INF, False, "infinity", "meta.x", None),
+    ("extra_field", {"deep": [1, NAN]}, False, "nan", "extra_field.deep[1]", None),
+    ("attempts", [], False, "empty_attempts", "attempts", True),
+    ("attempts", {}, False, "wrong_type", "attempts", True),
+    ("attempts", None, True, "missing_field", "attempts", True),
+    ("attempts.0", 5, False, "wrong_type", "attempts[0]", True),
+    ("attempts.0.candidate", True, False, "wrong_type", "attempts[0].candidate", True),
+    ("attempts.0.candidate", -1, False, "out_of_range", "attempts[0].candidate", True),
+    ("attempts.0.candidate", 1.5, False, "wrong_type", "attempts[0].candidate", True),
+    ("attempts.0.candidate", None, True, "missing_field", "attempts[0].candidate", True),
+    ("attempts.1.round", "1", False, "wrong_type", "attempts[1].round", True),
+    ("attempts.1.round", -2, False, "out_of_range", "attempts[1].round", True),
+    ("attempts.0.reasoning_tokens", None, False, "wrong_type", "attempts[0].reasoning_tokens", True),
+    ("attempts.0.reasoning_tokens", False, False, "wrong_type", "attempts[0].reasoning_tokens", True),
+    ("attempts.0.prompt", 1, False, "wrong_type", "attempts[0].prompt", True),
+    ("attempts.0.prompt", None, True, "missing_field", "attempts[0].prompt", True),
+    ("attempts.0.image", "/abs/out.png", False, "absolute_path", "attempts[0].image", True),
+    ("attempts.0.image", "images/missing.png", False, "missing_image", "attempts[0].image", False),
+    ("attempts.0.image", None, True, "missing_field", "attempts[0].image", True),
+    ("attempts.0.cost", None, True, "missing_field", "attempts[0].cost", True),
+    ("attempts.0.cost", 28, False, "wrong_type", "attempts[0].cost", True),
+    ("attempts.3.cost.nfe", -1, False, "out_of_range", "attempts[3].cost.nfe", True),
+    ("attempts.3.cost.nfe", True, False, "wrong_type", "attempts[3].cost.nfe", True),
+    ("attempts.3.cost.nfe", 27.5, False, "wrong_type", "attempts[3].cost.nfe", True),
+    ("attempts.3.cost.nfe", None, True, "missing_field", "attempts[3].cost.nfe", True),
+    ("attempts.0.cost.latency_s", -0.1, False, "out_of_range", "attempts[0].cost.latency_s", True),
+    ("attempts.0.cost.latency_s", "4.2", False, "wrong_type", "attempts[0].cost.latency_s", True),
+    ("attempts.0.cost.latency_s", NAN, False, "nan", "attempts[0].cost.latency_s", None),
+    ("attempts.0.cost.latency_s", INF, False, "infinity", "attempts[0].cost.latency_s", None),
+    ("attempts.0.scores", None, True, "missing_field", "attempts[0].scores", True),
+    ("attempts.0.scores", [0.3], False, "wrong_type", "attempts[0].scores", True),
+    ("attempts.0.scores.clip_t", NAN, False, "nan", "attempts[0].scores.clip_t", None),
+    ("attempts.0.scores.clip_t", -INF, False, "infinity", "attempts[0].scores.clip_t", None),
+    ("attempts.0.scores.clip_t", "0.3", False, "wrong_type", "attempts[0].scores.clip_t", True),
+    ("attempts.0.scores.clip_t", True, False, "wrong_type", "attempts[0].scores.clip_t", True),
+    ("attempts.0.judge", None, True, "missing_field", "attempts[0].judge", True),
+    ("attempts.0.judge", True, False, "wrong_type", "attempts[0].judge", True),
+    ("attempts.0.judge.score", 1.5, False, "out_of_range", "attempts[0].judge.score", True),
+    ("attempts.0.judge.score", -0.01, False, "out_of_range", "attempts[0].judge.score", True),
+    ("attempts.0.judge.score", NAN, False, "nan", "attempts[0].judge.score", None),
+    ("attempts.0.judge.score", None, True, "missing_field", "attempts[0].judge.score", True),
+    ("attempts.0.judge.pass", 1, False, "wrong_type", "attempts[0].judge.pass", True),
+    ("attempts.0.judge.pass", None, True, "missing_field", "attempts[0].judge.pass", True),
+    ("attempts.0.judge.flaws", None, True, "missing_field", "attempts[0].judge.flaws", True),
+    ("attempts.0.judge.flaws", {}, False, "wrong_type", "attempts[0].judge.flaws", True),
+    ("attempts.0.judge.flaws.0", "hat", False, "wrong_type", "attempts[0].judge.flaws[0]", True),
+    ("attempts.0.judge.flaws.0.kind", 3, False, "wrong_type", "attempts[0].judge.flaws[0].kind", True),
+    ("attempts.0.judge.flaws.0.kind", None, True, "missing_field", "attempts[0].judge.flaws[0].kind", True),
+    ("attempts.0.judge.flaws.0.box", None, True, "missing_field", "attempts[0].judge.flaws[0].box", True),
+    ("attempts.0.judge.flaws.0.box", [0, 0, 1], False, "bad_box", "attempts[0].judge.flaws[0].box", True),
+    (
+        "attempts.0.judge.flaws.0.box",
+        [0.5, 0, 0.5, 1],
+        False,
+        "bad_box",
+        "attempts[0].judge.flaws[0].box",
+        False,
+    ),
+    (
+        "attempts.0.judge.flaws.0.box",
+        [0, 0.9, 1, 0.1],
+        False,
+        "bad_box",
+        "attempts[0].judge.flaws[0].box",
+        False,
+    ),
+    (
+        "attempts.0.judge.flaws.0.box",
+        [0, 0, 1.5, 1],
+        False,
+        "out_of_range",
+        "attempts[0].judge.flaws[0].box[2]",
+        True,
+    ),
+    (
+        "attempts.0.judge.flaws.0.box",
+        [0, 0, "1", 1],
+        False,
+        "wrong_type",
+        "attempts[0].judge.flaws[0].box[2]",
+        True,
+    ),
+    ("attempts.0.judge.flaws.0.box", [0, 0, NAN, 1], False, "nan", "attempts[0].judge.flaws[0].box[2]", None),
+]
+
+# Variations the spec allows: they must stay valid (and satisfy the schema).
+VALID = [
+    ("category", None, False),
+    ("category", None, True),
+    ("meta", None, True),
+    ("meta", {"nested": {"deep": [1, "x", None, True]}}, False),
+    ("attempts.0.image", None, False),
+    ("attempts.0.judge", None, False),
+    ("attempts.0.judge.flaws", [], False),
+    ("attempts.0.scores", {}, False),
+    ("attempts.0.scores.dino", 3, False),
+    ("attempts.0.cost.latency_s", None, True),
+    ("attempts.0.cost.latency_s", None, False),
+    ("attempts.0.cost.nfe", 28.0, False),  # JSON Schema's integer: an integral number
+    ("attempts.0.judge.score", 1, False),
+    ("instruction", "  Färbe den Becher blau 🎨  ", False),
+    ("id", " ", False),  # non-empty, nothing more
+    ("unknown_top_level", {"kept": True}, False),
+    ("attempts.0.unknown_attempt_field", [1, 2], False),
+    ("attempts.0.judge.flaws.0.confidence", 0.5, False),
+    ("source_image", "images/./req-0/../req-0/source.png", False),
+]
+
+
+def read_one(root, obj):
+    put_images(root, record_dict("req-0"))
+    write_shard(root, [json.dumps(obj, allow_nan=True)])
+    records, rejects = load_records(root, images="header")
+    return records, rejects
+
+
+@pytest.mark.parametrize(("path", "value", "delete", "reason", "field", "schema_rejects"), CASES)
+def test_each_rule_rejects_with_reason_and_field(
+    tmp_path, path, value, delete, reason, field, schema_rejects
+):
+    obj = mutate(record_dict("req-0"), path, value, delete)
+    records, rejects = read_one(tmp_path, obj)
+    assert records == []
+    assert len(rejects) == 1
+    rej = rejects[0]
+    assert (rej.reason, rej.field) == (reason, field), rej.message
+    assert rej.shard == "traces-00000.jsonl" and rej.line == 1
+    assert field.split("[")[0].split(".")[0] in rej.message
+    assert reason in REASONS
+    if schema_rejects is not None:
+        assert (not SCHEMA.is_valid(obj)) == schema_rejects
+
+
+@pytest.mark.parametrize(("path", "value", "delete"), VALID)
+def test_allowed_variations_stay_valid(tmp_path, path, value, delete):
+    obj = mutate(record_dict("req-0"), path, value, delete)
+    records, rejects = read_one(tmp_path, obj)
+    assert rejects == []
+    assert len(records) == 1
+    assert records[0].id == obj["id"]
+    assert SCHEMA.is_valid(obj), list(SCHEMA.iter_errors(obj))
+
+
+def test_cross_attempt_rules(tmp_path):
+    base = record_dict("req-0", n_candidates=2, n_rounds=3, tokens=(0, 128))
+    dup = copy.deepcopy(base)
+    dup["attempts"][4] = copy.deepcopy(dup["attempts"][1])
+    # round 1 of candidate 0 at 128 tokens removed: round 2 at 128 has no parent
+    orphan = copy.deepcopy(base)
+    orphan["attempts"] = [
+        a for a in orphan["attempts"] if (a["candidate"], a["round"], a["reasoning_tokens"]) != (0, 1, 128)
+    ]
+    # round 1 whose round 0 exists only at another reasoning budget
+    other_budget = copy.deepcopy(base)
+    other_budget["attempts"] = [
+        a for a in other_budget["attempts"] if (a["round"], a["reasoning_tokens"]) != (0, 128)
+    ]
+    put_images(tmp_path, base)
+    for i, o in enumerate((dup, orphan, other_budget)):
+        o["id"] = f"r{i}"
+    write_shard(tmp_path, [dup, orphan, other_budget, base])
+    records, rejects = load_records(tmp_path)
+    assert [r.id for r in records] == ["req-0"]
+    assert [(r.line, r.id, r.reason, r.field) for r in rejects] == [
+        (1, "r0", "duplicate_attempt", "attempts[4]"),
+        (2, "r1", "missing_parent_round", "attempts[7].round"),
+        (3, "r2", "missing_parent_round", "attempts[6].round"),
+    ]
+    for o in (dup, orphan, other_budget):
+        assert SCHEMA.is_valid(o)  # these rules are beyond JSON Schema: the validator carries them
+
+
+def test_duplicate_ids_across_nested_shards_keep_the_first(tmp_path):
+    obj = put_images(tmp_path, record_dict("req-0"))
+    write_shard(tmp_path, [obj], "a.jsonl")
+    sub = dict(obj, source_image="../" + obj["source_image"])
+    sub["attempts"] = [dict(a, image="../" + a["image"]) for a in obj["attempts"]]
+    write_shard(tmp_path, [sub, dict(sub, id="req-1")], "sub/b.jsonl")
+    ds = TraceDataset(tmp_path)
+    assert [(r.id, r.root) for r in ds] == [("req-0", tmp_path), ("req-1", tmp_path / "sub")]
+    assert [(r.shard, r.line, r.id, r.reason, r.field) for r in ds.rejects] == [
+        ("sub/b.jsonl", 1, "req-0", "duplicate_id", "id")
+    ]
+
+
+def test_several_problems_are_summarised_in_one_reject(tmp_path):
+    obj = record_dict("req-0")
+    obj["backbone"] = ""
+    for a in obj["attempts"]:
+        a["cost"]["nfe"] = -1
+    records, rejects = read_one(tmp_path, obj)
+    assert (rejects[0].reason, rejects[0].field) == ("empty_string", "backbone")
+    assert "and 4 more" in rejects[0].message and "out_of_range@attempts[0].cost.nfe" in rejects[0].message
+    problems = validate_record(obj)
+    assert [p.reason for p in problems] == ["empty_string"] + ["out_of_range"] * 4
+
+
+def test_problem_cap_on_huge_bad_records():
+    obj = record_dict("req-0", n_candidates=1, n_rounds=1)
+    obj["attempts"] = [dict(obj["attempts"][0], candidate=-1) for _ in range(10_000)]
+    assert len(validate_record(obj)) == 20
+
+
+def test_not_an_object_lines(tmp_path):
+    write_shard(tmp_path, ["[1, 2]", '"text"', "3", "null"])
+    records, rejects = load_records(tmp_path)
+    assert records == []
+    assert [(r.line, r.reason, r.field, r.id) for r in rejects] == [
+        (i, "not_an_object", None, None) for i in range(1, 5)
+    ]
