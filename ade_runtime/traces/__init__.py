@@ -12,6 +12,7 @@ from typing import Any
 from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageChecker
 from .reader import DEFAULT_MAX_LINE_BYTES, Reject, TraceDataset, find_shards, load_records, read_traces
 from .records import FORMAT, Attempt, Cost, EditRecord, Flaw, Judge
+from .stats import StatsAccumulator, compute_stats, format_stats
 from .validate import REASONS, Problem, parse_record, validate_record
 from .writer import TraceWriter
 
@@ -36,12 +37,15 @@ __all__ = [
     "EditRecord",
     "Flaw",
     "ImageChecker",
+    "StatsAccumulator",
     "Judge",
     "Problem",
     "Reject",
     "TraceDataset",
     "TraceWriter",
+    "compute_stats",
     "find_shards",
+    "format_stats",
     "load_records",
     "parse_record",
     "read_traces",
