@@ -3,8 +3,8 @@ pixel statistics) and a content-addressed feature cache.
 
 ``build_text_encoder(spec)`` / ``build_image_encoder(spec)`` turn an encoder's ``spec()`` back into an
 equal encoder (same ``fingerprint``); artifacts store specs and fingerprints in their feature spec
-(ade_runtime/artifacts.py). Backbone libraries (transformers) are imported lazily inside the HF
-encoders only, so ``import ade_runtime.encoders`` needs just torch, numpy and pillow.
+(ade_runtime/artifacts.py). Backbone libraries (transformers, tokenizers) are imported lazily inside
+the HF encoders' functions only, so ``import ade_runtime.encoders`` needs just torch, numpy and pillow.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ade_runtime.encoders.base import ImageEncoder, TextEncoder, stable_hash
+from ade_runtime.encoders.cache import FeatureCache, content_key
 from ade_runtime.encoders.hashing import HashingTextEncoder
+from ade_runtime.encoders.hf_image import ClipVisionEncoder, Dinov2Encoder, ImagePreprocess
+from ade_runtime.encoders.hf_text import HFTextEncoder, build_wordlevel_tokenizer, minilm_path
 from ade_runtime.encoders.pixels import PixelStatsEncoder
 from ade_runtime.errors import InputError
 
@@ -35,8 +38,6 @@ def build_text_encoder(spec: Mapping[str, Any]) -> TextEncoder:
         if kind == "hashing":
             return HashingTextEncoder(**kw)
         if kind == "hf":
-            from ade_runtime.encoders.hf_text import HFTextEncoder
-
             return HFTextEncoder(**kw)
     except TypeError as exc:
         raise InputError(f"build_text_encoder: bad field in {kind!r} spec {dict(spec)}: {exc}") from None
@@ -50,12 +51,8 @@ def build_image_encoder(spec: Mapping[str, Any]) -> ImageEncoder:
         if kind == "pixels":
             return PixelStatsEncoder(**kw)
         if kind == "dinov2":
-            from ade_runtime.encoders.hf_image import Dinov2Encoder
-
             return Dinov2Encoder(**kw)
         if kind == "clip":
-            from ade_runtime.encoders.hf_image import ClipVisionEncoder
-
             return ClipVisionEncoder(**kw)
     except TypeError as exc:
         raise InputError(f"build_image_encoder: bad field in {kind!r} spec {dict(spec)}: {exc}") from None
@@ -78,23 +75,6 @@ def encoders_from_feature_spec(feature_spec: Mapping[str, Any] | None) -> dict[s
             )
         out[role] = build_encoder(entry["spec"])
     return out
-
-
-def __getattr__(name: str):
-    # HF encoders and the cache load on first use so importing this package stays light.
-    if name in ("HFTextEncoder", "minilm_path", "build_wordlevel_tokenizer"):
-        from ade_runtime.encoders import hf_text
-
-        return getattr(hf_text, name)
-    if name in ("Dinov2Encoder", "ClipVisionEncoder", "ImagePreprocess"):
-        from ade_runtime.encoders import hf_image
-
-        return getattr(hf_image, name)
-    if name in ("FeatureCache", "content_key"):
-        from ade_runtime.encoders import cache
-
-        return getattr(cache, name)
-    raise AttributeError(f"module 'ade_runtime.encoders' has no attribute {name!r}")
 
 
 __all__ = [
