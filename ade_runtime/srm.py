@@ -92,7 +92,10 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
     between[~np.isfinite(between)] = -1.0
-    return float(edges[int(np.argmax(between)) + 1])
+    # Every cut inside an empty gap is optimal; take the middle of that plateau, not its first edge.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    run = best[: int(np.argmax(np.diff(np.append(best, -2)) != 1)) + 1]  # first contiguous plateau
+    return float(edges[int(run[len(run) // 2]) + 1])
 
 
 def _gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:

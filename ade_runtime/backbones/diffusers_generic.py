@@ -1,0 +1,216 @@
+"""A generic ADE adapter for diffusers image-edit pipelines that take ``image`` + ``prompt``.
+
+For pipelines such as ``QwenImageEditPipeline``, ``Flux2Pipeline`` or ``FluxKontextPipeline``
+that support ``callback_on_step_end`` (diffusers ``pipelines/*/pipeline_*.py``). What it does
+without pipeline-specific code: seeds a ``torch.Generator`` per attempt, counts real denoiser
+calls with a forward hook (NFE), and prunes through the pipeline's ``interrupt`` flag after a
+one-step x0 preview when the scheduler is flow matching (``x0 = x_t - sigma_t * v``).
+
+Decoding is pipeline-specific, so the adapter decodes itself only through a known decoder
+(``"flux"``: packed latents with ``scaling_factor``/``shift_factor``, ``"qwenimage"``: packed
+latents with per-channel ``latents_mean``/``latents_std``) or a user-supplied
+``decode_latents(pipe, latents, height, width) -> PIL``. With a decoder the pipeline runs with
+``output_type="latent"`` and a pruned attempt skips the VAE decode; without one there is no
+preview (``supports_preview = False``).
+
+Not reused across attempts: prompt embeddings (Qwen-Image-Edit's depend on the image, diffusers
+#10705/#13377, so they are never shared across images). For FLUX.1 Kontext prefer
+``FluxKontextBackbone``, which reuses embeddings and latents and confines masks in latent space;
+here a mask is applied as a pixel composite only (``supports_mask = False``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from ade_runtime.backbones._diffusers import (
+    CallCounter,
+    check_mask,
+    composite,
+    flow_x0,
+    has_flow_sigmas,
+    scheduler_sigmas,
+)
+from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
+from ade_runtime.errors import InputError
+
+DecodeFn = Callable[[Any, Any, int, int], Image.Image]
+
+
+def decode_flux_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
+    """Decode packed FLUX-family latents exactly as FluxPipeline / FluxKontextPipeline do."""
+    import torch
+
+    with torch.no_grad():
+        x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+        img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(img, output_type="pil")[0]
+
+
+def decode_qwenimage_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
+    """Decode packed Qwen-Image latents exactly as QwenImageEditPipeline does."""
+    import torch
+
+    with torch.no_grad():
+        x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor).to(pipe.vae.dtype)
+        cfg = pipe.vae.config
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(x.device, x.dtype)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(x.device, x.dtype)
+        img = pipe.vae.decode(x / inv_std + mean, return_dict=False)[0][:, :, 0]
+    return pipe.image_processor.postprocess(img, output_type="pil")[0]
+
+
+def _auto_decoder(pipe: Any) -> DecodeFn | None:
+    vae_cfg = getattr(getattr(pipe, "vae", None), "config", None)
+    if vae_cfg is None or not hasattr(pipe, "_unpack_latents"):
+        return None
+    if "QwenImage" in type(pipe).__name__ and hasattr(vae_cfg, "latents_mean"):
+        return decode_qwenimage_packed
+    if type(pipe).__name__.startswith("Flux") and "Flux2" not in type(pipe).__name__:
+        if (
+            getattr(vae_cfg, "scaling_factor", None) is not None
+            and getattr(vae_cfg, "shift_factor", None) is not None
+        ):
+            return decode_flux_packed
+    return None
+
+
+class DiffusersEditBackbone:
+    """Backbone protocol around any diffusers image + prompt editing pipeline (see module docstring)."""
+
+    supports_mask = False
+    supports_reasoning = False
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        name: str = "diffusers-edit",
+        num_inference_steps: int = 28,
+        call_kwargs: dict[str, Any] | None = None,
+        decode_latents: DecodeFn | str | None = "auto",
+        max_area: int = 1024**2,
+    ):
+        self.pipe = pipe
+        self.name = name
+        self.num_inference_steps = int(num_inference_steps)
+        self.call_kwargs = dict(call_kwargs or {})
+        self.max_area = int(max_area)
+        self.denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+        if self.denoiser is None:
+            raise InputError(
+                f"DiffusersEditBackbone: {type(pipe).__name__} has neither .transformer nor .unet"
+            )
+        self._params = set(inspect.signature(type(pipe).__call__).parameters)
+        if "callback_on_step_end" not in self._params or "image" not in self._params:
+            raise InputError(
+                f"DiffusersEditBackbone: {type(pipe).__name__}.__call__ must accept image= and "
+                "callback_on_step_end=; use a pipeline-specific adapter for this model"
+            )
+        self.decode = _auto_decoder(pipe) if decode_latents == "auto" else decode_latents
+        can_interrupt = isinstance(getattr(type(pipe), "interrupt", None), property)
+        self.supports_preview = bool(
+            can_interrupt and has_flow_sigmas(pipe.scheduler) and self.decode is not None
+        )
+
+    def prepare(self, request: EditRequest) -> EditRequest:
+        # Nothing is shared safely across pipelines generically (see module docstring).
+        if not isinstance(request.image, Image.Image):
+            raise InputError("DiffusersEditBackbone.prepare: request.image must be a PIL image")
+        return request
+
+    def _size(self, size: tuple[int, int]) -> tuple[int, int]:
+        m = getattr(self.pipe, "vae_scale_factor", 8) * 2
+        w, h = size
+        if w * h > self.max_area:
+            s = (self.max_area / (w * h)) ** 0.5
+            w, h = int(w * s), int(h * s)
+        return max(m, w // m * m), max(m, h // m * m)
+
+    def run(self, state: EditRequest, spec: AttemptSpec) -> AttemptOutput:
+        import torch
+
+        t0 = time.perf_counter()
+        pipe = self.pipe
+        source = spec.input_image if spec.input_image is not None else state.image
+        steps = self.num_inference_steps
+        if spec.preview_fn is not None:
+            if not self.supports_preview:
+                raise InputError(
+                    f"{self.name}: this pipeline cannot preview/prune (no flow sigmas, interrupt or decoder)"
+                )
+            if not (spec.preview_step and 1 <= spec.preview_step <= steps):
+                raise InputError(
+                    f"{self.name}: spec.preview_step must be in [1, {steps}], got {spec.preview_step}"
+                )
+        mask = None if spec.mask is None else check_mask(spec.mask, source.size, self.name)
+        w, h = self._size(source.size)
+        kwargs: dict[str, Any] = {k: v for k, v in (("height", h), ("width", w)) if k in self._params}
+        if "max_area" in self._params:
+            kwargs["max_area"] = w * h
+        kwargs.update(self.call_kwargs)
+        info: dict[str, Any] = {"prev": None, "preview": None, "pruned": False}
+
+        def on_step_end(p, i, t, cb):
+            latents = cb["latents"]
+            if spec.preview_fn is not None and i + 1 == spec.preview_step:
+                x_t = info["prev"]
+                if x_t is None:  # step 0: the sample entered the denoiser first in its input
+                    x_t = counter.last_input[: latents.shape[0], : latents.shape[1]]
+                sig = scheduler_sigmas(p.scheduler)
+                x0 = latents if sig[i + 1] == 0 else flow_x0(x_t, latents, sig[i], sig[i + 1])
+                preview = self.decode(p, x0, kwargs.get("height", h), kwargs.get("width", w))
+                info["preview"] = (
+                    preview if preview.size == source.size else preview.resize(source.size, Image.BICUBIC)
+                )
+                if not spec.preview_fn(info["preview"], spec.preview_step):
+                    info["pruned"] = True
+                    p._interrupt = True
+            info["prev"] = latents
+            return {}
+
+        generator = torch.Generator(device="cpu").manual_seed(int(spec.seed))
+        with CallCounter(self.denoiser) as counter:
+            result = pipe(
+                image=source,
+                prompt=spec.prompt,
+                num_inference_steps=steps,
+                generator=generator,
+                output_type="latent" if self.decode is not None else "pil",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                **kwargs,
+            ).images
+        extra: dict[str, Any] = {
+            "resolution": {"working": [w, h], "input": list(source.size)},
+            "decode_skipped": bool(info["pruned"] and self.decode is not None),
+            "preview_decodes": int(info["preview"] is not None),
+        }
+        if info["pruned"]:
+            return AttemptOutput(
+                image=None, nfe=counter.calls, latency_s=time.perf_counter() - t0, pruned=True,
+                preview_image=info["preview"], extra=extra,
+            )  # fmt: skip
+        image = (
+            self.decode(pipe, result, kwargs.get("height", h), kwargs.get("width", w))
+            if self.decode
+            else result[0]
+        )
+        if image.size != source.size:
+            image = image.resize(source.size, Image.BICUBIC)
+        if mask is not None:
+            image = composite(image, source, mask)
+            extra["mask_mode"] = "pixel_composite"
+        return AttemptOutput(
+            image=image,
+            nfe=counter.calls,
+            latency_s=time.perf_counter() - t0,
+            preview_image=info["preview"],
+            extra=extra,
+        )

@@ -1,0 +1,155 @@
+"""Step1X-Edit behind ADE's Backbone protocol.
+
+Two upstream routes, tried in this order:
+
+1. ``diffusers.Step1XEditPipeline`` when the installed diffusers ships it (it lives in the open
+   pull request diffusers #12249 / a diffusers fork): wrapped by ``DiffusersEditBackbone``, so it
+   gets interrupt-based pruning wherever that pipeline supports it.
+2. The original repository's ``ImageGenerator`` (stepfun-ai/Step1X-Edit ``inference.py``), importable
+   when the repository is on ``PYTHONPATH``: one ``generate_image`` call per attempt, no preview
+   and no mask (the sampler has no step callback).
+
+Neither present -> ``BackboneUnavailableError`` naming both installs. On 24 GB cards use the
+repository route with ``quantized=True`` (FP8 DiT weights) and ``offload=True`` (Step1X-Edit #8,
+#17); expect ~50 s per 1024px image on an A800 at 28 steps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from typing import Any
+
+from PIL import Image
+
+from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
+from ade_runtime.errors import BackboneUnavailableError, InputError
+
+INSTALL_HINT = (
+    "Step1X-Edit needs either a diffusers build with Step1XEditPipeline "
+    "(pip install 'git+https://github.com/huggingface/diffusers@refs/pull/12249/head') "
+    "or the original repository on PYTHONPATH "
+    "(git clone https://github.com/stepfun-ai/Step1X-Edit && pip install -r Step1X-Edit/requirements.txt "
+    "&& export PYTHONPATH=$PWD/Step1X-Edit)"
+)
+
+
+def _diffusers_pipeline_class() -> Any | None:
+    try:
+        diffusers = importlib.import_module("diffusers")
+    except ImportError:
+        return None
+    return getattr(diffusers, "Step1XEditPipeline", None)
+
+
+def _image_generator_class() -> Any | None:
+    try:
+        module = importlib.import_module("inference")
+    except ImportError:
+        return None
+    return getattr(module, "ImageGenerator", None)
+
+
+class Step1XEditBackbone:
+    """Step1X-Edit through the repository's ``ImageGenerator`` (see ``load`` for both routes)."""
+
+    name = "step1x-edit"
+    supports_preview = False
+    supports_mask = False
+    supports_reasoning = False
+
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        num_steps: int = 28,
+        cfg_guidance: float = 6.0,
+        size_level: int = 1024,
+        negative_prompt: str = "",
+    ):
+        if not callable(getattr(generator, "generate_image", None)):
+            raise InputError(
+                "Step1XEditBackbone: generator must be Step1X-Edit's ImageGenerator (has generate_image)"
+            )
+        if num_steps < 1 or size_level < 16:
+            raise InputError(
+                f"Step1XEditBackbone: num_steps >= 1 and size_level >= 16, got {num_steps}, {size_level}"
+            )
+        self.generator = generator
+        self.num_steps = int(num_steps)
+        self.cfg_guidance = float(cfg_guidance)
+        self.size_level = int(size_level)
+        self.negative_prompt = negative_prompt
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str,
+        *,
+        qwen2vl_model_path: str | None = None,
+        device: str = "cuda",
+        quantized: bool = False,
+        offload: bool = False,
+        route: str = "auto",
+        **kwargs: Any,
+    ) -> Any:
+        """Build the best available route: a diffusers pipeline adapter or the repository adapter.
+
+        ``route`` is ``"auto"``, ``"diffusers"`` or ``"repo"``. ``model_path`` is a diffusers model
+        id/dir for the diffusers route, or the directory holding ``step1x-edit-i1258.safetensors``
+        and ``vae.safetensors`` for the repository route.
+        """
+        if route not in ("auto", "diffusers", "repo"):
+            raise InputError(f"Step1XEditBackbone.load: route must be auto|diffusers|repo, got {route!r}")
+        pipeline_cls = _diffusers_pipeline_class() if route in ("auto", "diffusers") else None
+        if pipeline_cls is not None:
+            import torch
+
+            from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone
+
+            pipe = pipeline_cls.from_pretrained(model_path, torch_dtype=torch.bfloat16)
+            pipe.enable_model_cpu_offload() if offload else pipe.to(device)
+            return DiffusersEditBackbone(pipe, name=cls.name, **kwargs)
+        generator_cls = _image_generator_class() if route in ("auto", "repo") else None
+        if generator_cls is None:
+            raise BackboneUnavailableError(f"{INSTALL_HINT} (route={route!r})")
+        generator = generator_cls(
+            dit_path=os.path.join(model_path, "step1x-edit-i1258.safetensors"),
+            ae_path=os.path.join(model_path, "vae.safetensors"),
+            qwen2vl_model_path=qwen2vl_model_path or "Qwen/Qwen2.5-VL-7B-Instruct",
+            device=device,
+            quantized=quantized,
+            offload=offload,
+        )
+        return cls(generator, **kwargs)
+
+    def prepare(self, request: EditRequest) -> EditRequest:
+        # ImageGenerator re-encodes per call; it exposes no cache to share across candidates.
+        if not isinstance(request.image, Image.Image):
+            raise InputError("Step1XEditBackbone.prepare: request.image must be a PIL image")
+        return request
+
+    def run(self, state: EditRequest, spec: AttemptSpec) -> AttemptOutput:
+        if spec.preview_fn is not None or spec.mask is not None:
+            raise InputError("Step1XEditBackbone supports neither previews nor masks (supports_* are False)")
+        source = spec.input_image if spec.input_image is not None else state.image
+        t0 = time.perf_counter()
+        images = self.generator.generate_image(
+            spec.prompt,
+            negative_prompt=self.negative_prompt,
+            ref_images=source.convert("RGB"),
+            num_steps=self.num_steps,
+            cfg_guidance=self.cfg_guidance,
+            seed=int(spec.seed),
+            num_samples=1,
+            show_progress=False,
+            size_level=self.size_level,
+        )
+        image = images[0]
+        if image.size != source.size:
+            image = image.resize(source.size, Image.BICUBIC)
+        # One batched DiT call per step on [cond, uncond]: two function evaluations.
+        nfe = self.num_steps * (2 if self.cfg_guidance != -1 else 1)
+        extra = {"size_level": self.size_level, "route": "repo"}
+        return AttemptOutput(image=image, nfe=nfe, latency_s=time.perf_counter() - t0, extra=extra)
