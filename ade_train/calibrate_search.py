@@ -96,7 +96,7 @@ class SearchResult:
     def table_csv(self) -> str:
         """The candidates table as CSV text (one row per candidate, the chosen one flagged)."""
         cols = [*SEARCHED, "mean_score", "pass_rate", "compute", "nfe_per_request"]
-        cols += ["gpu_seconds_per_request", "attempts_per_request", "feasible", "chosen"]
+        cols += ["gpu_seconds_per_request", "attempts_per_request", "incomplete", "feasible", "chosen"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -168,6 +168,7 @@ def search_thresholds(
     ref_sum = summarize(ref_out)
     target = target_fraction * ref_sum["mean_score"]
     reference = {"policy": reference_policy, **{k: v for k, v in ref_sum.items() if k != "by_category"}}
+    reference["compute"] = compute_of(ref_sum, compute_key)
 
     rows: list[dict[str, Any]] = []
     outcomes: list[list[Outcome]] = []
@@ -193,6 +194,16 @@ def search_thresholds(
     guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction)
     warnings = []
     n = len(records)
+    if ref_sum.get("incomplete"):
+        warnings.append(
+            f"reference {reference_policy} asked for attempts the traces do not have in {ref_sum['incomplete']} of "
+            f"{n} requests (it stopped there): the target is that of the grid the traces offer"
+        )
+    if rows[best].get("incomplete"):
+        warnings.append(
+            f"the chosen policy asked for attempts the traces do not have in {rows[best]['incomplete']} of {n} "
+            "requests (CARD budget beyond the logged grid); its figures count what was logged"
+        )
     if not feasible:
         warnings.append(
             f"no candidate reaches {target_fraction:g} x {reference_policy} mean score ({target:.4f}) on the "

@@ -1,0 +1,170 @@
+"""The online signals of every attempt of the calibration split, computed once per job.
+
+For each attempt: its cheap scores (``attempt.scores``, e.g. clip_t / clip_i), the exported critique
+head's ``p_pass`` on its image (NaN when the attempt has no image or the critique fails: the
+calibrator's fallback then answers), its preview scores (``preview_<name>`` for every cheap score
+``<name>``, when the traces logged previews) and its judge label. ``SignalTable`` turns these into
+training matrices for ``calibrate_fit`` and into the per-record confidences and preview confidences
+that ``ade_runtime.policy`` replays (the calibrator applied exactly as the live loop applies it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ade_runtime.errors import ADEError, InputError
+from ade_runtime.predictors.calibration import CRITIQUE_FEATURE, Calibrator
+from ade_runtime.traces.records import EditRecord
+
+Key = tuple[int, int, int]
+PREVIEW_PREFIX = "preview_"  # attempt.scores["preview_clip_t"]: clip_t of the one-step preview
+
+
+def _open(rec: EditRecord, rel: str) -> Image.Image:
+    with Image.open(rec.resolve(rel)) as im:
+        return im.convert("RGB")
+
+
+@dataclass
+class SignalTable:
+    """Signals per attempt (``features[rec_id][key]``), labels of the judged ones, and previews."""
+
+    records: list[EditRecord]
+    score_names: list[str]
+    features: dict[str, dict[Key, dict[str, float]]]
+    labels: dict[str, dict[Key, int]]
+    previews: dict[str, dict[Key, dict[str, float]]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_previews(self) -> bool:
+        return any(self.previews.values())
+
+    def _rows(self, names: Sequence[str]) -> list[tuple[str, dict[str, float], int]]:
+        rows = []
+        for rec in self.records:
+            for key, label in self.labels[rec.id].items():
+                feats = self.features[rec.id][key]
+                if all(math.isfinite(feats.get(n, math.nan)) for n in names):
+                    rows.append((rec.id, feats, label))
+        return rows
+
+    def matrix(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """X [N, F], 0/1 labels and request ids of the judged attempts whose ``names`` are all finite."""
+        rows = self._rows(names)
+        X = np.array([[f[n] for n in names] for _, f, _ in rows], dtype=np.float64).reshape(
+            len(rows), len(names)
+        )
+        y = np.array([lab for _, _, lab in rows], dtype=np.int64)
+        groups = np.array([rid for rid, _, _ in rows])
+        return X, y, groups
+
+    def raw_confidence(self, names: Sequence[str]) -> np.ndarray:
+        """The uncalibrated confidence ("before"), aligned with ``matrix(names)``.
+
+        The critique's own p_pass when it is a feature; otherwise the first cheap score rescaled
+        to [0, 1] over the split (a cheap score is not a probability until calibrated).
+        """
+        X, _, _ = self.matrix(names)
+        if CRITIQUE_FEATURE in names:
+            return X[:, list(names).index(CRITIQUE_FEATURE)]
+        col = X[:, 0]
+        lo, hi = (col.min(), col.max()) if len(col) else (0.0, 1.0)
+        return np.clip((col - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.full_like(col, 0.5)
+
+    def signals(self, calibrator: Calibrator) -> Callable[[EditRecord], tuple[dict, dict | None]]:
+        """``rec -> (confidence per key, preview confidence per key or None)`` for the replay."""
+
+        def fn(rec: EditRecord) -> tuple[dict[Key, float], dict[Key, float] | None]:
+            feats = self.features[rec.id]
+            keys = list(feats)
+            probs = calibrator.predict_proba(calibrator.features_tensor([feats[k] for k in keys]))
+            conf = {k: float(p) for k, p in zip(keys, probs.tolist(), strict=True)}
+            prev = self.previews.get(rec.id) or {}
+            if not prev:
+                return conf, None
+            pkeys = list(prev)
+            # a preview is scored by the cheap scorers only: the calibrator answers with its cheap-score map
+            pp = calibrator.predict_proba(calibrator.features_tensor([prev[k] for k in pkeys]))
+            return conf, {k: float(p) for k, p in zip(pkeys, pp.tolist(), strict=True)}
+
+        return fn
+
+    def card_fn(self, card: Any) -> Callable[[EditRecord], Any]:
+        """``rec -> BudgetPrediction`` from the exported CARD on the request's instruction and source."""
+
+        def fn(rec: EditRecord) -> Any:
+            return card.predict(rec.instruction, _open(rec, rec.source_image))
+
+        return fn
+
+
+def _default_score_names(records: Sequence[EditRecord]) -> list[str]:
+    common: set[str] | None = None
+    for rec in records:
+        for a in rec.attempts:
+            if a.judge is None:
+                continue
+            names = {k for k in a.scores if not k.startswith(PREVIEW_PREFIX)}
+            common = names if common is None else common & names
+    return sorted(common or ())
+
+
+def build_signal_table(
+    records: Sequence[EditRecord], score_names: Sequence[str] | None, critique: Any = None
+) -> SignalTable:
+    """Collect the signals of every attempt; ``critique`` is a ``CritiquePredictor`` or None."""
+    records = list(records)
+    if not records:
+        raise InputError("the calibration split is empty; give a dataset with more requests")
+    names = list(score_names) if score_names is not None else _default_score_names(records)
+    if not names and critique is None:
+        raise InputError(
+            "no online signal to calibrate: the judged attempts share no cheap score (attempt.scores) and "
+            "no critique is exported; log scores such as clip_t or train the critique first"
+        )
+    features: dict[str, dict[Key, dict[str, float]]] = {}
+    labels: dict[str, dict[Key, int]] = {}
+    previews: dict[str, dict[Key, dict[str, float]]] = {}
+    failed = no_image = 0
+    for rec in records:
+        feats: dict[Key, dict[str, float]] = {}
+        for a in rec.attempts:
+            feats[a.key] = {n: float(a.scores.get(n, math.nan)) for n in names}
+        prev = {
+            a.key: {n: float(a.scores[PREVIEW_PREFIX + n]) for n in names}
+            for a in rec.attempts
+            if names and all(PREVIEW_PREFIX + n in a.scores for n in names)
+        }
+        if critique is not None:
+            with_image = [a for a in rec.attempts if a.image]
+            no_image += len(rec.attempts) - len(with_image)
+            for a in rec.attempts:
+                feats[a.key][CRITIQUE_FEATURE] = math.nan
+            try:
+                if with_image:
+                    src = _open(rec, rec.source_image)
+                    outs = [_open(rec, a.image) for a in with_image]  # type: ignore[arg-type]
+                    crits = critique.predict_batch([src] * len(outs), outs, [rec.instruction] * len(outs))
+                    for a, c in zip(with_image, crits, strict=True):
+                        feats[a.key][CRITIQUE_FEATURE] = float(c.p_pass)
+            except (ADEError, OSError, ValueError, RuntimeError):
+                failed += len(with_image)  # treated as missing: the cheap-score fallback answers
+        features[rec.id] = feats
+        labels[rec.id] = {a.key: int(a.judge.passed) for a in rec.attempts if a.judge is not None}
+        previews[rec.id] = prev
+    notes = []
+    if critique is not None and (failed or no_image):
+        notes.append(
+            f"critique missing for {no_image} attempts without image and {failed} failed: fallback used"
+        )
+    table = SignalTable(records, names, features, labels, previews, notes)
+    if not any(table.labels.values()):
+        raise InputError("no judged attempt in the calibration split; run ade-judge on the traces first")
+    return table
