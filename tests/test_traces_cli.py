@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_traces_fixtures import png_bytes, put_images, record_dict, write_shard
 
 from ade_runtime.traces import Attempt, Cost, EditRecord, Judge, TraceWriter
 from ade_runtime.traces.cli import main
+
+# the shared builders live next to this file (works with or without tests/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_traces_fixtures import png_bytes, put_images, record_dict, write_shard  # noqa: E402
 
 EXE = Path(sys.executable).with_name("ade-traces")
 

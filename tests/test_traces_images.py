@@ -5,14 +5,19 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_traces_fixtures import png_bytes, put_image, record_dict, write_shard
 
 from ade_runtime.traces import ImageChecker, TraceDataset, load_records
+
+# the shared builders live next to this file (works with or without tests/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_traces_fixtures import png_bytes, put_image, record_dict, write_shard  # noqa: E402
 
 
 def png_declaring(width: int, height: int) -> bytes:

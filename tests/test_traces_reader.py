@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -11,10 +12,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_traces_fixtures import put_images, record_dict, write_shard
 
 from ade_runtime.errors import TraceError
 from ade_runtime.traces import EditRecord, Reject, TraceDataset, load_records, read_traces
+
+# the shared builders live next to this file (works with or without tests/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_traces_fixtures import put_images, record_dict, write_shard  # noqa: E402
 
 
 def n_lines(data: bytes) -> int:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_traces_fixtures import png_bytes, put_images, record_dict, simple_record
 
 from ade_runtime.errors import InputError, TraceError
 from ade_runtime.traces import Attempt, Cost, EditRecord, Judge, TraceDataset, TraceWriter, load_records
+
+# the shared builders live next to this file (works with or without tests/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_traces_fixtures import png_bytes, put_images, record_dict, simple_record  # noqa: E402
 
 
 def test_write_read_round_trip_keeps_every_field(tmp_path):

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
-from test_traces_fixtures import mutate, put_images, record_dict, write_shard
 
 from ade_runtime.traces import REASONS, TraceDataset, load_records, record_schema, validate_record
+
+# the shared builders live next to this file (works with or without tests/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_traces_fixtures import mutate, put_images, record_dict, write_shard  # noqa: E402
 
 NAN, INF = float("nan"), float("inf")
 SCHEMA = jsonschema.Draft202012Validator(record_schema())
