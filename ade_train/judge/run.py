@@ -69,7 +69,11 @@ def _load(path: Path | None) -> Image.Image | None:
     if path is None:
         return None
     with Image.open(path) as im:
-        return im.convert("RGB")
+        im.load()
+        out = im.convert("RGB")
+        # Keep text chunks: some judges read metadata (the testbed reads its scene from one).
+        out.info.update({k: v for k, v in im.info.items() if isinstance(v, str)})
+        return out
 
 
 def _run_batch(judge: Judge, tasks: list[_Task]) -> list[JudgeResult | JudgeFailure]:
