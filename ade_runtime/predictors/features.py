@@ -17,7 +17,6 @@ Public API::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,8 +50,18 @@ def _load_image(image: Any) -> Any:
     raise InputError(f"image must be a PIL image or a path, got {type(image).__name__}")
 
 
-def _text_key(text: str) -> str:
-    return "text:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _image_key(image: Any) -> str:
+    """Content key of an image: the sha256 of its file bytes, or of its pixels for a PIL image."""
+    from ade_runtime.encoders.cache import content_key
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return content_key(Path(image).read_bytes())
+        except OSError as exc:
+            raise InputError(
+                f"source image {image} cannot be read ({exc}); pass an existing image file"
+            ) from None
+    return content_key(_load_image(image))
 
 
 class RequestFeaturizer:
@@ -139,10 +148,9 @@ class RequestFeaturizer:
         if cache is None or keys is None:
             out = encoder.encode([prepare(v) for v in items])
         else:
-            index = {k: i for i, k in enumerate(keys)}
             # decode lazily: only cache misses are loaded and encoded
             out = cache.get(
-                encoder, list(keys), lambda ks: encoder.encode([prepare(items[index[k]]) for k in ks])
+                encoder, list(items), list(keys), lambda its: encoder.encode([prepare(v) for v in its])
             )
         return torch.as_tensor(out, dtype=torch.float32).reshape(len(items), -1)
 
@@ -157,8 +165,8 @@ class RequestFeaturizer:
         """FloatTensor[N, dim]: text features then pooled image features of each request.
 
         ``images`` are PIL images or paths (required when there is an image encoder). With a
-        ``FeatureCache``, texts are keyed by their sha256 and images by ``image_keys`` (content
-        hashes; the sha256 of the file when not given and the image is a path).
+        ``FeatureCache``, texts and images are keyed by ``content_key`` (an image file by its bytes)
+        unless ``image_keys`` are given.
         """
         if isinstance(instructions, str):
             raise InputError("featurize takes a list of instructions; wrap a single one in a list")
@@ -166,19 +174,20 @@ class RequestFeaturizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"instruction #{i} is empty or not a string; pass the edit instruction text")
-        parts = [self._encode(self.text_encoder, texts, [_text_key(t) for t in texts], cache)]
+        text_keys = None
+        if cache is not None:
+            from ade_runtime.encoders.cache import content_key
+
+            text_keys = [content_key(t) for t in texts]
+        parts = [self._encode(self.text_encoder, texts, text_keys, cache)]
         if self.image_encoder is not None:
             if images is None or len(images) != len(texts):
                 n = "no" if images is None else len(images)
                 raise InputError(
                     f"featurize got {len(texts)} instructions and {n} images; pass one image each"
                 )
-            if (
-                cache is not None
-                and image_keys is None
-                and all(isinstance(im, (str, os.PathLike)) for im in images)
-            ):
-                image_keys = ["img:" + hashlib.sha256(Path(im).read_bytes()).hexdigest() for im in images]
+            if cache is not None and image_keys is None:
+                image_keys = [_image_key(im) for im in images]
             parts.append(self._encode(self.image_encoder, list(images), image_keys, cache, _load_image))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if x.shape[1] != self.dim:

@@ -1,0 +1,108 @@
+"""CARD's loss and evaluation metrics (pure torch + scipy), shared by training, tests and reports.
+
+Loss: negative log-likelihood over ``levels + [beyond]`` with right-censoring (a request that passed
+nowhere in its own grid contributes minus the log survival mass above its grid, as in discrete-time
+survival models), plus cross-entropy over reasoning-token levels on uncensored requests.
+Metrics follow the CARD evaluation: rank agreement with the realised need, level accuracy / MAE,
+coverage of the budget quantiles the runtime uses, and token accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F
+
+
+def censored_nll(
+    logits: torch.Tensor, level: torch.Tensor, censor_from: torch.Tensor, censored: torch.Tensor
+) -> torch.Tensor:
+    """Per-request NLL: ``-log P(level)`` or, censored, ``-log sum_{j >= censor_from} P(j)``."""
+    logp = F.log_softmax(logits, dim=-1)
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    above = classes[None, :] >= censor_from[:, None]
+    survival = torch.logsumexp(logp.masked_fill(~above, float("-inf")), dim=-1)
+    exact = logp.gather(1, level.clamp_max(logits.shape[-1] - 1)[:, None]).squeeze(1)
+    return -torch.where(censored, survival, exact)
+
+
+def card_loss(
+    budget_logits: torch.Tensor,
+    token_logits: torch.Tensor,
+    level: torch.Tensor,
+    censor_from: torch.Tensor,
+    censored: torch.Tensor,
+    token: torch.Tensor,
+    token_weight: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, budget NLL, token CE); the token term is 0 when no request in the batch is uncensored."""
+    nll = censored_nll(budget_logits, level, censor_from, censored).mean()
+    has_token = token >= 0
+    tok = F.cross_entropy(token_logits[has_token], token[has_token]) if has_token.any() else nll.new_zeros(())
+    return nll + token_weight * tok, nll, tok
+
+
+def quantile_index(probs: torch.Tensor, q: float) -> torch.Tensor:
+    """Index of the smallest level whose CDF >= q, clamped to the largest level (beyond is never a budget)."""
+    cdf = probs[:, :-1].cumsum(-1)
+    idx = (cdf < q - 1e-12).sum(-1)
+    return idx.clamp_max(probs.shape[-1] - 2)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties); 0.0 when either side is constant."""
+    from scipy.stats import spearmanr
+
+    if a.numel() < 2 or torch.unique(a).numel() < 2 or torch.unique(b).numel() < 2:
+        return 0.0
+    rho = spearmanr(a.double().cpu().numpy(), b.double().cpu().numpy()).statistic
+    return float(rho) if math.isfinite(rho) else 0.0
+
+
+def card_metrics(
+    probs: torch.Tensor,
+    token_probs: torch.Tensor,
+    level: torch.Tensor,
+    censored: torch.Tensor,
+    token: torch.Tensor,
+    levels: Sequence[int],
+    quantiles: Sequence[float] = (0.5, 0.8, 0.9),
+) -> dict[str, float]:
+    """Metrics of budget probabilities against realised needs (censored requests count as beyond).
+
+    ``spearman``: expected level vs realised level; ``acc`` / ``mae``: argmax level vs realised (MAE in
+    levels); ``cov@q``: share of requests with need <= the q-quantile budget; ``budget@q``: mean attempts
+    of that budget; ``token_acc``: most probable token level on uncensored requests.
+    """
+    n_levels = len(levels)
+    need = torch.where(censored, torch.full_like(level, n_levels), level)
+    classes = torch.arange(probs.shape[-1], dtype=probs.dtype)
+    expected = (probs * classes).sum(-1)
+    pred = probs.argmax(-1)
+    out = {
+        "spearman": spearman(expected, need.to(probs.dtype)),
+        "acc": float((pred == need).float().mean()),
+        "mae": float((pred - need).abs().float().mean()),
+        "censored_rate": float(censored.float().mean()),
+    }
+    lv = torch.tensor(list(levels), dtype=torch.float32)
+    for q in quantiles:
+        qi = quantile_index(probs, q)
+        out[f"cov@{q:g}"] = float((need <= qi).float().mean())
+        out[f"budget@{q:g}"] = float(lv[qi].mean())
+    has_token = token >= 0
+    out["token_acc"] = (
+        float((token_probs.argmax(-1)[has_token] == token[has_token]).float().mean())
+        if has_token.any()
+        else float("nan")
+    )
+    return out
+
+
+def prior_probs(level: torch.Tensor, censored: torch.Tensor, n_classes: int, n: int) -> torch.Tensor:
+    """The constant predictor: the training split's level frequencies (add-one smoothed), repeated ``n`` times."""
+    need = torch.where(censored, torch.full_like(level, n_classes - 1), level)
+    counts = torch.bincount(need, minlength=n_classes).float() + 1.0
+    return (counts / counts.sum()).expand(n, n_classes)

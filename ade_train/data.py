@@ -1,0 +1,273 @@
+"""TraceDataModule: any edit-trace v1 dataset as CARD training data (features, budget labels, splits).
+
+Reads with ``ade_runtime.traces`` (rejected lines are reported, not fatal unless nothing is valid),
+splits requests by id into train / val / calibration / test (stratified by category, deterministic
+from a seed through sha256, so every rank, worker and rerun sees the same split), featurizes with
+``RequestFeaturizer`` through the feature cache, and labels with ``ade_runtime.policy.budget`` (the
+definitions the loop and replay use). Follows Lightning's ``LightningDataModule`` recipe
+(lightning-hydra-template ``src/data/``): everything deterministic happens in ``setup``.
+
+Public API::
+
+    dm = TraceDataModule("data/sample", out_dir="checkpoints/card")
+    dm.setup("fit")
+    dm.levels, dm.token_levels, dm.input_dim, dm.featurizer, dm.split_ids["calibration"]
+    dm.records("calibration") -> list[EditRecord]; dm.tensors("test") -> dict of tensors
+    load_splits(out_dir) -> {split: [ids]}      # what calibration reuses
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+from ade_runtime.artifacts import atomic_write_bytes, fingerprint_records
+from ade_runtime.errors import TraceError
+from ade_runtime.policy import budget
+from ade_runtime.predictors.features import RequestFeaturizer
+from ade_runtime.traces import EditRecord, TraceDataset
+from ade_train.export import DataInfo, data_source
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "calibration", "test")
+SPLITS_FILE = "splits.json"
+TENSOR_KEYS = ("x", "level", "censor_from", "censored", "token")
+
+
+def split_ids(
+    records: list[EditRecord], fractions: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[str]]:
+    """Request ids per split: within each category, ids ordered by sha256(seed:id) and cut by ``fractions``."""
+    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(
+            f"split fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}"
+        )
+    strata: dict[str, list[str]] = defaultdict(list)
+    for rec in records:
+        strata[str(rec.category)].append(rec.id)
+    out: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for cat in sorted(strata):
+        ids = sorted(strata[cat], key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+        n, cum, start = len(ids), 0.0, 0
+        for name, frac in zip(SPLITS, fractions, strict=True):
+            cum += frac
+            stop = n if name == SPLITS[-1] else round(cum * n)
+            out[name].extend(ids[start:stop])
+            start = stop
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def load_splits(out_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """The split ids a CARD run wrote to ``OUT/splits.json`` (so calibration uses the same requests)."""
+    path = Path(out_dir) / SPLITS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no splits file; run `ade-train card --out {out_dir}` first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    missing = [s for s in SPLITS if s not in data.get("splits", {})]
+    if missing:
+        raise ValueError(f"{path}: splits {missing} missing; rerun `ade-train card` into this OUT")
+    return {s: list(data["splits"][s]) for s in SPLITS}
+
+
+class TraceDataModule(LightningDataModule):
+    """CARD's data: request features ``x``, budget level, censoring, token level per request."""
+
+    def __init__(
+        self,
+        data: str,
+        out_dir: str | None = None,
+        cache_dir: str | None = None,
+        text_encoder: dict[str, Any] | None = None,
+        image_encoder: dict[str, Any] | None = None,
+        split_fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1),
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_check: str = "header",
+    ) -> None:
+        """
+        Args:
+            data: trace dataset directory (edit-trace v1).
+            out_dir: run directory; splits.json and (without cache_dir) the feature cache go there.
+            cache_dir: feature cache directory (default OUT/features; none when both are None).
+            text_encoder: encoder spec (default {"kind": "hashing", "dim": 512}).
+            image_encoder: encoder spec (default {"kind": "pixels"}); {"kind": "none"} for text only.
+            split_fractions: train / val / calibration / test shares of the requests.
+            seed: split seed (and the shuffling seed of the train loader).
+            batch_size: requests per batch.
+            num_workers: DataLoader workers (the tensors are in memory, 0 is usually fastest).
+            image_check: reader image check: "none", "header" or "decode".
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.cache_dir = (
+            Path(cache_dir) if cache_dir else (self.out_dir / "features" if self.out_dir else None)
+        )
+        self.text_spec = dict(text_encoder or {"kind": "hashing", "dim": 512})
+        self.image_spec = dict(image_encoder or {"kind": "pixels"})
+        self.split_fractions = tuple(float(f) for f in split_fractions)
+        split_ids([], self.split_fractions)  # checks the fractions now, not after reading the data
+        self.seed = int(seed)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.image_check = image_check
+        self._ready = False
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _build_featurizer(self) -> RequestFeaturizer:
+        from ade_runtime.encoders import build_image_encoder, build_text_encoder
+
+        image = None if self.image_spec.get("kind") == "none" else build_image_encoder(self.image_spec)
+        return RequestFeaturizer(build_text_encoder(self.text_spec), image)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        if not self.data_dir.is_dir():
+            raise TraceError(
+                f"trace dataset {self.data_dir} is not a directory; pass --data DIR of *.jsonl shards"
+            )
+        ds = TraceDataset(self.data_dir, images=self.image_check)
+        records = list(ds)
+        self.rejects = list(ds.rejects)
+        if self.rejects:
+            reasons = Counter(r.reason for r in self.rejects)
+            log.warning("%s: %d rejected lines (%s); first: %s", self.data_dir, len(self.rejects), dict(reasons),
+                        self.rejects[0].message)  # fmt: skip
+        if not records:
+            raise TraceError(
+                f"{self.data_dir}: no valid records ({len(self.rejects)} rejected); run `ade-traces validate` on it"
+            )
+        self.unit = budget.cost_unit(records)
+        self.levels = budget.budget_levels(records)
+        self.token_levels = sorted({a.reasoning_tokens for r in records for a in r.attempts})
+        labelled: list[tuple[EditRecord, budget.BudgetLabel]] = []
+        for rec in records:
+            label = budget.budget_label(rec, self.levels, self.unit)
+            if label is not None:  # no judged attempt at all: nothing to learn from
+                labelled.append((rec, label))
+        self.n_unjudged = len(records) - len(labelled)
+        if not labelled:
+            raise TraceError(f"{self.data_dir}: no record has a judge label; CARD needs judged attempts")
+        self.all_records = [r for r, _ in labelled]
+        self.split_ids = split_ids(self.all_records, self.split_fractions, self.seed)
+        if not self.split_ids["train"]:
+            raise TraceError(
+                f"{self.data_dir}: only {len(labelled)} judged records, the train split is empty"
+            )
+        self.featurizer = self._build_featurizer()
+        cache = None
+        if self.cache_dir is not None:
+            from ade_runtime.encoders import FeatureCache
+
+            cache = FeatureCache(self.cache_dir)
+        x = self.featurizer.featurize(
+            [r.instruction for r in self.all_records],
+            [r.resolve(r.source_image) for r in self.all_records] if self.featurizer.image_encoder else None,
+            cache=cache,
+        )
+        self._index = {r.id: i for i, r in enumerate(self.all_records)}
+        n = len(labelled)
+        level = torch.empty(n, dtype=torch.long)
+        censor_from = torch.empty(n, dtype=torch.long)
+        censored = torch.zeros(n, dtype=torch.bool)
+        token = torch.full((n,), -1, dtype=torch.long)
+        for i, (rec, label) in enumerate(labelled):
+            level[i] = label.level_index
+            censored[i] = label.censored
+            if label.censored:
+                # the record's own grid ends at its largest level: the need is above it
+                own = budget.budget_levels([rec])
+                censor_from[i] = budget.level_index(self.levels, own[-1] + 1) if own else 0
+            else:
+                censor_from[i] = label.level_index
+                token[i] = self.token_levels.index(label.reasoning_tokens)
+        self._all = {"x": x, "level": level, "censor_from": censor_from, "censored": censored, "token": token}
+        self._write_splits()
+        self._ready = True
+
+    def _write_splits(self) -> None:
+        if self.out_dir is None or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "data": str(self.data_dir.resolve()),
+            "seed": self.seed,
+            "fractions": list(self.split_fractions),
+            "splits": self.split_ids,
+        }
+        atomic_write_bytes(
+            self.out_dir / SPLITS_FILE, (json.dumps(payload, sort_keys=True, indent=1) + "\n").encode()
+        )
+
+    # -- views -----------------------------------------------------------------------------------
+
+    @property
+    def input_dim(self) -> int:
+        return self.featurizer.dim if self._ready else self._build_featurizer().dim
+
+    def records(self, split: str) -> list[EditRecord]:
+        self._check_split(split)
+        return [self.all_records[self._index[i]] for i in self.split_ids[split]]
+
+    def tensors(self, split: str) -> dict[str, torch.Tensor]:
+        """``x`` [N, D], ``level`` (index, ``len(levels)`` = beyond), ``censor_from``, ``censored``, ``token`` (-1 = none)."""
+        self._check_split(split)
+        idx = torch.tensor([self._index[i] for i in self.split_ids[split]], dtype=torch.long)
+        return {k: v[idx] for k, v in self._all.items()}
+
+    def _check_split(self, split: str) -> None:
+        if not self._ready:
+            raise RuntimeError("TraceDataModule.setup() has not run")
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+
+    def data_info(self) -> DataInfo:
+        return DataInfo(
+            path=str(self.data_dir.resolve()),
+            fingerprint=fingerprint_records(r.id for r in self.all_records),
+            source=data_source(self.all_records),
+            n_records=len(self.all_records),
+            n_rejected=len(self.rejects),
+            splits={s: len(v) for s, v in self.split_ids.items()},
+            backbones=sorted({r.backbone for r in self.all_records}),
+            categories=sorted({str(r.category) for r in self.all_records if r.category is not None}),
+        )
+
+    # -- loaders ---------------------------------------------------------------------------------
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        t = self.tensors(split)
+        ds = TensorDataset(*(t[k] for k in TENSOR_KEYS))
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val" if self.split_ids["val"] else "train", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if self.split_ids["test"] else "val", shuffle=False)

@@ -1,0 +1,101 @@
+"""Run configs of ``ade-train``: LightningCLI-layout YAML (``model:``, ``data:``, ``trainer:``) plus overrides.
+
+A job's config is the packaged default (``ade_train/configs/<name>.yaml``), then ``--config FILE``
+merged on top, then dotted command-line overrides as LightningCLI writes them
+(``--model.hidden=[64,32]``, ``--trainer.max_epochs 5``; values parsed as YAML). Unknown sections or
+keys are refused with the key and the file that named them, so a typo never silently trains the
+default (lightning-hydra-template ``configs/``; LightningCLI's ``--print_config`` layout).
+
+Public API::
+
+    cfg = load_run_config("card", config_file=None, overrides=["--model.dropout=0.2"])
+    dump_yaml(cfg) -> str
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ade_runtime.errors import InputError
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """The packaged ``ade_train/configs/<name>.yaml``."""
+    res = resources.files("ade_train").joinpath("configs", f"{name}.yaml")
+    if not res.is_file():
+        raise InputError(f"no packaged config ade_train/configs/{name}.yaml")
+    return yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any], where: str, path: str = "") -> dict[str, Any]:
+    for key, value in extra.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in base:
+            raise InputError(f"{where}: unknown key '{full}'; known keys here: {sorted(base)}")
+        if isinstance(base[key], dict) and isinstance(value, Mapping):
+            _merge(base[key], value, where, full)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def parse_overrides(args: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """``--a.b=v`` / ``--a.b v`` pairs -> ([a, b], yaml(v)); anything else is an error naming it."""
+    out: list[tuple[list[str], Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise InputError(f"unrecognised argument {arg!r}; overrides look like --model.dropout=0.2")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise InputError(f"override {arg} has no value; write {arg}=VALUE")
+            key, raw = arg[2:], args[i + 1]
+            i += 2
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise InputError(f"override --{key}: value {raw!r} is not valid YAML ({exc})") from None
+        out.append((key.split("."), value))
+    return out
+
+
+def load_run_config(
+    name: str, config_file: str | Path | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Default config, then ``config_file``, then overrides; every key must exist in the default."""
+    cfg = default_config(name)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise InputError(f"--config {path}: no such file")
+        try:
+            extra = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"--config {path}: not valid YAML ({exc})") from None
+        if not isinstance(extra, Mapping):
+            raise InputError(f"--config {path}: expected a mapping with model/data/trainer sections")
+        _merge(cfg, extra, str(path))
+    for keys, value in parse_overrides(overrides):
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        # trainer.* takes any Trainer argument, like LightningCLI
+        if keys[0] == "trainer" and len(keys) == 2 and keys[1] not in cfg.get("trainer", {}):
+            cfg.setdefault("trainer", {})[keys[1]] = value
+            continue
+        _merge(cfg, nested, "command line")
+    return cfg
+
+
+def dump_yaml(cfg: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(cfg), sort_keys=False)
