@@ -17,6 +17,7 @@ from ade_runtime.encoders import build_image_encoder, build_text_encoder
 from ade_runtime.policy import Overhead, replay_policy, summarize
 from ade_runtime.predictors.calibration import Calibrator
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
+from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor
 from ade_runtime.predictors.features import RequestFeaturizer
 from ade_runtime.traces import Attempt, Cost, EditRecord, Judge, TraceWriter, load_records
 from ade_train.calibrate import CalibrateConfig, calibration_split, cli_main, load_config, train
@@ -26,7 +27,7 @@ N_REQUESTS = 160
 GRID = {"tau_high": [0.5, 0.7, 0.9], "tau_low": [0.0, 0.2], "s_max": [1, 3], "card_quantile": [0.5, 0.95]}
 
 
-def _write_dataset(root, n=N_REQUESTS, seed=0, previews=True):
+def _write_dataset(root, n=N_REQUESTS, seed=0, previews=True, images=False):
     """Requests of random difficulty; 4 candidates x 3 rounds; scores track the (hidden) quality."""
     rng = np.random.default_rng(seed)
     with TraceWriter(root, fsync=False) as w:
@@ -47,6 +48,13 @@ def _write_dataset(root, n=N_REQUESTS, seed=0, previews=True):
                         scores["preview_clip_t"] = scores["clip_t"] + rng.normal(0, 0.03)
                         scores["preview_clip_i"] = scores["clip_i"] + rng.normal(0, 0.03)
                     passed = bool(q + rng.normal(0, 0.1) > 0.15)
+                    image = None
+                    if images and c < 3:  # candidate 3 logs no image: the critique cannot see it
+                        shade = int(np.clip(128 + 200 * q, 0, 255))
+                        image = w.write_image(
+                            f"images/{rid}/c{c}_r{r}.png",
+                            Image.new("RGB", (16, 16), (shade, 60, 255 - shade)),
+                        )
                     attempts.append(
                         Attempt(
                             candidate=c,
@@ -54,6 +62,7 @@ def _write_dataset(root, n=N_REQUESTS, seed=0, previews=True):
                             reasoning_tokens=0,
                             prompt="make the square blue",
                             cost=Cost(nfe=28, latency_s=4.0),
+                            image=image,
                             scores=scores,
                             judge=Judge(score=float(1 / (1 + math.exp(-4 * q))), passed=passed),
                         )
@@ -77,6 +86,29 @@ def _export_tiny_card(out):
     data = DataInfo(path="in-code", fingerprint="sha256:test", source="testbed", n_records=N_REQUESTS)
     export_predictors(out, [(PredictorSection(name="card", title="CARD", data=data), card.save_pretrained)])
     return card
+
+
+def _export_tiny_critique(out):
+    """A tiny, untrained critique head over pixel-statistics patches, exported into OUT/export."""
+    image_enc = build_image_encoder({"kind": "pixels", "size": 16, "patches": 4})
+    text_enc = build_text_encoder({"kind": "hashing", "dim": 32})
+    config = CritiqueConfig(
+        kinds=("wrong_color",),
+        token_dim=image_enc.patch_dim,
+        text_dim=text_enc.dim,
+        grid=image_enc.patch_grid(16),
+        image_encoder=image_enc.spec(),
+        text_encoder=text_enc.spec(),
+        hidden=8,
+        n_blocks=1,
+    )
+    torch.manual_seed(0)
+    critique = CritiquePredictor(CritiqueHead(config), image_enc, text_enc)
+    data = DataInfo(path="in-code", fingerprint="sha256:test", source="testbed", n_records=N_REQUESTS)
+    export_predictors(
+        out, [(PredictorSection(name="critique", title="critique", data=data), critique.save_pretrained)]
+    )
+    return critique
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +282,32 @@ def test_config_checks_name_the_field():
 def test_the_dataset_is_valid_v1(dataset):
     records, rejects = load_records(dataset, images="header")
     assert len(records) == N_REQUESTS and rejects == []
+
+
+def test_with_a_critique_it_is_a_feature_and_the_cheap_scores_are_the_fallback(tmp_path):
+    data = _write_dataset(tmp_path / "traces", n=80, seed=2, previews=False, images=True)
+    out = tmp_path / "out"
+    critique = _export_tiny_critique(out)
+    cfg = CalibrateConfig(
+        data=str(data), out=str(out), grid={**GRID, "s_max": [1]}, wandb=False, min_requests=5, critique_s=0.5
+    )
+    metrics = train(cfg)
+    cal = Calibrator.from_pretrained(out / "export")
+    assert cal.feature_names == ["clip_i", "clip_t", "critique"]
+    assert cal.config.fallback_feature_names == ("clip_i", "clip_t")
+    assert "critique missing for" in " ".join(metrics["notes"])
+    # Best-of-8 on this 4-candidate grid looks at 4 attempts, each paying scores and the critique.
+    assert metrics["reference_compute"] == pytest.approx(4 * (4.0 + cfg.score_s + cfg.critique_s))
+    rec = calibration_split(data, out).records[0]
+    with_image = next(a for a in rec.attempts if a.image)
+    p = critique.predict(
+        *(Image.open(rec.resolve(x)).convert("RGB") for x in (rec.source_image, with_image.image)),
+        rec.instruction,
+    ).p_pass
+    both = cal.predict_proba({**with_image.scores, "critique": p})
+    cheap = cal.predict_proba(with_image.scores)
+    assert cal.uses_fallback({**with_image.scores, "critique": p}) == "primary" and both != cheap
+    assert json.loads((out / "calibration_report.json").read_text())["features"]["fallback"] == [
+        "clip_i",
+        "clip_t",
+    ]
