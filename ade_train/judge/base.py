@@ -114,7 +114,10 @@ class JudgeFailure:
 
 @runtime_checkable
 class Judge(Protocol):
-    """Anything that labels attempts. ``needs_images`` False lets attempts without images be labelled."""
+    """Anything that labels attempts. ``needs_images`` False lets attempts without images be labelled.
+
+    Optional attribute ``thread_safe`` (default True): False makes the run driver use one worker.
+    """
 
     name: str
     needs_images: bool

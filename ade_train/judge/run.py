@@ -165,6 +165,11 @@ def judge_traces(
             )
         log(f"{out_p} is already complete; nothing to do")
         return done
+    if workers > 1 and not getattr(judge, "thread_safe", True):
+        log(
+            f"judge {judge.name} is not thread-safe: using 1 worker instead of {workers} (batching still applies)"
+        )
+        workers = 1
     work = out_p.with_name(out_p.name + ".partial")
     if restart and work.exists():
         shutil.rmtree(work)

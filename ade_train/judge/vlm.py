@@ -78,6 +78,7 @@ class VLMJudge:
     """VIEScore judge on a Qwen2-VL-family model; build with ``from_pretrained`` or from parts."""
 
     needs_images = True
+    thread_safe = False  # one model, one generate at a time: the run driver uses a single worker
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, config: VLMJudgeConfig) -> None:
         self.model, self.tokenizer, self.image_processor, self.config = (
