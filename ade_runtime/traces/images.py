@@ -21,6 +21,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -60,6 +61,7 @@ class ImageChecker:
         self.root = os.path.normpath(os.path.abspath(dataset_root))
         self._real_root = os.path.realpath(self.root)
         self._cache: dict[str, tuple[str, str] | None] = {}
+        self._fast: dict[tuple[Any, Any], tuple[str, str] | None] = {}
 
     def check(self, base_dir: str | os.PathLike, rel: object) -> tuple[str, str] | None:
         """(reason, detail) for the image ``rel`` named from ``base_dir``, or None when it is fine.
@@ -67,6 +69,11 @@ class ImageChecker:
         ``detail`` completes a sentence that starts with the field name, e.g.
         ``"source_image " + detail``.
         """
+        fast_key = (base_dir, rel)
+        try:
+            return self._fast[fast_key]  # the common case: the same (shard dir, path) seen before
+        except (KeyError, TypeError):
+            pass
         problem = lexical_problem(rel)
         if problem is not None:
             return problem
@@ -74,14 +81,17 @@ class ImageChecker:
         full = os.path.abspath(os.path.join(os.fspath(base_dir), rel))  # abspath also normalises
         cached = self._cache.get(full, False)
         if cached is not False:
+            self._fast[fast_key] = cached  # type: ignore[assignment]
             return cached  # type: ignore[return-value]
         result = self._check_full(full, rel)
         self._cache[full] = result
+        self._fast[fast_key] = result
         return result
 
     def forget(self, path: str | os.PathLike) -> None:
         """Drop a cached result (a writer calls this after replacing an image file)."""
         self._cache.pop(os.path.normpath(os.path.abspath(path)), None)
+        self._fast.clear()  # aliases of the path may be keyed there
 
     def _check_full(self, full: str, rel: str) -> tuple[str, str] | None:
         if not _inside(full, self.root):
