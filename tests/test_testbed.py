@@ -76,7 +76,12 @@ def _request(seed=3, cat=None, size=64):
 def test_backbone_protocol_and_determinism():
     bb = SyntheticBackbone("flux-kontext")
     assert isinstance(bb, Backbone) and ReExported is SyntheticBackbone
-    assert bb.supports_preview and bb.supports_mask and bb.supports_reasoning and bb.name == "flux-kontext"
+    assert (
+        bb.supports_preview
+        and bb.supports_mask
+        and bb.supports_reasoning
+        and bb.name == "testbed:flux-kontext"
+    )
     req, img = _request()
     state = bb.prepare(EditRequest(image=img, instruction=req.instruction))
     spec = AttemptSpec(candidate=0, round=0, reasoning_tokens=0, prompt=req.instruction, seed=11)

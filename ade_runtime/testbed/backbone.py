@@ -73,7 +73,7 @@ REASONING_GAIN = {
     "remove": 1.1,
     "action": 1.3,
 }
-SKILL = {"flux-kontext": 0.25, "step1x-edit": 0.05, "bagel": 0.15}
+SKILL = {"flux-kontext": 0.45, "step1x-edit": 0.25, "bagel": 0.35}
 REASONING_EFFECT = {"flux-kontext": 0.6, "step1x-edit": 0.6, "bagel": 1.0}
 
 
@@ -125,7 +125,8 @@ class SyntheticBackbone:
 
     def __init__(self, backbone: str = "bagel", failure: FailureModel | None = None):
         self.cost: BackboneCost = get_cost(backbone)
-        self.name = backbone
+        self.name = f"testbed:{backbone}"  # the trace's backbone field; never confused with the real model
+        self.imitates = backbone
         self.failure = failure or FailureModel()
 
     # ---- difficulty ----------------------------------------------------------------------
@@ -135,7 +136,7 @@ class SyntheticBackbone:
     ) -> float:
         f = self.failure
         op = e.op
-        logit = BASE_LOGIT[op] + SKILL[self.name] + f.latent_scale * z - f.compose_penalty * (n_edits - 1)
+        logit = BASE_LOGIT[op] + SKILL[self.imitates] + f.latent_scale * z - f.compose_penalty * (n_edits - 1)
         gain = REASONING_GAIN[op] + (0.4 if n_edits > 1 else 0.0)
         if e.ref is not None:
             objs = candidates(e.ref, source)
@@ -149,7 +150,7 @@ class SyntheticBackbone:
             if e.ref.relation is not None:
                 logit -= f.relation_penalty
         t = max(0, reasoning_tokens)
-        logit += gain * REASONING_EFFECT[self.name] * math.log1p(t / 128) / math.log1p(4)
+        logit += gain * REASONING_EFFECT[self.imitates] * math.log1p(t / 128) / math.log1p(4)
         return logit
 
     def prepare(self, request: EditRequest) -> _State:
@@ -315,6 +316,7 @@ def _degrade(pixels: np.ndarray, key: str) -> Image.Image:
 
     The noise is seeded by the output's content, so equal outputs have equal previews (and cache).
     """
+    key = f"{pixels.shape[0]}:{key}"
     hit = _PREVIEW_CACHE.get(key)
     if hit is not None:
         return hit.copy()

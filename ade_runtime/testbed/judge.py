@@ -166,7 +166,7 @@ _PALETTE = np.array(list(COLORS.values()), np.float32)
 
 def _small(img: Image.Image) -> np.ndarray:
     img = img.convert("RGB") if img.mode != "RGB" else img
-    return np.asarray(img.reduce(max(1, img.size[0] // 24)), dtype=np.float32)
+    return np.asarray(img.resize((24, 24), Image.BOX), dtype=np.float32)
 
 
 def _colour_share(a: np.ndarray, name: str) -> float:
