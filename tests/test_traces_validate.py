@@ -257,3 +257,26 @@ def test_not_an_object_lines(tmp_path):
     assert [(r.line, r.reason, r.field, r.id) for r in rejects] == [
         (i, "not_an_object", None, None) for i in range(1, 5)
     ]
+
+
+def test_non_finite_literals_and_overflow_in_raw_lines(tmp_path):
+    put_images(tmp_path, record_dict("req-0"))
+    text = json.dumps(record_dict("req-0"))
+    lines = [
+        text.replace('"latency_s": 4.25', '"latency_s": 1e400', 1),
+        text.replace('"clip_t": 0.27', '"clip_t": -Infinity', 1),
+        text.replace('"seed": 17', '"seed": NaN', 1),
+    ]
+    write_shard(tmp_path, lines)
+    _, rejects = load_records(tmp_path)
+    assert [(r.reason, r.field) for r in rejects] == [
+        ("infinity", "attempts[0].cost.latency_s"),
+        ("infinity", "attempts[0].scores.clip_t"),
+        ("nan", "meta.seed"),
+    ]
+
+
+def test_docs_table_lists_every_reason_code():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "traces.md").read_text(encoding="utf-8")
+    table = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")}
+    assert table == set(REASONS)
