@@ -270,8 +270,10 @@ def save_artifact(
         raise ArtifactError(f"{json_path}: config must be a dict, got {type(config).__name__}")
     flat: dict[str, torch.Tensor] = {}
     for key, t in tensors.items():
-        if not isinstance(key, str) or not key:
-            raise ArtifactError(f"{st_path}: tensor names must be non-empty strings, got {key!r}")
+        if not isinstance(key, str) or not key or key == "__metadata__":
+            raise ArtifactError(
+                f"{st_path}: tensor names must be non-empty strings other than '__metadata__', got {key!r}"
+            )
         if not isinstance(t, torch.Tensor):
             raise ArtifactError(f"{st_path}: tensors[{key!r}] is a {type(t).__name__}, not a torch.Tensor")
         # clone: safetensors refuses tensors sharing storage (tied weights) and non-contiguous views.

@@ -117,6 +117,19 @@ def test_save_refuses_non_json_config_naming_the_field(tmp_path):
         f"{tmp_path / 'card.json'}: config.f has type object, which is not JSON; store tensors in `tensors`"
     )
     with pytest.raises(ArtifactError) as err:
+        save_artifact(
+            tmp_path,
+            CARD_NAME,
+            kind="card",
+            class_name="C",
+            config={},
+            tensors={"__metadata__": torch.ones(1)},
+        )
+    assert str(err.value) == (
+        f"{tmp_path / 'card.safetensors'}: tensor names must be non-empty strings other than '__metadata__', "
+        "got '__metadata__'"
+    )
+    with pytest.raises(ArtifactError) as err:
         save_artifact(tmp_path, "../card", kind="card", class_name="C", config={}, tensors={})
     assert str(err.value) == "artifact name '../card' is invalid; use letters, digits, '_', '-', '.'"
     assert os.listdir(tmp_path) == []
