@@ -183,6 +183,13 @@ class _Handler(BaseHTTPRequestHandler):
             if n_images == 2:
                 srv.sc += 1
                 nth_sc = srv.sc
+        if n_images == 2 and srv.hold and "object 0 " in text:
+            data = b'{"error": "rejected"}'  # req-000 fails with HTTP 400 in the first run only
+            self.send_response(400)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if n_images == 2 and srv.hold and nth_sc == HOLD_AT:
             srv.holding.set()
             srv.release.wait(30)
@@ -287,12 +294,60 @@ def test_sigkill_midway_then_resume_judges_each_attempt_once(tmp_path):
         srv2.shutdown()
         srv2.server_close()
     entries = [e for e in read_journal(out / "judge-journal.ndjson") if e["kind"] != "header"]
-    keys = [(e["ref"]["id"], e["ref"]["candidate"]) for e in entries]
-    assert len(keys) == len(set(keys)) == 12  # every attempt journaled exactly once
     assert entries[: HOLD_AT - 1] == done_before  # the resumed run appended, never rewrote
-    assert summary["resumed_from_journal"] == HOLD_AT - 1 and summary["this_run"]["judged"] == 12 - (
-        HOLD_AT - 1
-    )
-    assert resumed_requests == 2 * (12 - (HOLD_AT - 1))  # SC + PQ only for attempts not yet journaled
-    assert summary["cost"]["judge_calls"] == 2 * 12
+    failed = [(e["ref"]["id"], e["ref"]["candidate"]) for e in done_before if e["kind"] == "failure"]
+    assert failed == [("req-000", 0), ("req-000", 1)] and {e["reason"] for e in done_before[:2]} == {
+        "http_error"
+    }
+    results = [(e["ref"]["id"], e["ref"]["candidate"]) for e in entries if e["kind"] == "result"]
+    assert len(results) == len(set(results)) == 12  # every attempt labelled exactly once
+    # the resumed run judged the 2 transient failures again and the attempts never reached, nothing else
+    todo = 12 - (HOLD_AT - 1) + len(failed)
+    assert summary["resumed_from_journal"] == HOLD_AT - 1 and summary["this_run"]["judged"] == todo
+    assert resumed_requests == 2 * todo  # SC + PQ per attempt judged in the resumed run
+    assert summary["cost"]["judge_calls"] == 2 * 12 + len(failed)  # the two HTTP 400 calls cost too
     assert _by_id(out) == _by_id(ref_out)  # same labels as an uninterrupted run
+
+
+def test_wrong_judge_for_the_traces_aborts_early_and_resumes_later(tmp_path, capsys):
+    traces, out = tmp_path / "in", tmp_path / "out"
+    _small_dataset(traces, 6)  # plain PNGs: the testbed judge cannot read a scene from them
+    code = main(
+        [
+            "--traces",
+            str(traces),
+            "--out",
+            str(out),
+            "--judge",
+            "testbed",
+            "--batch-size",
+            "1",
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "first 3 batches" in err and "testbed" in err
+    journal = read_journal(tmp_path / "out.partial" / "judge-journal.ndjson")
+    assert [e["reason"] for e in journal[1:]] == ["judge_error"] * 3 and not out.exists()
+    # the unfinished run belongs to the testbed judge: another judge must not silently mix in
+    labels = tmp_path / "l.csv"
+    labels.write_text(
+        "id,candidate,round,reasoning_tokens,pass\n"
+        + "".join(f"req-{i:03d},{c},0,0,true\n" for i in range(6) for c in range(2))
+    )
+    code = main(["--traces", str(traces), "--out", str(out), "--judge", f"human:{labels}", "--no-progress"])
+    assert code == 2 and "--restart" in capsys.readouterr().err
+    code = main(
+        [
+            "--traces",
+            str(traces),
+            "--out",
+            str(out),
+            "--judge",
+            f"human:{labels}",
+            "--restart",
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and all(a.judge.passed for r in TraceDataset(out) for a in r.attempts)

@@ -52,6 +52,7 @@ class Journal:
         self.path = Path(directory) / JOURNAL_NAME
         self.done: dict[AttemptRef, JudgeResult | JudgeFailure] = {}
         self.lines = 0  # outcome lines read or written (a retried failure counts twice)
+        self._totals = CostSummary()  # over every line: a retried failure's calls still cost
         header = {"kind": "header", "version": JOURNAL_VERSION, "traces": traces, "judge": judge}
         if self.path.exists():
             self._load(traces, judge)
@@ -88,6 +89,7 @@ class Journal:
                 continue
             outcome = outcome_from_json(obj)
             self.done[outcome.ref] = outcome
+            self._totals.add(outcome)
             self.lines += 1
 
     def _append(self, objs: list[dict[str, Any]]) -> None:
@@ -108,14 +110,12 @@ class Journal:
         self._append([outcome_to_json(o) for o in outcomes])
         for o in outcomes:
             self.done[o.ref] = o
+            self._totals.add(o)
         self.lines += len(outcomes)
 
     def totals(self) -> CostSummary:
-        """Cost over every journaled outcome, across all runs that wrote this journal."""
-        total = CostSummary()
-        for o in self.done.values():
-            total.add(o)
-        return total
+        """Cost over every journal line, across all runs that wrote this journal (failures included)."""
+        return self._totals
 
     def close(self) -> None:
         if self._fd is not None:

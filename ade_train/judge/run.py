@@ -130,8 +130,118 @@ def _finished(out: Path, traces: str, judge_name: str) -> dict[str, Any] | None:
     summary = out / SUMMARY_NAME
     if not summary.is_file():
         return None
-    obj = json.loads(summary.read_text(encoding="utf-8"))
+    try:
+        obj = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
     return obj if obj.get("traces") == traces and obj.get("judge") == judge_name else None
+
+
+# Failures that say nothing about the attempt (the judge or the network broke): retried on resume.
+TRANSIENT = frozenset({"judge_error", "http_error", "timeout", "image_error"})
+ABORT_AFTER = 3  # this many first batches failing entirely with judge_error: the judge is misconfigured
+
+
+def _plan(traces: Path, limit: int | None, judge: Judge, journal: Journal, retry_failed: bool):
+    """Pass 1: the attempts to judge, every attempt's ref, counts, and the rejects."""
+    ds, items = _records(traces, limit, "header")
+    tasks: list[_Task] = []
+    refs: set[AttemptRef] = set()
+    counts: Counter = Counter()
+    for rec in items:
+        if isinstance(rec, Reject):
+            continue
+        counts["records"] += 1
+        for a in rec.attempts:
+            ref = AttemptRef(rec.id, a.candidate, a.round, a.reasoning_tokens)
+            refs.add(ref)
+            counts["attempts"] += 1
+            prior = journal.done.get(ref)
+            again = isinstance(prior, JudgeFailure) and (retry_failed or prior.reason in TRANSIENT)
+            if a.judge is not None:
+                counts["kept"] += 1
+            elif prior is not None and not again:
+                counts["from_journal"] += 1
+            elif a.image is None and judge.needs_images:
+                counts["no_image"] += 1
+            else:
+                out_img = None if a.image is None else rec.resolve(a.image)
+                tasks.append(
+                    _Task(ref, rec.instruction, rec.category, rec.resolve(rec.source_image), out_img)
+                )
+    return tasks, refs, counts, list(ds.rejects)
+
+
+def _judge_tasks(
+    judge: Judge, tasks: list[_Task], journal: Journal, workers: int, batch_size: int, show: bool
+):
+    """Judge in batches on ``workers`` threads; the main thread alone writes the journal."""
+    from tqdm.auto import tqdm
+
+    batches = iter([tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)])
+    now: Counter = Counter()
+    broken: list[JudgeFailure] = []  # first batches that failed entirely with judge_error
+    bar = tqdm(total=len(tasks), unit="attempt", desc=f"judging ({judge.name})", disable=not show)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future] = set()
+        while True:
+            while len(pending) < 2 * workers and (batch := next(batches, None)) is not None:
+                pending.add(pool.submit(_run_batch, judge, batch))
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                outcomes = fut.result()
+                journal.record(outcomes)
+                for o in outcomes:
+                    now["judged" if isinstance(o, JudgeResult) else "failed"] += 1
+                bar.update(len(outcomes))
+                if now["judged"] == 0 and all(getattr(o, "reason", "") == "judge_error" for o in outcomes):
+                    broken.append(outcomes[0])
+                if len(broken) >= ABORT_AFTER:
+                    for f in pending:
+                        f.cancel()
+                    bar.close()
+                    raise ADEError(
+                        f"judge {judge.name} raised on each of the first {ABORT_AFTER} batches, e.g. "
+                        f"{broken[0].message}; fix the judge and run the same command again to resume"
+                    )
+    bar.close()
+    return now, time.monotonic() - t0
+
+
+def _write_dataset(traces: Path, limit: int | None, work: Path, journal: Journal) -> tuple[Counter, int]:
+    """Pass 2: records through TraceWriter with the journal's labels, images hard-linked."""
+    for stale in work.glob(f"{SHARD_PREFIX}-*.jsonl"):
+        stale.unlink()  # left by a finalisation that was killed
+    placed: Counter = Counter()
+    labelled = 0
+    _, items = _records(traces, limit, "none")
+    with TraceWriter(work, prefix=SHARD_PREFIX, fsync=False) as writer:
+        for rec in items:
+            if isinstance(rec, Reject):
+                continue
+            src_rel, src_abs = _rebase(rec, traces, rec.source_image)
+            placed[_place_image(src_abs, work / src_rel)] += 1
+            rec.source_image = src_rel
+            for a in rec.attempts:
+                if a.image is not None:
+                    rel, absolute = _rebase(rec, traces, a.image)
+                    placed[_place_image(absolute, work / rel)] += 1
+                    a.image = rel
+                if a.judge is None:
+                    o = journal.done.get(AttemptRef(rec.id, a.candidate, a.round, a.reasoning_tokens))
+                    if isinstance(o, JudgeResult):
+                        a.judge = o.label
+                        labelled += 1
+            rec.root = work
+            writer.write(rec)
+        shards = list(writer.shards_written)
+    for shard in shards:  # written without per-record fsync: make them durable before the rename
+        with open(shard, "rb") as fh:
+            os.fsync(fh.fileno())
+    return placed, labelled
 
 
 def judge_traces(
@@ -178,106 +288,28 @@ def judge_traces(
     t_start = time.monotonic()
     try:
         resumed = len(journal.done)
-        # Pass 1: find the attempts to judge (images header-checked by the reader).
-        ds, items = _records(traces_p, limit, "header")
-        tasks: list[_Task] = []
-        refs: set[AttemptRef] = set()
-        counts = Counter()
-        for rec in items:
-            if isinstance(rec, Reject):
-                continue
-            counts["records"] += 1
-            for a in rec.attempts:
-                ref = AttemptRef(rec.id, a.candidate, a.round, a.reasoning_tokens)
-                refs.add(ref)
-                counts["attempts"] += 1
-                prior = journal.done.get(ref)
-                if a.judge is not None:
-                    counts["kept"] += 1
-                elif prior is not None and (isinstance(prior, JudgeResult) or not retry_failed):
-                    counts["from_journal"] += 1
-                elif a.image is None and judge.needs_images:
-                    counts["no_image"] += 1
-                else:
-                    out_img = None if a.image is None else rec.resolve(a.image)
-                    tasks.append(
-                        _Task(ref, rec.instruction, rec.category, rec.resolve(rec.source_image), out_img)
-                    )
-        rejects = list(ds.rejects)
+        tasks, refs, counts, rejects = _plan(traces_p, limit, judge, journal, retry_failed)
         if rejects:
-            by = Counter(r.reason for r in rejects)
-            log(f"{len(rejects)} rejected records (not judged, not copied): {dict(by)}")
+            log(
+                f"{len(rejects)} rejected records (not judged, not copied): {dict(Counter(r.reason for r in rejects))}"
+            )
             for r in rejects[:5]:
                 log(f"  {r.shard}:{r.line} id={r.id} {r.reason}: {r.message}")
         log(
             f"{counts['records']} records, {counts['attempts']} attempts: {len(tasks)} to judge, "
-            f"{counts['kept']} already labelled, {counts['from_journal']} in the journal, {counts['no_image']} without image"
+            f"{counts['kept']} already labelled, {counts['from_journal']} in the journal, "
+            f"{counts['no_image']} without image"
         )
-        # Judge in batches; the main thread alone writes the journal.
-        batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
-        from tqdm.auto import tqdm
-
         show = os.isatty(2) if progress is None else progress
-        bar = tqdm(total=len(tasks), unit="attempt", desc=f"judging ({judge.name})", disable=not show)
-        t_judge = time.monotonic()
-        now = Counter()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: set[Future] = set()
-            it = iter(batches)
-            while True:
-                while len(pending) < 2 * workers:
-                    batch = next(it, None)
-                    if batch is None:
-                        break
-                    pending.add(pool.submit(_run_batch, judge, batch))
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    outcomes = fut.result()
-                    journal.record(outcomes)
-                    for o in outcomes:
-                        now["judged" if isinstance(o, JudgeResult) else "failed"] += 1
-                    bar.update(len(outcomes))
-        bar.close()
-        judge_wall = time.monotonic() - t_judge
-        unmatched = judge.unmatched(refs) if isinstance(judge, HumanJudge) else []
-        for p in unmatched[:20]:
-            log(f"unmatched label: {p}")
+        now, judge_wall = _judge_tasks(judge, tasks, journal, workers, batch_size, show)
+        problems = []
         if isinstance(judge, HumanJudge):
-            for p in judge.problems[:20]:
-                log(f"invalid label: {p}")
-        # Pass 2: write the dataset (records through TraceWriter, images hard-linked).
-        for stale in work.glob(f"{SHARD_PREFIX}-*.jsonl"):
-            stale.unlink()
-        placed = Counter()
-        labelled_now = 0
-        _, items2 = _records(traces_p, limit, "none")
-        with TraceWriter(work, prefix=SHARD_PREFIX, fsync=False) as writer:
-            for rec in items2:
-                if isinstance(rec, Reject):
-                    continue
-                src_rel, src_abs = _rebase(rec, traces_p, rec.source_image)
-                placed[_place_image(src_abs, work / src_rel)] += 1
-                rec.source_image = src_rel
-                for a in rec.attempts:
-                    if a.image is not None:
-                        rel, absolute = _rebase(rec, traces_p, a.image)
-                        placed[_place_image(absolute, work / rel)] += 1
-                        a.image = rel
-                    if a.judge is None:
-                        o = journal.done.get(AttemptRef(rec.id, a.candidate, a.round, a.reasoning_tokens))
-                        if isinstance(o, JudgeResult):
-                            a.judge = o.label
-                            labelled_now += 1
-                rec.root = work
-                writer.write(rec)
-            shards = list(writer.shards_written)
-        for shard in shards:
-            with open(shard, "rb") as fh:
-                os.fsync(fh.fileno())
-        totals = journal.totals()
-        wall = time.monotonic() - t_start
+            unmatched = judge.unmatched(refs)
+            problems = unmatched + judge.problems
+            for p in problems[:20]:
+                log(f"label problem: {p}")
+        placed, labelled_now = _write_dataset(traces_p, limit, work, journal)
+        done_now = now["judged"] + now["failed"]
         summary = {
             "traces": key,
             "judge": judge.name,
@@ -294,18 +326,16 @@ def judge_traces(
             "this_run": {
                 "judged": now["judged"],
                 "failed": now["failed"],
-                "wall_seconds": round(wall, 3),
-                "attempts_per_second": round((now["judged"] + now["failed"]) / judge_wall, 3)
-                if judge_wall > 0
+                "wall_seconds": round(time.monotonic() - t_start, 3),
+                "attempts_per_second": round(done_now / judge_wall, 3)
+                if judge_wall > 0 and done_now
                 else None,
             },
-            "cost": totals.to_json(),
+            "cost": journal.totals().to_json(),
             "images": dict(placed),
-            "unmatched_labels": len(unmatched),
+            "unmatched_labels": len(unmatched) if isinstance(judge, HumanJudge) else 0,
             "invalid_labels": len(judge.problems) if isinstance(judge, HumanJudge) else 0,
-            "label_problems": [
-                str(p) for p in (unmatched + (judge.problems if isinstance(judge, HumanJudge) else []))
-            ][:MAX_LISTED],
+            "label_problems": [str(p) for p in problems[:MAX_LISTED]],
             "reject_list": [r.to_json() for r in rejects[:MAX_LISTED]],
         }
         tmp = work / (SUMMARY_NAME + ".tmp")
@@ -313,7 +343,7 @@ def judge_traces(
         os.replace(tmp, work / SUMMARY_NAME)
     finally:
         journal.close()
-    os.rename(work, out_p)
+    os.rename(work, out_p)  # OUT appears complete, in one step
     return summary
 
 

@@ -36,6 +36,7 @@ from .viescore import (
 )
 
 IMAGE_PAD = "<|image_pad|>"
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
@@ -124,6 +125,12 @@ class VLMJudge:
                 f"vlm judge: cannot load {config.model!r} ({exc}); give a local directory or a hub id "
                 "that is in the local cache (HF_HUB_OFFLINE=1 forbids downloads)"
             ) from exc
+        mtype = getattr(model.config, "model_type", "")
+        if mtype not in SUPPORTED_MODEL_TYPES:
+            raise InputError(
+                f"vlm judge: {config.model!r} is a {mtype!r} model; the judge builds Qwen2-VL-family inputs "
+                f"and supports {', '.join(SUPPORTED_MODEL_TYPES)} (use --judge openai:<model> behind a server otherwise)"
+            )
         model.to(runtime.device).eval()
         return cls(model, tok, ip, config)
 
