@@ -110,8 +110,12 @@ class CardModel(nn.Module):
     @torch.no_grad()
     def set_feature_stats(self, x: torch.Tensor) -> None:
         """Standardise inputs with the mean/std of ``x`` (the training features)."""
+        std = x.std(0, unbiased=False)
+        # features constant in training (unseen hash buckets) stay unscaled; tiny spreads are floored,
+        # otherwise an unseen n-gram at run time would be blown up by 1/std
+        std = torch.where(std < 1e-6, torch.ones_like(std), std.clamp_min(1e-2))
         self.feature_mean.copy_(x.mean(0))
-        self.feature_std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
+        self.feature_std.copy_(std)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(budget logits [N, levels+1], token logits [N, token levels])."""
