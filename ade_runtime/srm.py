@@ -36,7 +36,7 @@ class SRMConfig:
     steps: tuple[int, ...] = (0, 1)  # 0-based denoising steps to capture at (early steps carry layout)
     threshold: str | float = "otsu"  # "otsu", or a quantile q in (0, 1): keep scores >= the q-quantile
     smoothing: float = 1.0  # Gaussian sigma in token units before upsampling (0 = none)
-    chunk_size: int = 1024  # image queries per chunk; peak extra memory ~ heads * chunk_size * seq_len
+    chunk_size: int = 256  # image queries per chunk; temporaries ~ 2 x heads x chunk_size x seq_len floats
     exclude_eos: bool = True  # drop the T5 EOS token, an attention sink, from the instruction's tokens
 
     def __post_init__(self) -> None:
