@@ -68,6 +68,25 @@ def test_bad_images_are_rejected_with_reason(tmp_path, data, reason):
     assert len(records) == 1 and rejects == []
 
 
+def webp_declaring(width: int, height: int) -> bytes:
+    """A 30-byte extended-WebP header declaring a width x height canvas, and nothing else."""
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + b"\0" * 4
+    vp8x += (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + (4 + len(vp8x)).to_bytes(4, "little") + b"WEBP" + vp8x
+
+
+def test_webp_bomb_is_refused_before_pil_allocates_its_canvas(tmp_path):
+    # 144 Mpx: under PIL's own bomb error (179 Mpx), where its WebP opener would allocate the canvas;
+    # had PIL opened this header-only file, the reason would be corrupt_image, not image_too_large
+    dataset_with_source(tmp_path, webp_declaring(12_000, 12_000), rel="images/bomb.webp")
+    _, rejects = load_records(tmp_path)
+    assert [r.reason for r in rejects] == ["image_too_large"]
+    assert "12000x12000" in rejects[0].message
+    dataset_with_source(tmp_path, webp_declaring(64, 64), rel="images/small.webp")
+    _, rejects = load_records(tmp_path)
+    assert [r.reason for r in rejects] == ["corrupt_image"]  # small header-only file: PIL says corrupt
+
+
 def test_bomb_message_names_dimensions_and_cap(tmp_path):
     dataset_with_source(tmp_path, png_declaring(9_000, 9_000))
     _, rejects = load_records(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 import tempfile
 import tracemalloc
@@ -153,6 +154,22 @@ def test_unusable_roots_raise_trace_error(tmp_path, setup):
         TraceDataset(root)
     with pytest.raises(ValueError, match="images"):
         TraceDataset(tmp_path, images="full")
+
+
+def test_fifo_named_like_a_shard_is_rejected_not_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    (tmp_path / "real.jsonl").write_bytes(line("x") + b"\n")
+    records, rejects = load_records(tmp_path, images="none")
+    assert [r.id for r in records] == ["x"]
+    assert [(r.shard, r.reason) for r in rejects] == [("pipe.jsonl", "corrupt_shard")]
+
+
+def test_keep_rejects_false_still_yields_and_counts(tmp_path):
+    write_shard(tmp_path, ["junk", "more junk"])
+    ds = TraceDataset(tmp_path, images="none", keep_rejects=False)
+    items = list(ds.scan())
+    assert [i.reason for i in items] == ["invalid_json", "invalid_json"]
+    assert ds.rejects == [] and ds.counts["rejected"] == 2
 
 
 def test_iteration_resets_rejects(tmp_path):

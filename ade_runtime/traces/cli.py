@@ -86,7 +86,8 @@ def _validate(args: argparse.Namespace) -> int:
     mode = "decode" if args.decode else ("none" if args.no_images else "header")
     if not args.max_line_mib > 0:
         raise ADEError(f"--max-line-mib must be > 0, got {args.max_line_mib}")
-    ds = TraceDataset(args.path, images=mode, max_line_bytes=int(args.max_line_mib * (1 << 20)))
+    # rejects are streamed to the report, not kept: memory stays flat on a dataset of garbage
+    ds = TraceDataset(args.path, mode, max_line_bytes=int(args.max_line_mib * (1 << 20)), keep_rejects=False)
     out = _AtomicLines(args.rejects) if args.rejects else None
     progress = _Progress(sys.stderr, len(ds.shards), args.quiet)
     reasons: Counter[str] = Counter()
@@ -120,7 +121,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    ds = TraceDataset(args.path, images=args.images)
+    ds = TraceDataset(args.path, images=args.images, keep_rejects=False)
     acc = StatsAccumulator()
     reasons: Counter[str] = Counter()
     for item in ds.scan():

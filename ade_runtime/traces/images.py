@@ -28,6 +28,7 @@ from PIL import Image
 IMAGE_MODES = ("none", "header", "decode")
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 64_000_000
+_CACHE_LIMIT = 500_000
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -84,6 +85,10 @@ class ImageChecker:
             self._fast[fast_key] = cached  # type: ignore[assignment]
             return cached  # type: ignore[return-value]
         result = self._check_full(full, rel)
+        if len(self._cache) >= _CACHE_LIMIT:
+            # bounded memory on datasets of millions of distinct images; shared ones re-enter at once
+            self._cache.clear()
+            self._fast.clear()
         self._cache[full] = result
         self._fast[fast_key] = result
         return result
@@ -114,6 +119,14 @@ def check_image_file(
     """Open an image file's header (and decode it when asked); (reason, detail) or None."""
     label = label if label is not None else os.fspath(path)
     try:
+        with open(path, "rb") as f:
+            declared = _webp_canvas(f.read(30))
+    except OSError as exc:
+        return "unreadable_image", f"({label!r}) cannot be opened: {exc}"
+    if declared is not None and declared[0] * declared[1] > max_pixels:
+        # PIL's WebP opener allocates the canvas at open(): refuse from the first 30 bytes instead.
+        return _too_large(label, *declared, max_pixels)
+    try:
         with warnings.catch_warnings():
             # PIL warns (and above 2x its cap raises) on huge images; our own cap below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -126,11 +139,7 @@ def check_image_file(
                         f"({label!r}) is {fmt}; only PNG, JPEG and WebP are accepted, convert it",
                     )
                 if width * height > max_pixels:
-                    return (
-                        "image_too_large",
-                        f"({label!r}) declares {width}x{height} = {width * height} pixels, over the cap of "
-                        f"{max_pixels} (decompression-bomb guard); store a smaller image",
-                    )
+                    return _too_large(label, width, height, max_pixels)
                 if decode:
                     im.load()
     except Image.DecompressionBombError as exc:
@@ -143,6 +152,29 @@ def check_image_file(
             "corrupt_image",
             f"({label!r}) cannot be {'decoded' if decode else 'read'}: {exc}; rewrite the file",
         )
+    return None
+
+
+def _too_large(label: str, width: int, height: int, max_pixels: int) -> tuple[str, str]:
+    return (
+        "image_too_large",
+        f"({label!r}) declares {width}x{height} = {width * height} pixels, over the cap of "
+        f"{max_pixels} (decompression-bomb guard); store a smaller image",
+    )
+
+
+def _webp_canvas(head: bytes) -> tuple[int, int] | None:
+    """Canvas size declared by a WebP file's first 30 bytes (as PIL/WebPImagePlugin.py: _get_size)."""
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    if chunk == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    if chunk == b"VP8L" and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     return None
 
 

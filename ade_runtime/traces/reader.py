@@ -110,6 +110,7 @@ class TraceDataset:
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        keep_rejects: bool = True,
     ):
         if images not in IMAGE_MODES:
             raise ValueError(f"images={images!r} is not one of {IMAGE_MODES}")
@@ -119,6 +120,7 @@ class TraceDataset:
         self.images = images
         self.max_line_bytes = max_line_bytes
         self.max_pixels = max_pixels
+        self.keep_rejects = keep_rejects  # False: scan() still yields rejects, .rejects stays empty
         self.shards = find_shards(self.root)
         self.rejects: list[Reject] = []
         self.counts = {"lines": 0, "valid": 0, "rejected": 0}
@@ -137,7 +139,8 @@ class TraceDataset:
         for shard in self.shards:
             for item in self._scan_shard(shard, checker, seen_ids):
                 if isinstance(item, Reject):
-                    self.rejects.append(item)
+                    if self.keep_rejects:
+                        self.rejects.append(item)
                     self.counts["rejected"] += 1
                 else:
                     self.counts["valid"] += 1
@@ -149,6 +152,11 @@ class TraceDataset:
         name = shard.relative_to(self.root).as_posix()
         base_dir = shard.parent
         lineno = 0
+        if not shard.is_file():  # a FIFO or device named *.jsonl would block or never end
+            yield Reject(
+                name, 1, None, "corrupt_shard", None, f"shard {name} is not a regular file; remove it"
+            )
+            return
         try:
             with _open(shard) as f:
                 for lineno, raw, complete in _lines(f, self.max_line_bytes):

@@ -166,7 +166,9 @@ def _show(v: Any) -> str:
         return f"boolean {str(v).lower()}"
     if v is None:
         return "null"
-    text = repr(v)
+    text = (
+        repr(v[:61] if isinstance(v, str) else v) if not isinstance(v, (list, dict)) else f"of {len(v)} items"
+    )
     return f"{type(v).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
