@@ -225,3 +225,27 @@ def test_cli_loads_a_saved_tiny_model_from_a_local_directory(tmp_path, capsys):
     (rec,) = list(TraceDataset(out))
     assert all(a.judge is None for a in rec.attempts)
     assert sum(e["kind"] == "failure" for e in read_journal(out / "judge-journal.ndjson")) == 3
+
+
+def test_unsupported_or_missing_models_are_clear_input_errors(tmp_path, capsys):
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(tmp_path / "llama")
+    traces = tmp_path / "in"
+    with TraceWriter(traces) as w:
+        src = w.write_image("s.png", Image.new("RGB", (8, 8)))
+        w.write(EditRecord("a", "x", src, "b", [Attempt(0, 0, 0, "x", Cost(1), image=src)]))
+    assert (
+        main(["--traces", str(traces), "--out", str(tmp_path / "o"), "--judge", f"vlm:{tmp_path / 'llama'}"])
+        == 2
+    )
+    assert "'llama' model" in capsys.readouterr().err
+    assert (
+        main(
+            ["--traces", str(traces), "--out", str(tmp_path / "o"), "--judge", f"vlm:{tmp_path / 'nothing'}"]
+        )
+        == 2
+    )
+    assert "cannot load" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ade_runtime.errors import InputError
 
 from .base import Judge
@@ -64,12 +62,3 @@ def build_judge(
 
         return HumanJudge(arg, pass_threshold=pass_threshold)
     raise InputError(f"--judge {spec!r} is not a judge spec; use one of: {', '.join(SPEC_FORMS)}")
-
-
-def judge_options(judge: Any) -> dict[str, Any]:
-    """What identifies a judge's labelling for the journal (its name; config when it has one)."""
-    cfg = getattr(judge, "config", None)
-    out: dict[str, Any] = {"name": judge.name}
-    if cfg is not None:
-        out["config"] = {k: v for k, v in vars(cfg).items() if k != "api_key"}
-    return out

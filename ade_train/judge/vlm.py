@@ -108,12 +108,24 @@ class VLMJudge:
         runtime = runtime or VLMRuntime()
         try:
             import torch
-            from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+            from transformers import (
+                AutoConfig,
+                AutoImageProcessor,
+                AutoModelForImageTextToText,
+                AutoTokenizer,
+            )
         except ImportError as exc:
             raise BackboneUnavailableError(
                 "the vlm judge needs transformers: pip install 'ade-adaptive[diffusers]'"
             ) from exc
         try:
+            mtype = getattr(AutoConfig.from_pretrained(config.model), "model_type", "")
+            if mtype not in SUPPORTED_MODEL_TYPES:
+                raise InputError(
+                    f"vlm judge: {config.model!r} is a {mtype!r} model; the judge builds Qwen2-VL-family "
+                    f"inputs and supports {', '.join(SUPPORTED_MODEL_TYPES)} (serve other models behind an "
+                    "OpenAI-compatible server and use --judge openai:<model>)"
+                )
             tok = AutoTokenizer.from_pretrained(config.model)
             ip = AutoImageProcessor.from_pretrained(
                 config.model, min_pixels=config.min_pixels, max_pixels=config.max_pixels
@@ -121,16 +133,12 @@ class VLMJudge:
             dtype = getattr(torch, runtime.dtype) if runtime.dtype else "auto"
             model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
         except (OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(
                 f"vlm judge: cannot load {config.model!r} ({exc}); give a local directory or a hub id "
                 "that is in the local cache (HF_HUB_OFFLINE=1 forbids downloads)"
             ) from exc
-        mtype = getattr(model.config, "model_type", "")
-        if mtype not in SUPPORTED_MODEL_TYPES:
-            raise InputError(
-                f"vlm judge: {config.model!r} is a {mtype!r} model; the judge builds Qwen2-VL-family inputs "
-                f"and supports {', '.join(SUPPORTED_MODEL_TYPES)} (use --judge openai:<model> behind a server otherwise)"
-            )
         model.to(runtime.device).eval()
         return cls(model, tok, ip, config)
 
