@@ -13,8 +13,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ade_runtime.traces import REASONS, TraceDataset, load_records, record_schema, validate_record
+from ade_runtime.traces import REASONS, EditRecord, TraceDataset, load_records, record_schema, validate_record
 
 # the shared builders live next to this file (works with or without tests/__init__.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -280,3 +282,55 @@ def test_docs_table_lists_every_reason_code():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "traces.md").read_text(encoding="utf-8")
     table = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")}
     assert table == set(REASONS)
+
+
+# -- properties: arbitrary JSON spliced anywhere into a valid record -----------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()  # NaN and infinities included
+    | st.text(max_size=6)
+    | st.sampled_from(["", " ", "../x.png", "/abs.png", "images/req-0/source.png", "ade-trace/1"]),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def all_paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from all_paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from all_paths(v, (*prefix, i))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), value=json_values, delete=st.booleans())
+def test_validator_never_raises_and_accepted_records_round_trip(data, value, delete):
+    obj = record_dict("req-0", n_candidates=2, n_rounds=2)
+    paths = list(all_paths(obj))
+    path = data.draw(st.sampled_from(paths))
+    if not path:
+        obj = value
+    else:
+        parent = obj
+        for p in path[:-1]:
+            parent = parent[p]
+        if delete and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    problems = validate_record(obj)
+    assert all(p.reason in REASONS and p.message for p in problems)
+    if not problems:
+        # what the validator accepts, the schema accepts, and it can be written back exactly
+        assert SCHEMA.is_valid(obj), list(SCHEMA.iter_errors(obj))
+        rec = EditRecord.from_json(obj)
+        line = json.dumps(rec.to_json(), allow_nan=False, ensure_ascii=False)
+        assert EditRecord.from_json(json.loads(line)) == rec
