@@ -108,3 +108,48 @@ def test_sigkill_between_records_leaves_a_fully_valid_dataset(tmp_path):
     records, rejects = load_records(tmp_path, images="decode")
     assert [r.id for r in records] == [f"r{i}" for i in range(5)] and rejects == []
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    sys.path.insert(0, sys.argv[2])
+    from test_traces_fixtures import png_bytes, simple_record
+    from ade_runtime.errors import TraceError
+    from ade_runtime.traces import TraceWriter
+
+    with TraceWriter(sys.argv[1]) as w:
+        src = w.write_image("images/source.png", png_bytes())
+        # a real short write: files may not grow past 3000 bytes (EFBIG instead of SIGXFSZ)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+        i = 0
+        while True:
+            try:
+                w.write(simple_record(f"r{i}", src, None))
+            except TraceError as exc:
+                print("failed", i, exc)
+                break
+            i += 1
+        w.write(simple_record(f"r{i}", src, None))  # the same id again: the failed record did not take it
+        print("after", i)
+    """
+)
+
+
+def test_failed_write_ends_the_shard_and_the_next_record_starts_clean(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path), str(Path(__file__).resolve().parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    failed = int(res.stdout.split()[1])
+    assert failed >= 2 and "truncated_line" in res.stdout
+    ds = TraceDataset(tmp_path)
+    assert [r.id for r in ds] == [f"r{i}" for i in range(failed + 1)]
+    assert [(r.shard, r.line, r.reason) for r in ds.rejects] == [
+        ("traces-00000.jsonl", failed + 1, "truncated_line")
+    ]
+    assert [r.root for r in ds][-1] == tmp_path and (tmp_path / "traces-00001.jsonl").exists()

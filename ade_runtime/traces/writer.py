@@ -116,11 +116,21 @@ class TraceWriter:
             self._open_next_shard()
         assert self._fd is not None
         view = memoryview(line)
-        while view:
-            n = os.write(self._fd, view[:_WRITE_CHUNK])
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self._fd)
+        try:
+            while view:
+                n = os.write(self._fd, view[:_WRITE_CHUNK])
+                view = view[n:]
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            # a partial line may be on disk: end this shard there so the next record starts a clean line
+            os.close(self._fd)
+            self._fd = None
+            self._ids.discard(obj["id"])
+            raise TraceError(
+                f"writing record {obj['id']!r} to {self._shard} failed ({exc}); it was not (fully) written, "
+                "readers will report that line as truncated_line; later records go to a new shard"
+            ) from exc
         self._shard_bytes += len(line)
         self.records_written += 1
 
