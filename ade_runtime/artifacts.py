@@ -45,6 +45,8 @@ KNOWN_KEYS = frozenset(
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # Any real safetensors header of ours is far below this; a larger length means "not safetensors".
 _MAX_HEADER_BYTES = 100 << 20
+# Re-reads when the JSON changed under us (a concurrent export), before a mismatch is reported.
+_LOAD_ATTEMPTS = 3
 
 
 @dataclass
@@ -314,19 +316,27 @@ def save_artifact(
 # load
 
 
-def _read_header(json_path: Path) -> dict[str, Any]:
-    if not json_path.is_file():
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _read_header(json_path: Path) -> tuple[dict[str, Any], bytes]:
+    raw = _read_bytes(json_path)
+    if raw is None:
         raise ArtifactError(
             f"{json_path}: missing file; an artifact is NAME.json + NAME.safetensors written by save_artifact "
             "(check the export directory and the name)"
         )
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{json_path}: header not JSON ({exc}); re-export the artifact") from None
     if not isinstance(meta, dict):
         raise ArtifactError(f"{json_path}: header not JSON object (got {type(meta).__name__}); re-export")
-    return meta
+    return meta, raw
 
 
 def _check_header(meta: dict[str, Any], json_path: Path, kind: str | None, required_config_keys) -> None:
@@ -371,9 +381,9 @@ def _check_header(meta: dict[str, Any], json_path: Path, kind: str | None, requi
 
 
 def _read_weights(st_path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    if not st_path.is_file():
+    blob = _read_bytes(st_path)
+    if blob is None:
         raise ArtifactError(f"{st_path}: missing file; the JSON header has no weights beside it, re-export")
-    blob = st_path.read_bytes()
     if blob[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or blob[:4] == b"PK\x03\x04":
         raise ArtifactError(
             f"{st_path}: not a safetensors file (it looks like a pickle / torch.save archive); "
@@ -470,9 +480,17 @@ def load_artifact(
     _check_name(name)
     json_path = directory / f"{name}.json"
     st_path = directory / f"{name}.safetensors"
-    meta = _read_header(json_path)
-    _check_header(meta, json_path, kind, tuple(required_config_keys))
-    tensors = _read_weights(st_path, meta)
+    for attempt in range(_LOAD_ATTEMPTS):
+        meta, raw = _read_header(json_path)
+        _check_header(meta, json_path, kind, tuple(required_config_keys))
+        try:
+            tensors = _read_weights(st_path, meta)
+            break
+        except ArtifactError:
+            # a concurrent re-export swapped the files between our two reads: read the new pair
+            if attempt + 1 < _LOAD_ATTEMPTS and _read_bytes(json_path) != raw:
+                continue
+            raise
     _check_tensors(tensors, meta, st_path)
     feature_spec = meta.get("feature_spec")
     if encoder_fingerprints:

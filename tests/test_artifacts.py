@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -178,3 +179,48 @@ def test_fingerprint_files_is_content_and_order_based(tmp_path):
         fingerprint_files([tmp_path / "missing.jsonl"])
     assert fingerprint_records(["x", "y"]) == fingerprint_records(["y", "x"])
     assert fingerprint_records(["x", "y"]) != fingerprint_records(["x", "y", "z"])
+
+
+def test_readers_never_see_a_half_written_export(tmp_path):
+    out = tmp_path / "export"
+
+    def export(v):
+        with atomic_export_dir(out) as tmp:
+            save_artifact(
+                tmp,
+                CARD_NAME,
+                kind="card",
+                class_name="C",
+                config={"v": v},
+                tensors={"w": torch.full((128, 128), float(v))},
+            )
+            save_artifact(tmp, CRITIQUE_NAME, kind="critique", class_name="C", config={"v": v}, tensors={})
+
+    export(0)
+    stop, seen, problems = threading.Event(), set(), []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                card = load_artifact(out, CARD_NAME)
+                critique = load_artifact(out, CRITIQUE_NAME)
+            except ArtifactError as err:
+                if "missing file" not in str(
+                    err
+                ):  # the directory may be absent for an instant, never partial
+                    problems.append(str(err))
+                continue
+            v = card.config["v"]
+            if card.tensors["w"][0, 0].item() != v or critique.config["v"] < v:
+                problems.append(f"mixed export: card {v}, critique {critique.config['v']}")
+            seen.add(v)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for v in range(1, 9):
+        export(v)
+    stop.set()
+    thread.join()
+    assert problems == []
+    assert len(seen) >= 2 and load_artifact(out, CARD_NAME).config == {"v": 8}
+    assert sorted(os.listdir(tmp_path)) == ["export"]

@@ -112,6 +112,9 @@ def test_dinov2_tiny_cls_patches_and_grid():
     assert torch.allclose(pooled, out.pooler_output, atol=1e-6)
     assert torch.allclose(patches, out.last_hidden_state[:, 1:], atol=1e-6)
     assert enc.encode([]).shape == (0, 32) and enc.encode_patches([]).shape == (0, 16, 32)
+    assert (
+        Dinov2Encoder(DINO, image_size=32).fingerprint == enc.fingerprint
+    )  # a config dict as first argument
     batched = Dinov2Encoder(config=DINO, image_size=32, batch_size=1)
     assert torch.allclose(batched.encode(IMAGES), pooled, atol=1e-5)
     with pytest.raises(InputError, match="got a single image; wrap it in"):

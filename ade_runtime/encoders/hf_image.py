@@ -92,7 +92,7 @@ class _VitEncoder:
 
     def __init__(
         self,
-        model: str | None = None,
+        model: str | Mapping[str, Any] | None = None,
         *,
         config: Mapping[str, Any] | None = None,
         seed: int = 0,
@@ -101,6 +101,10 @@ class _VitEncoder:
         normalization: str | None = None,
         batch_size: int = 16,
     ) -> None:
+        if (
+            isinstance(model, Mapping) and config is None
+        ):  # Encoder({"model_type": ...}) == Encoder(config=...)
+            model, config = None, model
         if (model is None) == (config is None):
             raise InputError(
                 f"{type(self).__name__}: give exactly one of model (id or path) and config (dict)"
@@ -207,7 +211,7 @@ class Dinov2Encoder(_VitEncoder):
     def _default_resize(image_size: int) -> int:
         return int(round(image_size * 256 / 224))  # 224 -> 256 as in MagicBrush
 
-    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         cfg = self.model.config
         self.prefix_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
@@ -225,7 +229,7 @@ class ClipVisionEncoder(_VitEncoder):
     model_class = "CLIPVisionModelWithProjection"
     default_normalization = "clip"
 
-    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         cfg = self.model.config
         self.dim = int(cfg.projection_dim)

@@ -188,7 +188,7 @@ class HFTextEncoder:
 
     def __init__(
         self,
-        model: str | None = None,
+        model: str | Mapping[str, Any] | None = None,
         *,
         pooling: str = "mean",
         max_length: int = 256,
@@ -200,6 +200,10 @@ class HFTextEncoder:
     ) -> None:
         if pooling not in POOLINGS:
             raise InputError(f"HFTextEncoder: pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        if (
+            isinstance(model, Mapping) and config is None
+        ):  # Encoder({"model_type": ...}) == Encoder(config=...)
+            model, config = None, model
         if (model is None) == (config is None):
             raise InputError("HFTextEncoder: give exactly one of model (id or path) and config (dict)")
         if not isinstance(max_length, int) or max_length < 2:
