@@ -103,14 +103,14 @@ def test_step1x_unavailable_names_both_installs(monkeypatch):
     monkeypatch.delattr(diffusers, "Step1XEditPipeline", raising=False)
     monkeypatch.setitem(sys.modules, "inference", None)  # the repository is not on PYTHONPATH
     with pytest.raises(BackboneUnavailableError) as err:
-        Step1XEditBackbone.load("/models/step1x")
+        Step1XEditBackbone.from_pretrained("/models/step1x")
     assert "Step1XEditPipeline" in str(err.value) and "stepfun-ai/Step1X-Edit" in str(err.value)
     assert "12249" in str(err.value)
     with pytest.raises(BackboneUnavailableError):
-        Step1XEditBackbone.load("/models/step1x", route="diffusers")
+        Step1XEditBackbone.from_pretrained("/models/step1x", route="diffusers")
 
 
-def test_step1x_repo_route_maps_arguments(monkeypatch):
+def test_step1x_repo_route_maps_arguments(monkeypatch, tmp_path):
     calls = {}
 
     class ImageGenerator:
@@ -124,10 +124,12 @@ def test_step1x_repo_route_maps_arguments(monkeypatch):
     module = types.ModuleType("inference")
     module.ImageGenerator = ImageGenerator
     monkeypatch.setitem(sys.modules, "inference", module)
-    bb = Step1XEditBackbone.load("/models/step1x", route="repo", quantized=True, offload=True, num_steps=8)
+    bb = Step1XEditBackbone.from_pretrained(
+        str(tmp_path), route="repo", quantized=True, offload=True, num_steps=8
+    )
     assert isinstance(bb, Backbone)
     assert calls["init"]["quantized"] and calls["init"]["offload"]
-    assert calls["init"]["dit_path"] == os.path.join("/models/step1x", "step1x-edit-i1258.safetensors")
+    assert calls["init"]["dit_path"] == os.path.join(str(tmp_path), "step1x-edit-i1258.safetensors")
     src = test_image(30, 20)
     out = bb.run(bb.prepare(EditRequest(src, "add a cat")), AttemptSpec(0, 0, 0, "add a cat", seed=5))
     prompt, kw = calls["gen"]
@@ -195,3 +197,34 @@ def test_bagel_config_and_absent_package(monkeypatch):
         inferencer_class()
     with pytest.raises(BackboneUnavailableError):
         BagelBackbone.from_components("m")
+
+
+def test_bagel_from_pretrained_without_repo_modules(monkeypatch):
+    module = types.ModuleType("inferencer")
+    module.InterleaveInferencer = FakeInterleaveInferencer
+    monkeypatch.setitem(sys.modules, "inferencer", module)
+    monkeypatch.setitem(sys.modules, "modeling", None)  # the rest of the BAGEL repository is absent
+    monkeypatch.setitem(sys.modules, "data", None)
+    with pytest.raises(BackboneUnavailableError, match="ByteDance-Seed/Bagel"):
+        BagelBackbone.from_pretrained("/models/bagel")
+
+
+def test_from_pretrained_loads_a_saved_pipeline(pipe, tmp_path):
+    from ade_runtime.backbones.flux_kontext import FluxKontextBackbone
+
+    pipe.save_pretrained(tmp_path / "tiny-kontext")
+    img = test_image(16, 12)
+    spec = AttemptSpec(0, 0, 0, "add a hat", seed=4)
+    kw = {"num_inference_steps": 2, "resolution": "input", "max_sequence_length": 32}
+    ref = FluxKontextBackbone(pipe, **kw)
+    loaded = FluxKontextBackbone.from_pretrained(
+        str(tmp_path / "tiny-kontext"), torch_dtype=torch.float32, **kw
+    )
+    a = ref.run(ref.prepare(EditRequest(img, spec.prompt)), spec)
+    b = loaded.run(loaded.prepare(EditRequest(img, spec.prompt)), spec)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    generic = DiffusersEditBackbone.from_pretrained(
+        str(tmp_path / "tiny-kontext"), torch_dtype=torch.float32, num_inference_steps=2, call_kwargs=KW
+    )
+    assert generic.name == "FluxKontextPipeline" and generic.supports_preview
+    assert generic.run(generic.prepare(EditRequest(img, spec.prompt)), spec).image.size == img.size

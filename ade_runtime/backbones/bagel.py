@@ -100,6 +100,86 @@ class BagelBackbone:
         """``InterleaveInferencer(model, vae_model, tokenizer, vae_transform, vit_transform, new_token_ids)``."""
         return cls(inferencer_class()(*components, **named), config)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "ByteDance-Seed/BAGEL-7B-MoT",
+        *,
+        device: str | None = None,
+        config: BagelConfig | None = None,
+    ) -> BagelBackbone:
+        """Load BAGEL-7B-MoT in bfloat16 the way the repository's ``app.py`` does (mode 1, GPUs).
+
+        ``model`` is a local checkpoint directory or a Hub id (downloaded with ``snapshot_download``);
+        ``device`` is accepted for the common loader and ignored: accelerate places the model on GPUs.
+        """
+        import os
+
+        inferencer_cls = inferencer_class()
+        try:
+            import torch
+            from accelerate import infer_auto_device_map, init_empty_weights, load_checkpoint_and_dispatch
+            from data.data_utils import add_special_tokens
+            from data.transforms import ImageTransform
+            from modeling.autoencoder import load_ae
+            from modeling.bagel import (
+                Bagel,
+                Qwen2Config,
+                Qwen2ForCausalLM,
+                SiglipVisionConfig,
+                SiglipVisionModel,
+            )
+            from modeling.bagel import BagelConfig as UpstreamConfig
+            from modeling.qwen2 import Qwen2Tokenizer
+        except ImportError as exc:
+            raise BackboneUnavailableError(f"{INSTALL_HINT} (missing: {exc.name})") from exc
+        if not os.path.isdir(model):
+            from huggingface_hub import snapshot_download
+
+            model = snapshot_download(model)
+        llm_config = Qwen2Config.from_json_file(os.path.join(model, "llm_config.json"))
+        llm_config.qk_norm = True
+        llm_config.tie_word_embeddings = False
+        llm_config.layer_module = "Qwen2MoTDecoderLayer"
+        vit_config = SiglipVisionConfig.from_json_file(os.path.join(model, "vit_config.json"))
+        vit_config.rope = False
+        vit_config.num_hidden_layers -= 1
+        vae_model, vae_config = load_ae(local_path=os.path.join(model, "ae.safetensors"))
+        upstream = UpstreamConfig(
+            visual_gen=True, visual_und=True, llm_config=llm_config, vit_config=vit_config, vae_config=vae_config,
+            vit_max_num_patch_per_side=70, connector_act="gelu_pytorch_tanh", latent_patch_size=2, max_latent_size=64,
+        )  # fmt: skip
+        with init_empty_weights():
+            net = Bagel(Qwen2ForCausalLM(llm_config), SiglipVisionModel(vit_config), upstream)
+            net.vit_model.vision_model.embeddings.convert_conv2d_to_linear(vit_config, meta=True)
+        tokenizer, new_token_ids, _ = add_special_tokens(Qwen2Tokenizer.from_pretrained(model))
+        device_map = infer_auto_device_map(
+            net,
+            max_memory={i: "80GiB" for i in range(torch.cuda.device_count())},
+            no_split_module_classes=["Bagel", "Qwen2MoTDecoderLayer"],
+        )
+        # These modules exchange tensors every step; upstream keeps them on one device.
+        same = [
+            "language_model.model.embed_tokens",
+            "time_embedder",
+            "latent_pos_embed",
+            "vae2llm",
+            "llm2vae",
+        ]
+        same += ["connector", "vit_pos_embed"]
+        first = device_map.get(same[0], "cuda:0")
+        for name in same:
+            device_map[name] = first
+        net = load_checkpoint_and_dispatch(
+            net, checkpoint=os.path.join(model, "ema.safetensors"), device_map=device_map, offload_buffers=True,
+            offload_folder="offload", dtype=torch.bfloat16, force_hooks=True,
+        ).eval()  # fmt: skip
+        inferencer = inferencer_cls(
+            model=net, vae_model=vae_model, tokenizer=tokenizer, vae_transform=ImageTransform(1024, 512, 16),
+            vit_transform=ImageTransform(980, 224, 14), new_token_ids=new_token_ids,
+        )  # fmt: skip
+        return cls(inferencer, config)
+
     def _resize(self, image: Image.Image) -> Image.Image:
         side = self.config.longest_side
         if side is None or max(image.size) == side:

@@ -34,6 +34,7 @@ from ade_runtime.backbones._diffusers import (
     composite,
     flow_x0,
     has_flow_sigmas,
+    require_diffusers,
     scheduler_sigmas,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
@@ -118,6 +119,29 @@ class DiffusersEditBackbone:
         self.supports_preview = bool(
             can_interrupt and has_flow_sigmas(pipe.scheduler) and self.decode is not None
         )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        device: str | None = None,
+        torch_dtype: Any = None,
+        cpu_offload: bool = False,
+        **kwargs: Any,
+    ) -> DiffusersEditBackbone:
+        """Load any diffusers pipeline (class read from its ``model_index.json``) and wrap it."""
+        diffusers = require_diffusers("DiffusersEditBackbone")
+        import torch
+
+        pipe = diffusers.DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype or torch.bfloat16)
+        if cpu_offload:
+            pipe.enable_model_cpu_offload()
+        elif device is not None:
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs.setdefault("name", type(pipe).__name__)
+        return cls(pipe, **kwargs)
 
     def prepare(self, request: EditRequest) -> EditRequest:
         # Nothing is shared safely across pipelines generically (see module docstring).

@@ -52,7 +52,7 @@ def _image_generator_class() -> Any | None:
 
 
 class Step1XEditBackbone:
-    """Step1X-Edit through the repository's ``ImageGenerator`` (see ``load`` for both routes)."""
+    """Step1X-Edit through the repository's ``ImageGenerator`` (see ``from_pretrained`` for both routes)."""
 
     name = "step1x-edit"
     supports_preview = False
@@ -83,7 +83,7 @@ class Step1XEditBackbone:
         self.negative_prompt = negative_prompt
 
     @classmethod
-    def load(
+    def from_pretrained(
         cls,
         model_path: str,
         *,
@@ -101,7 +101,9 @@ class Step1XEditBackbone:
         and ``vae.safetensors`` for the repository route.
         """
         if route not in ("auto", "diffusers", "repo"):
-            raise InputError(f"Step1XEditBackbone.load: route must be auto|diffusers|repo, got {route!r}")
+            raise InputError(
+                f"Step1XEditBackbone.from_pretrained: route must be auto|diffusers|repo, got {route!r}"
+            )
         pipeline_cls = _diffusers_pipeline_class() if route in ("auto", "diffusers") else None
         if pipeline_cls is not None:
             import torch
@@ -114,6 +116,10 @@ class Step1XEditBackbone:
         generator_cls = _image_generator_class() if route in ("auto", "repo") else None
         if generator_cls is None:
             raise BackboneUnavailableError(f"{INSTALL_HINT} (route={route!r})")
+        if not os.path.isdir(model_path):
+            from huggingface_hub import snapshot_download  # a Hub id: fetch the checkpoint directory
+
+            model_path = snapshot_download(model_path)
         generator = generator_cls(
             dit_path=os.path.join(model_path, "step1x-edit-i1258.safetensors"),
             ae_path=os.path.join(model_path, "vae.safetensors"),
