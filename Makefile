@@ -45,3 +45,9 @@ clean:
 
 sample-data: install
 	@test -f $(DATA)/.complete || $(VENV)/bin/ade-testbed generate --out $(DATA) --seed $(SEED)
+
+# Testbed benchmark: trains into checkpoints/bench if needed, replays every policy on a shifted
+# held-out set, runs the live loop and writes docs/results/ (report.md, report.json, plots).
+BENCH_OUT ?= docs/results
+bench: install
+	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)

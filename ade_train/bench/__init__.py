@@ -1,0 +1,1 @@
+"""Benchmarks behind ``make bench`` (testbed figures: see report.py)."""

@@ -1,0 +1,201 @@
+"""``make bench``: compute saved at equal quality, measured side by side in one run.
+
+1. Train CARD, the critique head and the calibration on the sample dataset (if not yet).
+2. Replay every policy exactly on a held-out dataset from a *shifted* synthetic world
+   (other seed, more clutter, another category mix) with ``ade-replay``'s evaluator.
+3. Run the live loop with the synthetic backbone: ADE against Best-of-8, same requests.
+4. Time the controller per decision on CPU (CARD, critique, calibration at batch 1) and
+   put its analytic FLOPs against one FLUX.1 Kontext attempt at 1024^2.
+5. Measure the tiny FLUX.1 Kontext mechanics (NFE and peak memory, ADE vs batched Best-of-8).
+6. Write report.md / report.json / pareto.png / categories.png (testbed figures, labelled so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ade_runtime.overhead import analytic_overhead
+from ade_runtime.policy import POLICY_NAMES
+from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.traces import load_records
+from ade_train.bench.report import check_targets, write_report
+
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def ensure_data(path: Path, args: list[str]) -> None:
+    if not (path / ".complete").exists():
+        _run([str(BIN / "ade-testbed"), "generate", "--out", str(path), *args])
+
+
+def ensure_trained(data: Path, out: Path) -> dict:
+    t0 = time.perf_counter()
+    timings = {}
+    for cmd in ("card", "critique", "calibrate"):
+        name = {"card": "card", "critique": "critique", "calibrate": "calibration"}[cmd]
+        if (out / f"{name}.json").exists():
+            continue
+        s = time.perf_counter()
+        _run([str(BIN / "ade-train"), cmd, "--data", str(data), "--out", str(out), "--no-wandb"])
+        timings[cmd] = round(time.perf_counter() - s, 1)
+    return {"seconds": round(time.perf_counter() - t0, 1), "steps": timings}
+
+
+def live_loop(predictors: Predictors, n: int, seed: int) -> dict:
+    """ADE and Best-of-8 on the same fresh requests from a shifted world, judged exactly."""
+    from ade_runtime.backbones.base import EditRequest
+    from ade_runtime.loop import AdaptiveEditor
+    from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
+    from ade_runtime.testbed.imageio import make_image
+
+    world = World(seed=seed, clutter=(2, 8))
+    rng = np.random.default_rng(seed)
+    reqs = [world.sample_request(rng) for _ in range(n)]
+    out = {}
+    for policy in ("best_of_8", "ade"):
+        backbone = SyntheticBackbone()
+        editor = AdaptiveEditor(backbone, predictors, policy=policy, scorer=online_scores, seed=seed)
+        scores, passed, nfe, secs, overhead = [], [], [], [], []
+        for i, r in enumerate(reqs):
+            src = make_image(r.source, r.source, world.size)
+            res = editor.edit(EditRequest(src, r.instruction, f"live-{i}", r.category))
+            j = judge_attempt(src, res.image, r.instruction) if res.image is not None else None
+            scores.append(j.score if j else 0.0)
+            passed.append(bool(j and j.passed))
+            nfe.append(res.nfe)
+            secs.append(res.backbone_seconds)
+            overhead.append(res.overhead_seconds)
+        out[policy] = {
+            "requests": n,
+            "mean_score": float(np.mean(scores)),
+            "pass_rate": float(np.mean(passed)),
+            "nfe_per_request": float(np.mean(nfe)),
+            "modelled_gpu_seconds_per_request": float(np.mean(secs)),
+            "controller_cpu_ms_per_request": 1000 * float(np.mean(overhead)),
+        }
+    out["speedup_nfe"] = out["best_of_8"]["nfe_per_request"] / max(out["ade"]["nfe_per_request"], 1e-9)
+    return out
+
+
+def controller_timing(predictors: Predictors, data: Path, repeats: int = 30) -> dict:
+    """Median CPU milliseconds per decision at batch 1 (features computed inside, as in the loop)."""
+    import torch
+
+    torch.set_num_threads(1)
+    records, _ = load_records(data, images="none")
+    rec = next(r for r in records if any(a.image for a in r.attempts))
+    from PIL import Image
+
+    src = Image.open(rec.resolve(rec.source_image)).convert("RGB")
+    att = next(a for a in rec.attempts if a.image)
+    out_img = Image.open(rec.resolve(att.image)).convert("RGB")
+    res = {}
+
+    def med(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return 1000 * statistics.median(ts)
+
+    if predictors.card is not None:
+        res["card_ms"] = med(lambda: predictors.card.predict(rec.instruction, src))
+    if predictors.critique is not None:
+        res["critique_ms"] = med(lambda: predictors.critique.predict(src, out_img, rec.instruction))
+    if predictors.calibrator is not None:
+        feats = {k: v for k, v in att.scores.items() if not k.startswith("preview_")}
+        feats["critique"] = 0.5
+        res["calibration_ms"] = med(lambda: predictors.calibrator.predict_proba(feats))
+    res["per_decision_ms"] = res.get("critique_ms", 0.0) + res.get("calibration_ms", 0.0)
+    res["threads"] = 1
+    return res
+
+
+def flux_mechanics() -> dict | None:
+    try:
+        from ade_train.bench import flux_mechanics as fm
+    except ImportError as exc:
+        return {"skipped": f"flux mechanics unavailable: {exc}"}
+    return fm.measure()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ade-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="data/sample", help="training traces (generated when missing)")
+    p.add_argument(
+        "--heldout", default="data/heldout", help="held-out shifted traces (generated when missing)"
+    )
+    p.add_argument("--heldout-requests", type=int, default=600)
+    p.add_argument(
+        "--predictors", default="checkpoints/bench", help="export directory (trained when missing)"
+    )
+    p.add_argument("--out", default="docs/results", help="report directory")
+    p.add_argument("--live-requests", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    data, heldout, pred_dir, out = Path(args.data), Path(args.heldout), Path(args.predictors), Path(args.out)
+
+    ensure_data(data, ["--seed", str(args.seed)])
+    training = ensure_trained(data, pred_dir)
+    # The shift: another seed, busier scenes, and a category mix tilted to the hard edits.
+    ensure_data(
+        heldout,
+        ["--seed", str(args.seed + 1001), "--requests", str(args.heldout_requests), "--clutter", "2:8"],
+    )
+    predictors = Predictors.load(pred_dir)
+    records, rejects = load_records(heldout, images="none")
+    from ade_runtime.cli.replay import evaluate
+
+    replay = evaluate(records, predictors, list(POLICY_NAMES), desc="bench replay")
+    results: dict = {
+        "meta": {
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {platform.python_version()}, CPU only",
+            "train_data": str(data),
+            "heldout": str(heldout),
+            "heldout_requests": len(records),
+            "heldout_rejected": len(rejects),
+            "replay_note": (
+                f"{len(records)} requests from a shifted testbed world (seed {args.seed + 1001}, clutter 2-8) "
+                "that the predictors never saw; every policy replayed exactly over the same logged attempts, "
+                "selected by the calibrated confidence (except the two oracles, selected by the judge). "
+                "GPU-seconds are modelled from published per-NFE figures and include the controller's scoring "
+                "and critique (analytic FLOPs)."
+            ),
+        },
+        "training": training,
+        "replay": replay,
+    }
+    results["live"] = live_loop(predictors, args.live_requests, args.seed + 2002)
+    results["controller"] = controller_timing(predictors, data)
+    ana = analytic_overhead("flux-kontext")
+    results["analytic"] = ana.to_dict()
+    flux = flux_mechanics()
+    if flux is not None:
+        results["flux"] = flux
+    results["targets"] = check_targets(replay, ana.ratio_to_attempt)
+    results["misses"] = [f"{t['target']}: measured {t['value']}" for t in results["targets"] if not t["met"]]
+    md = write_report(out, results)
+    print(json.dumps({"report": str(md), "targets": results["targets"]}, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Small real predictors built in code for tests (untrained weights, real classes)."""
+
+from __future__ import annotations
+
+import torch
+
+from ade_runtime.encoders import build_image_encoder, build_text_encoder
+from ade_runtime.policy import PolicyConfig
+from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
+from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
+from ade_runtime.predictors.features import RequestFeaturizer
+
+
+def calibrator(bias: float, weight: float = 0.0, policy: PolicyConfig | None = None) -> Calibrator:
+    """A logistic calibrator over clip_t: P = sigmoid(weight * clip_t + bias)."""
+    cfg = CalibrationConfig(feature_names=("clip_t",), method="logistic", policy=policy or PolicyConfig())
+    t = {
+        "mean": torch.zeros(1),
+        "scale": torch.ones(1),
+        "weight": torch.tensor([weight]),
+        "bias": torch.tensor([bias]),
+    }
+    return Calibrator(cfg, primary=t)
+
+
+def card(levels=(1, 2, 4, 8), seed=0) -> CardPredictor:
+    torch.manual_seed(seed)
+    feat = RequestFeaturizer(
+        build_text_encoder({"kind": "hashing", "dim": 64}), build_image_encoder({"kind": "pixels"})
+    )
+    model = CardModel(CardConfig(input_dim=feat.dim, levels=list(levels), token_levels=[0, 512], hidden=[16]))
+    return CardPredictor(model, feat)
