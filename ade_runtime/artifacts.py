@@ -160,16 +160,12 @@ def encoder_entry(encoder: Any) -> dict[str, Any]:
 
 def encoder_fingerprints_of(feature_spec: Mapping[str, Any] | None) -> dict[str, str]:
     """Role -> fingerprint from ``feature_spec["encoders"]`` (the convention save_artifact writes)."""
-    if not feature_spec:
-        return {}
-    encoders = feature_spec.get("encoders") or {}
-    out = {}
-    for role, entry in encoders.items():
-        if isinstance(entry, Mapping) and "fingerprint" in entry:
-            out[role] = str(entry["fingerprint"])
-        elif isinstance(entry, str):
-            out[role] = entry
-    return out
+    encoders = (feature_spec or {}).get("encoders") or {}
+    return {
+        role: str(entry["fingerprint"] if isinstance(entry, Mapping) else entry)
+        for role, entry in encoders.items()
+        if isinstance(entry, str) or (isinstance(entry, Mapping) and "fingerprint" in entry)
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,27 +183,22 @@ def _jsonable(value: Any, where: str, file: Path) -> Any:
         return out
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, f"{where}[{i}]", file) for i, v in enumerate(value)]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ArtifactError(f"{file}: {where} is {value}; store finite numbers (or null) in artifacts")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ArtifactError(f"{file}: {where} is {value}; store finite numbers (or null) in artifacts")
+    if value is None or isinstance(value, (str, int, float)):
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, np.generic):
-        return _jsonable(value.item(), where, file)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
         return _jsonable(value.item(), where, file)
     raise ArtifactError(
         f"{file}: {where} has type {type(value).__name__}, which is not JSON; store tensors in `tensors`"
     )
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ArtifactError(f"artifact name {name!r} is invalid; use letters, digits, '_', '-', '.'")
-    return name
 
 
 def _normalise_feature_spec(feature_spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -215,13 +206,11 @@ def _normalise_feature_spec(feature_spec: Mapping[str, Any] | None) -> dict[str,
     if feature_spec is None:
         return None
     spec = dict(feature_spec)
-    if "encoders" in spec and spec["encoders"] is not None:
-        encoders = {}
-        for role, enc in dict(spec["encoders"]).items():
-            encoders[role] = (
-                encoder_entry(enc) if hasattr(enc, "spec") and hasattr(enc, "fingerprint") else enc
-            )
-        spec["encoders"] = encoders
+    if spec.get("encoders") is not None:
+        spec["encoders"] = {
+            role: encoder_entry(enc) if hasattr(enc, "spec") and hasattr(enc, "fingerprint") else enc
+            for role, enc in dict(spec["encoders"]).items()
+        }
     return spec
 
 
@@ -389,23 +378,20 @@ def _read_weights(st_path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor
             f"{st_path}: not a safetensors file (it looks like a pickle / torch.save archive); "
             "ade never unpickles, export weights with save_artifact"
         )
-    if len(blob) < 8:
-        raise ArtifactError(f"{st_path}: safetensors error: file is {len(blob)} bytes, truncated; re-export")
-    header_len = int.from_bytes(blob[:8], "little")
-    if header_len > min(len(blob) - 8, _MAX_HEADER_BYTES) or blob[8:9] != b"{":
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest != meta["weights_sha256"]:
-            raise ArtifactError(
-                f"{st_path}: sha256 mismatch (file {digest[:16]}..., header {str(meta['weights_sha256'])[:16]}...) "
-                "and not a valid safetensors file: truncated or corrupted; re-export"
-            )
-        raise ArtifactError(f"{st_path}: safetensors error: invalid header; re-export")
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != meta["weights_sha256"]:
-        raise ArtifactError(
-            f"{st_path}: sha256 mismatch (file {digest[:16]}..., header {str(meta['weights_sha256'])[:16]}...): "
-            "the weights are truncated, corrupted or were replaced after export; re-export"
+    header_len = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
+    parsable = 0 <= header_len <= min(len(blob) - 8, _MAX_HEADER_BYTES) and blob[8:9] == b"{"
+    digest, expected = hashlib.sha256(blob).hexdigest(), str(meta["weights_sha256"])
+    if digest != expected:
+        why = (
+            ": the weights are truncated, corrupted or were replaced after export; re-export"
+            if parsable
+            else " and not a valid safetensors file: truncated or corrupted; re-export"
         )
+        raise ArtifactError(
+            f"{st_path}: sha256 mismatch (file {digest[:16]}..., header {expected[:16]}...){why}"
+        )
+    if not parsable:
+        raise ArtifactError(f"{st_path}: safetensors error: invalid header; re-export")
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
