@@ -1,0 +1,494 @@
+"""The DINOv2 critique head: a millisecond stand-in for an expensive offline judge.
+
+Given an edit attempt, its source image and the instruction, the head predicts the probability
+that the attempt passes and a patch-level flaw map over the flaw kinds seen in training (plus
+"none"). The map's thresholded connected regions become the top flaws (kind + box), the
+refinement prompt with spatial feedback (``ade_runtime.feedback.feedback_prompt``) and a mask
+that confines the next refinement round. It follows the critique-then-refine pattern of
+self-refinement for editing and uses DINOv2 patch tokens (Oquab et al., 2023,
+``transformers/models/dinov2/modeling_dinov2.py``) from a frozen or trained encoder.
+
+Pure torch + numpy: the training side (``ade_train/critique.py``) fits the head; the loop only
+loads it with ``CritiquePredictor.from_pretrained(export_dir)``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ade_runtime.errors import ArtifactError, InputError
+from ade_runtime.traces.records import Flaw
+
+NONE_KIND = "none"  # index 0 of the per-patch classes: "no flaw here"
+COMBINE_MODES = ("union", "intersect")
+
+
+def _arg(help: str, **kw: Any) -> Any:
+    """A dataclass field with its one-line help (peft-style ``metadata={"help": ...}``)."""
+    return field(metadata={"help": help}, **kw)
+
+
+@dataclass
+class CritiqueConfig:
+    """Structure of a critique head; saved as the artifact's config (JSON)."""
+
+    kinds: tuple[str, ...] = _arg("flaw vocabulary learned from the data (without 'none')")
+    token_dim: int = _arg("width D of the image encoder's patch tokens")
+    text_dim: int = _arg("width of the instruction features from the text encoder")
+    grid: tuple[int, int] = _arg("patch grid (rows, cols) of the image encoder")
+    image_encoder: dict = _arg("image encoder spec (build_image_encoder)", default_factory=dict)
+    text_encoder: dict = _arg("text encoder spec (build_text_encoder)", default_factory=dict)
+    hidden: int = _arg("width of the head's per-patch features", default=128)
+    n_blocks: int = _arg("residual 3x3 conv blocks mixing neighbouring patches", default=2)
+    dropout: float = _arg("dropout inside the blocks (training only)", default=0.1)
+    pass_threshold: float = _arg("p_pass at or above which the attempt passes", default=0.5)
+    mask_threshold: float = _arg("per-patch P(any flaw) that marks a flaw region", default=0.5)
+    max_flaws: int = _arg("at most this many flaws (regions) per critique", default=3)
+    mask_margin: float = _arg("mask dilation around a flaw box, fraction of a side", default=0.05)
+    attention_combine: str = _arg(
+        "how an SRM attention mask joins the flaw mask: union|intersect", default="union"
+    )
+    encoder_trained: bool = _arg(
+        "the image encoder was trained: its weights are in the artifact", default=False
+    )
+
+    def __post_init__(self) -> None:
+        self.kinds = tuple(str(k) for k in self.kinds)
+        self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
+        kinds = self.kinds
+        if not kinds or len(set(kinds)) != len(kinds) or NONE_KIND in kinds or not all(kinds):
+            raise InputError(f"CritiqueConfig.kinds={kinds!r}: give unique non-empty kinds, 'none' excluded")
+        for name in ("token_dim", "text_dim", "hidden", "max_flaws"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"CritiqueConfig.{name}={getattr(self, name)!r}: must be a positive integer")
+        if self.n_blocks < 0:
+            raise InputError(f"CritiqueConfig.n_blocks={self.n_blocks!r}: must be >= 0")
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise InputError(f"CritiqueConfig.grid={self.grid!r}: must be (rows, cols) with both >= 1")
+        for name in ("dropout", "pass_threshold", "mask_threshold"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"CritiqueConfig.{name}={value!r}: must lie in [0, 1]")
+        if not 0.0 <= self.mask_margin < 0.5:
+            raise InputError(f"CritiqueConfig.mask_margin={self.mask_margin!r}: must lie in [0, 0.5)")
+        if self.attention_combine not in COMBINE_MODES:
+            raise InputError(
+                f"CritiqueConfig.attention_combine={self.attention_combine!r}: use one of {COMBINE_MODES}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["kinds"], out["grid"] = list(self.kinds), list(self.grid)
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], source: str = "config") -> CritiqueConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            import warnings
+
+            warnings.warn(f"{source}: ignoring unknown critique config keys {unknown}", stacklevel=2)
+        try:
+            return cls(**{k: v for k, v in obj.items() if k in known})
+        except TypeError as exc:
+            raise ArtifactError(
+                f"{source}: critique config is incomplete ({exc}); re-export the critique"
+            ) from exc
+
+
+class _PatchBlock(nn.Module):
+    """Residual depthwise 3x3 conv (neighbouring patches) + per-patch MLP, pre-norm."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mix = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, p, c = x.shape
+        y = self.norm1(x).transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        x = x + self.mix(y).reshape(b, c, p).transpose(1, 2)
+        return x + self.mlp(self.norm2(x))
+
+
+class CritiqueHead(nn.Module):
+    """Pass logit (attention-pooled) and per-patch flaw logits over ``("none",) + kinds``.
+
+    Input per patch: the attempt token, the source token and their difference (what changed);
+    the instruction modulates every patch (FiLM) so the head can tell wanted from unwanted change.
+    """
+
+    def __init__(self, config: CritiqueConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, h = config.token_dim, config.hidden
+        self.token_in = nn.Sequential(nn.LayerNorm(3 * d), nn.Linear(3 * d, h), nn.GELU())
+        self.text_film = nn.Linear(config.text_dim, 2 * h)
+        self.blocks = nn.ModuleList(_PatchBlock(h, config.dropout) for _ in range(config.n_blocks))
+        self.norm = nn.LayerNorm(h)
+        self.flaw_out = nn.Linear(h, len(config.kinds) + 1)
+        self.pool_score = nn.Linear(h, 1)
+        self.pass_out = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, 1))
+
+    def forward(
+        self,
+        attempt_tokens: torch.Tensor,
+        source_tokens: torch.Tensor,
+        text_features: torch.Tensor,
+        grid: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pass logits [B], flaw logits [B, P, 1 + K]; class 0 is "none")."""
+        grid = tuple(grid or self.config.grid)  # type: ignore[assignment]
+        b, p, d = attempt_tokens.shape
+        if (
+            source_tokens.shape != attempt_tokens.shape
+            or p != grid[0] * grid[1]
+            or d != self.config.token_dim
+        ):
+            raise InputError(
+                f"critique head: attempt tokens {tuple(attempt_tokens.shape)} and source tokens "
+                f"{tuple(source_tokens.shape)} must both be [B, {grid[0] * grid[1]}, {self.config.token_dim}]"
+            )
+        x = self.token_in(torch.cat([attempt_tokens, source_tokens, attempt_tokens - source_tokens], dim=-1))
+        gamma, beta = self.text_film(text_features).unsqueeze(1).chunk(2, dim=-1)
+        x = x * (1 + gamma) + beta
+        for block in self.blocks:
+            x = block(x, grid)
+        x = self.norm(x)
+        weights = torch.softmax(self.pool_score(x).squeeze(-1), dim=1)
+        pooled = torch.cat([(weights.unsqueeze(-1) * x).sum(1), x.mean(1)], dim=-1)
+        return self.pass_out(pooled).squeeze(-1), self.flaw_out(x)
+
+
+@dataclass
+class Critique:
+    """What the critique head says about one attempt.
+
+    ``flaw_map`` is [K, h, w]: per patch, the probability of each flaw kind (``kinds`` order;
+    the "none" class is left out, so ``flaw_map.sum(0)`` is the probability of any flaw).
+    ``flaws`` are the top regions, most confident first; ``mask`` is H x W in [0, 1] at the
+    output image's size (1 = the refinement may change this pixel).
+    """
+
+    p_pass: float
+    passed: bool
+    flaw_map: np.ndarray
+    kinds: tuple[str, ...]
+    flaws: list[Flaw]
+    flaw_scores: list[float]
+    feedback: str
+    mask: np.ndarray
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """Box of the most confident flaw (normalised x0, y0, x1, y1), None when no flaw was found."""
+        return self.flaws[0].box if self.flaws else None
+
+
+def _components(binary: np.ndarray) -> list[list[tuple[int, int]]]:
+    """4-connected components of a small boolean grid (pure Python: the grids are ~16x16)."""
+    seen = np.zeros_like(binary, dtype=bool)
+    out = []
+    rows, cols = binary.shape
+    for r0, c0 in zip(*np.nonzero(binary), strict=True):
+        if seen[r0, c0]:
+            continue
+        seen[r0, c0] = True
+        queue, comp = deque([(int(r0), int(c0))]), []
+        while queue:
+            r, c = queue.popleft()
+            comp.append((r, c))
+            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                if 0 <= rr < rows and 0 <= cc < cols and binary[rr, cc] and not seen[rr, cc]:
+                    seen[rr, cc] = True
+                    queue.append((rr, cc))
+        out.append(comp)
+    return out
+
+
+def flaw_regions(
+    flaw_map: np.ndarray, kinds: Sequence[str], threshold: float, max_flaws: int, force: bool = False
+) -> list[tuple[Flaw, float]]:
+    """Top flaws from a [K, h, w] map: connected regions where P(any flaw) >= threshold.
+
+    Each region's kind is the kind with the most probability mass inside it and its box is the
+    region's bounding box in normalised coordinates. With ``force`` (the attempt is predicted to
+    fail) and no region above the threshold, the region around the most suspicious patch (patches
+    standing out above the map's median) is returned, so a failing attempt gets spatial feedback.
+    """
+    anyflaw = flaw_map.sum(0)
+    rows, cols = anyflaw.shape
+    comps = _components(anyflaw >= threshold)
+    if not comps and force and anyflaw.size:
+        peak = np.unravel_index(int(anyflaw.argmax()), anyflaw.shape)
+        # the patches that stand out: above halfway between the map's median and its peak
+        level = 0.5 * (float(np.median(anyflaw)) + float(anyflaw[peak]))
+        comps = [c for c in _components(anyflaw >= level) if (int(peak[0]), int(peak[1])) in c]
+    found = []
+    for comp in comps:
+        rr = np.array([r for r, _ in comp])
+        cc = np.array([c for _, c in comp])
+        kind = kinds[int(flaw_map[:, rr, cc].sum(1).argmax())]
+        box = (cc.min() / cols, rr.min() / rows, (cc.max() + 1) / cols, (rr.max() + 1) / rows)
+        found.append((Flaw(kind=kind, box=tuple(float(v) for v in box)), float(anyflaw[rr, cc].max())))
+    found.sort(key=lambda fs: -fs[1])
+    return found[:max_flaws]
+
+
+def crop_window(image_encoder: Any, width: int, height: int) -> tuple[float, float, float, float]:
+    """The part of a (width x height) image the encoder sees, normalised (x0, y0, x1, y1).
+
+    DINOv2's MagicBrush preprocessing resizes the shorter side and centre-crops, so the patch grid
+    covers only this window; flaw boxes are mapped into it for training and back out at run time.
+    """
+    pre = getattr(image_encoder, "preprocess", None)
+    if pre is None or not hasattr(pre, "crop"):
+        return (0.0, 0.0, 1.0, 1.0)
+    # the same arithmetic as ImagePreprocess: shorter side -> resize, then a centred crop
+    if width <= height:
+        rw, rh = pre.resize, int(pre.resize * height / width)
+    else:
+        rw, rh = int(pre.resize * width / height), pre.resize
+    left, top = round((rw - pre.crop) / 2.0), round((rh - pre.crop) / 2.0)
+    return (left / rw, top / rh, (left + pre.crop) / rw, (top + pre.crop) / rh)
+
+
+def to_view(box: Sequence[float], window: Sequence[float]) -> tuple[float, float, float, float] | None:
+    """An image box in the encoder's view window (clipped); None when it lies outside the view."""
+    lo, size = np.array(window[:2] * 2), np.array(window[2:] * 2) - np.array(window[:2] * 2)
+    b = tuple(float(v) for v in np.clip((np.asarray(box, dtype=float) - lo) / size, 0.0, 1.0))
+    return b if b[0] < b[2] and b[1] < b[3] else None  # type: ignore[return-value]
+
+
+def from_view(box: Sequence[float], window: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box in the encoder's view window back in whole-image coordinates."""
+    lo, size = np.array(window[:2] * 2), np.array(window[2:] * 2) - np.array(window[:2] * 2)
+    return tuple(float(v) for v in lo + np.asarray(box, dtype=float) * size)  # type: ignore[return-value]
+
+
+def region_mask(flaws: Sequence[Flaw], height: int, width: int, margin: float) -> np.ndarray:
+    """H x W float mask: 1 inside every flaw box dilated by ``margin`` (fraction of a side)."""
+    mask = np.zeros((height, width), dtype=np.float32)
+    for flaw in flaws:
+        x0, y0, x1, y1 = flaw.box
+        c0, c1 = int(np.floor(max(0.0, x0 - margin) * width)), int(np.ceil(min(1.0, x1 + margin) * width))
+        r0, r1 = int(np.floor(max(0.0, y0 - margin) * height)), int(np.ceil(min(1.0, y1 + margin) * height))
+        mask[r0:r1, c0:c1] = 1.0
+    return mask
+
+
+def _check_attention_mask(mask: Any, height: int, width: int) -> np.ndarray:
+    arr = np.asarray(mask, dtype=np.float32)
+    if arr.ndim != 2 or not np.isfinite(arr).all():
+        raise InputError(f"attention_mask must be a finite 2-D array (H x W), got shape {arr.shape}")
+    if arr.shape != (height, width):  # e.g. an SRM mask at latent resolution
+        t = torch.nn.functional.interpolate(
+            torch.from_numpy(arr)[None, None], size=(height, width), mode="bilinear"
+        )
+        arr = t[0, 0].numpy()
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _check_image(image: Any, name: str) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise InputError(
+            f"{name} must be a PIL.Image.Image, got {type(image).__name__}; open it with PIL first"
+        )
+    return image.convert("RGB")
+
+
+class CritiquePredictor:
+    """Critique head + the encoders it was trained with; what the adaptive loop calls."""
+
+    def __init__(self, head: CritiqueHead, image_encoder: Any, text_encoder: Any) -> None:
+        self.head = head.eval()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        cfg = head.config
+        if getattr(text_encoder, "dim", cfg.text_dim) != cfg.text_dim:
+            raise InputError(
+                f"text encoder gives {text_encoder.dim}-d features, the head expects {cfg.text_dim}"
+            )
+
+    @property
+    def config(self) -> CritiqueConfig:
+        return self.head.config
+
+    def predict(
+        self, source: Image.Image, output: Image.Image, instruction: str, attention_mask: Any = None
+    ) -> Critique:
+        """Critique one attempt; ``attention_mask`` (H x W in [0, 1], e.g. SRM) joins the region mask."""
+        return self.predict_batch([source], [output], [instruction], [attention_mask])[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        sources: Sequence[Image.Image],
+        outputs: Sequence[Image.Image],
+        instructions: Sequence[str],
+        attention_masks: Sequence[Any] | None = None,
+    ) -> list[Critique]:
+        n = len(outputs)
+        attention_masks = list(attention_masks) if attention_masks is not None else [None] * n
+        if not (len(sources) == n == len(instructions) == len(attention_masks)):
+            raise InputError(
+                f"predict_batch: {len(sources)} sources, {n} outputs, {len(instructions)} instructions and "
+                f"{len(attention_masks)} attention masks; give one of each per attempt"
+            )
+        if n == 0:
+            return []
+        srcs = [_check_image(im, f"sources[{i}]") for i, im in enumerate(sources)]
+        outs = [_check_image(im, f"outputs[{i}]") for i, im in enumerate(outputs)]
+        for i, text in enumerate(instructions):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"instructions[{i}] must be a non-empty string")
+        tokens = self.image_encoder.encode_patches(srcs + outs).float()
+        text = self.text_encoder.encode(list(instructions)).float()
+        pass_logit, flaw_logits = self.head(tokens[n:], tokens[:n], text)
+        p_pass = torch.sigmoid(pass_logit).numpy()
+        probs = torch.softmax(flaw_logits, dim=-1)[..., 1:].numpy()  # drop "none"
+        return [
+            self._critique(float(p_pass[i]), probs[i], outs[i], instructions[i], attention_masks[i])
+            for i in range(n)
+        ]
+
+    def _critique(
+        self, p_pass: float, probs: np.ndarray, output: Image.Image, instruction: str, attention: Any
+    ) -> Critique:
+        from ade_runtime.feedback import feedback_prompt
+
+        cfg = self.config
+        rows, cols = cfg.grid
+        flaw_map = probs.T.reshape(len(cfg.kinds), rows, cols)
+        passed = p_pass >= cfg.pass_threshold
+        found = flaw_regions(flaw_map, cfg.kinds, cfg.mask_threshold, cfg.max_flaws, force=not passed)
+        width, height = output.size
+        window = crop_window(self.image_encoder, width, height)
+        flaws = [Flaw(kind=f.kind, box=from_view(f.box, window)) for f, _ in found]
+        # no flaw found: the mask does not confine anything
+        mask = (
+            region_mask(flaws, height, width, cfg.mask_margin)
+            if flaws
+            else np.ones((height, width), np.float32)
+        )
+        if attention is not None:
+            att = _check_attention_mask(attention, height, width)
+            if not flaws:
+                mask = att
+            elif cfg.attention_combine == "union":
+                mask = np.maximum(mask, att)
+            elif (mask * att).max() > 0:  # intersect, unless the two masks are disjoint
+                mask = mask * att
+        return Critique(
+            p_pass=p_pass,
+            passed=passed,
+            flaw_map=flaw_map,
+            kinds=cfg.kinds,
+            flaws=flaws,
+            flaw_scores=[s for _, s in found],
+            feedback=feedback_prompt(instruction, flaws) if flaws else instruction,
+            mask=mask.astype(np.float32),
+        )
+
+    # ---- artifact ----------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the artifact stores: ``head.*`` always, ``image_encoder.*`` when trained."""
+        out = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        if self.config.encoder_trained:
+            module = _encoder_module(self.image_encoder)
+            out.update(
+                {f"image_encoder.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            )
+        return out
+
+    def save_pretrained(
+        self, directory: str | Path, *, metrics: dict | None = None, data_fingerprint: str | None = None
+    ) -> Path:
+        """Write ``critique.safetensors`` + ``critique.json`` into ``directory`` (atomic, merges)."""
+        from ade_runtime.artifacts import CRITIQUE_NAME, encoder_entry, save_artifact
+
+        # a frozen checkpoint is referenced by spec + fingerprint; trained weights travel in the artifact
+        image = {"spec": self.image_encoder.spec(), "trained": True}
+        if not self.config.encoder_trained:
+            image = encoder_entry(self.image_encoder)
+        feature_spec = {"encoders": {"image": image, "text": encoder_entry(self.text_encoder)}}
+        return save_artifact(
+            directory,
+            CRITIQUE_NAME,
+            kind="critique",
+            class_name=type(self).__name__,
+            config=self.config.to_dict(),
+            tensors=self.state_tensors(),
+            feature_spec=feature_spec,
+            data_fingerprint=data_fingerprint,
+            metrics=metrics,
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> CritiquePredictor:
+        """Load a critique exported by ``save_pretrained`` / ``ade-train critique``.
+
+        The encoders are rebuilt from their specs; a frozen image encoder whose fingerprint
+        differs from the one recorded at training time is refused (ArtifactError).
+        """
+        from ade_runtime.artifacts import CRITIQUE_NAME, load_artifact
+        from ade_runtime.encoders import build_image_encoder, build_text_encoder
+
+        probe = load_artifact(directory, CRITIQUE_NAME, kind="critique")
+        where = str(probe.path)
+        encoders = (probe.feature_spec or {}).get("encoders") or {}
+        if not all(isinstance(encoders.get(r), dict) and "spec" in encoders[r] for r in ("image", "text")):
+            raise ArtifactError(
+                f"{where}: feature_spec.encoders lacks 'image'/'text' specs; re-export the critique"
+            )
+        config = CritiqueConfig.from_dict(probe.config, source=where)
+        image_encoder = build_image_encoder(encoders["image"]["spec"])
+        text_encoder = build_text_encoder(encoders["text"]["spec"])
+        fingerprints = {"text": text_encoder.fingerprint}
+        if not config.encoder_trained:
+            fingerprints["image"] = image_encoder.fingerprint
+        art = load_artifact(directory, CRITIQUE_NAME, kind="critique", encoder_fingerprints=fingerprints)
+        head = CritiqueHead(config)
+        _load_prefixed(head, art.tensors, "head.", where)
+        if config.encoder_trained:
+            _load_prefixed(_encoder_module(image_encoder), art.tensors, "image_encoder.", where)
+        return cls(head, image_encoder, text_encoder)
+
+
+def _encoder_module(image_encoder: Any) -> nn.Module:
+    module = getattr(image_encoder, "model", None)
+    if not isinstance(module, nn.Module):
+        raise InputError(
+            f"{type(image_encoder).__name__} exposes no torch module (.model) to save or load weights"
+        )
+    return module
+
+
+def _load_prefixed(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: str) -> None:
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{where}: tensors under '{prefix}' do not match the config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}); the artifact and its config disagree, re-export it"
+        )
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{where}: tensors under '{prefix}' have wrong shapes: {exc}") from exc

@@ -1,0 +1,385 @@
+"""Training data of the critique head: (source, attempt, instruction, judge pass, flaw boxes) examples.
+
+Any format-v1 trace dataset works: every attempt that stored an output image and has a judge
+label is one example; the others are skipped and counted (``no_image``, ``no_judge``). Requests
+are split by id with the same split as CARD (``ade_train.data``), so the critique never sees a
+calibration or test request. Flaw boxes become per-patch targets on the encoder's patch grid
+(class 0 = "none", 1 + i = ``kinds[i]``), the dense-label recipe of patch-level defect maps.
+
+Inputs are prepared once per image: patch tokens through ``FeatureCache`` for a frozen encoder,
+or the encoder's preprocessed pixels when the encoder is trained (``finetune_last_n``,
+``scratch_tiny``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from ade_runtime.artifacts import fingerprint_records
+from ade_runtime.errors import InputError, TraceError
+from ade_runtime.policy import budget
+from ade_runtime.predictors.critique import crop_window, to_view
+from ade_runtime.traces import TraceDataset
+from ade_runtime.traces.records import EditRecord, Flaw
+from ade_train.data import SPLITS, SPLITS_FILE, split_ids
+from ade_train.export import DataInfo, data_source
+
+log = logging.getLogger(__name__)
+
+SKIP_REASONS = ("no_image", "no_judge")
+
+
+@dataclass(frozen=True)
+class CritiqueExample:
+    """One judged attempt: what the head sees (images, instruction) and what it must predict."""
+
+    record_id: str
+    instruction: str
+    source: Path
+    attempt: Path
+    passed: bool
+    flaws: tuple[Flaw, ...] = ()
+    key: tuple[int, int, int] = (0, 0, 0)  # (candidate, round, reasoning_tokens)
+
+
+@dataclass
+class ExampleSet:
+    """The examples of a dataset split plus what was skipped and why."""
+
+    examples: list[CritiqueExample] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def collect_examples(records: Iterable[EditRecord]) -> ExampleSet:
+    """Every attempt with an image and a judge; the others are counted by reason, never silently lost."""
+    out = ExampleSet()
+    for rec in records:
+        source = rec.resolve(rec.source_image)
+        for att in rec.attempts:
+            if att.image is None:
+                out.skipped["no_image"] += 1
+            elif att.judge is None:
+                out.skipped["no_judge"] += 1
+            else:
+                out.examples.append(
+                    CritiqueExample(
+                        record_id=rec.id,
+                        instruction=rec.instruction,
+                        source=source,
+                        attempt=rec.resolve(att.image),
+                        passed=bool(att.judge.passed),
+                        flaws=tuple(att.judge.flaws),
+                        key=att.key,
+                    )
+                )
+    return out
+
+
+def learn_kinds(examples: Iterable[CritiqueExample]) -> tuple[str, ...]:
+    """The flaw vocabulary of the data, sorted; a dataset with no flaw boxes gets ``("flaw",)``."""
+    kinds = sorted({f.kind for ex in examples for f in ex.flaws})
+    return tuple(kinds) or ("flaw",)
+
+
+def cap_examples(examples: Sequence[CritiqueExample], limit: int | None, seed: int) -> list[CritiqueExample]:
+    """At most ``limit`` examples, a seeded sample of whole requests' attempts (keeps order stable)."""
+    if limit is None or len(examples) <= limit:
+        return list(examples)
+    gen = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(examples), generator=gen)[:limit].tolist())
+    return [examples[i] for i in keep]
+
+
+def _patch_centres(grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = grid
+    ys = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
+    xs = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
+    return ys[:, None].expand(rows, cols), xs[None, :].expand(rows, cols)
+
+
+def box_patches(box: Sequence[float], grid: tuple[int, int]) -> torch.Tensor:
+    """Boolean [rows, cols]: patches whose centre lies in the box (the centre's patch for tiny boxes)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cy, cx = _patch_centres(grid)
+    inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+    if not inside.any():  # a box smaller than a patch still marks the patch it sits in
+        r = min(grid[0] - 1, int((y0 + y1) / 2 * grid[0]))
+        c = min(grid[1] - 1, int((x0 + x1) / 2 * grid[1]))
+        inside[r, c] = True
+    return inside
+
+
+def patch_targets(flaws: Sequence[Flaw], kinds: Sequence[str], grid: tuple[int, int]) -> torch.Tensor:
+    """Long [rows * cols]: 0 = none, 1 + i = kinds[i]; where boxes overlap the smaller box wins."""
+    index = {k: i + 1 for i, k in enumerate(kinds)}
+    target = torch.zeros(grid, dtype=torch.long)
+    area = lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])  # noqa: E731
+    for flaw in sorted(flaws, key=area, reverse=True):
+        if flaw.kind not in index:
+            raise InputError(f"flaw kind {flaw.kind!r} is not in the critique vocabulary {tuple(kinds)}")
+        target[box_patches(flaw.box, grid)] = index[flaw.kind]
+    return target.flatten()
+
+
+def flaw_cover(flaws: Sequence[Flaw], grid: tuple[int, int]) -> torch.Tensor:
+    """Bool [rows * cols]: patches inside any true flaw box (pointing accuracy counts hits here)."""
+    cover = torch.zeros(grid, dtype=torch.bool)
+    for flaw in flaws:
+        cover |= box_patches(flaw.box, grid)
+    return cover.flatten()
+
+
+def true_boxes(flaws: Sequence[Flaw], max_boxes: int) -> torch.Tensor:
+    """Float [max_boxes, 4], padded with -1: the judge's boxes for the IoU metric."""
+    out = torch.full((max_boxes, 4), -1.0)
+    for i, flaw in enumerate(flaws[:max_boxes]):
+        out[i] = torch.tensor(flaw.box, dtype=torch.float32)
+    return out
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two normalised (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class _ExampleTensors(torch.utils.data.Dataset):
+    """Examples as index lookups into per-image inputs (sources are shared by many attempts)."""
+
+    def __init__(self, inputs: torch.Tensor, text: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
+        self.inputs, self.text, self.rows = inputs, text, rows
+
+    def __len__(self) -> int:
+        return len(self.rows["passed"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        r = self.rows
+        return {
+            "source": self.inputs[r["source"][i]],
+            "attempt": self.inputs[r["attempt"][i]],
+            "text": self.text[r["text"][i]],
+            "passed": r["passed"][i],
+            "target": r["target"][i],
+            "cover": r["cover"][i],
+            "boxes": r["boxes"][i],
+        }
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class CritiqueDataModule(L.LightningDataModule):
+    """Judged attempts of a trace dataset as critique-head batches, split by request like CARD."""
+
+    def __init__(
+        self,
+        data: str,
+        image_encoder: dict[str, Any],
+        text_encoder: dict[str, Any] | None = None,
+        encoder_mode: str = "frozen",
+        out_dir: str | None = None,
+        cache_dir: str | None = None,
+        split_fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1),
+        seed: int = 0,
+        batch_size: int = 32,
+        max_train_attempts: int | None = 3000,
+        max_eval_attempts: int | None = 800,
+        max_boxes: int = 4,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            data: trace dataset directory (edit-trace v1).
+            image_encoder: image encoder spec (build_image_encoder), a DINOv2 by id, path or config.
+            text_encoder: instruction encoder spec (default {"kind": "hashing", "dim": 256}).
+            encoder_mode: "frozen" caches patch tokens; "finetune_last_n"/"scratch_tiny" keep pixels.
+            out_dir: run directory: its splits.json (written by CARD) is reused when it names this data.
+            cache_dir: feature cache for frozen patch tokens (default OUT/features).
+            split_fractions: train / val / calibration / test shares of the requests (as CARD).
+            seed: split seed (as CARD) and the seed of the attempt caps and shuffling.
+            batch_size: attempts per batch.
+            max_train_attempts: cap on training attempts (seeded sample), None for all.
+            max_eval_attempts: cap on val and test attempts each, None for all.
+            max_boxes: judge boxes kept per attempt for the IoU metric.
+            num_workers: DataLoader workers (inputs are in memory, 0 is usually fastest).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.cache_dir = (
+            Path(cache_dir) if cache_dir else (self.out_dir / "features" if self.out_dir else None)
+        )
+        self.image_spec = dict(image_encoder)
+        self.text_spec = dict(text_encoder or {"kind": "hashing", "dim": 256})
+        self.encoder_mode = encoder_mode
+        self.split_fractions = tuple(float(f) for f in split_fractions)
+        self.seed, self.batch_size, self.num_workers = int(seed), int(batch_size), int(num_workers)
+        self.caps = {"train": max_train_attempts, "val": max_eval_attempts, "test": max_eval_attempts}
+        self.max_boxes = int(max_boxes)
+        if self.batch_size < 1 or self.max_boxes < 1:
+            raise ValueError("data.batch_size and data.max_boxes must be >= 1")
+        self._ready = False
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _splits(self, records: list[EditRecord]) -> dict[str, list[str]]:
+        """CARD's split: OUT/splits.json when CARD wrote it for this data, else the same function."""
+        path = self.out_dir / SPLITS_FILE if self.out_dir else None
+        if path is not None and path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("data") == str(self.data_dir.resolve()) and saved.get("seed") == self.seed:
+                return {s: list(saved["splits"][s]) for s in SPLITS}
+        return split_ids([r for r in records if budget.is_judged(r)], self.split_fractions, self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        from ade_runtime.encoders import build_image_encoder, build_text_encoder
+
+        if not self.data_dir.is_dir():
+            raise TraceError(
+                f"trace dataset {self.data_dir} is not a directory; pass --data DIR of *.jsonl shards"
+            )
+        ds = TraceDataset(self.data_dir, images="header")
+        records = list(ds)
+        self.rejects = list(ds.rejects)
+        if self.rejects:
+            log.warning(
+                "%s: %d rejected lines; first: %s", self.data_dir, len(self.rejects), self.rejects[0].message
+            )
+        self.split_ids = self._splits(records)
+        by_id = {r.id: r for r in records}
+        self.image_encoder = build_image_encoder(self.image_spec)
+        self.text_encoder = build_text_encoder(self.text_spec)
+        self.grid = tuple(self.image_encoder.patch_grid())
+        self.examples: dict[str, list[CritiqueExample]] = {}
+        self.skipped: Counter = Counter()
+        for split in ("train", "val", "test"):
+            found = collect_examples(by_id[i] for i in self.split_ids[split] if i in by_id)
+            self.skipped.update(found.skipped)
+            self.examples[split] = cap_examples(found.examples, self.caps[split], self.seed)
+        if not self.examples["train"]:
+            raise TraceError(
+                f"{self.data_dir}: no training attempt has both an image and a judge label "
+                f"(skipped {dict(self.skipped)}); the critique needs judged attempt images"
+            )
+        self.kinds = learn_kinds(self.examples["train"])
+        self.records_used = [by_id[i] for s in SPLITS for i in self.split_ids[s] if i in by_id]
+        self._build_tensors()
+        self._ready = True
+
+    def _build_tensors(self) -> None:
+        paths = sorted({p for exs in self.examples.values() for ex in exs for p in (ex.source, ex.attempt)})
+        slot = {p: i for i, p in enumerate(paths)}
+        self.inputs = self._image_inputs(paths)
+        texts = sorted({ex.instruction for exs in self.examples.values() for ex in exs})
+        text_slot = {t: i for i, t in enumerate(texts)}
+        self.text = self.text_encoder.encode(texts).float()
+        kind_set = set(self.kinds)
+        self.rows: dict[str, dict[str, torch.Tensor]] = {}
+        for split, exs in self.examples.items():
+            targets, covers, boxes = [], [], []
+            for ex in exs:
+                with Image.open(ex.attempt) as im:
+                    window = crop_window(self.image_encoder, *im.size)
+                seen = [
+                    Flaw(f.kind, b) for f in ex.flaws if f.kind in kind_set and (b := to_view(f.box, window))
+                ]
+                targets.append(patch_targets(seen, self.kinds, self.grid))
+                covers.append(flaw_cover(seen, self.grid))
+                boxes.append(true_boxes(seen, self.max_boxes))
+            n = len(exs)
+            self.rows[split] = {
+                "source": torch.tensor([slot[ex.source] for ex in exs], dtype=torch.long),
+                "attempt": torch.tensor([slot[ex.attempt] for ex in exs], dtype=torch.long),
+                "text": torch.tensor([text_slot[ex.instruction] for ex in exs], dtype=torch.long),
+                "passed": torch.tensor([ex.passed for ex in exs], dtype=torch.float32),
+                "target": torch.stack(targets)
+                if n
+                else torch.zeros(0, self.grid[0] * self.grid[1], dtype=torch.long),
+                "cover": torch.stack(covers)
+                if n
+                else torch.zeros(0, self.grid[0] * self.grid[1], dtype=torch.bool),
+                "boxes": torch.stack(boxes) if n else torch.zeros(0, self.max_boxes, 4),
+            }
+
+    def _image_inputs(self, paths: list[Path]) -> torch.Tensor:
+        """Patch tokens (frozen encoder, cached) or preprocessed pixels (trained encoder), fp16 in memory."""
+        if self.encoder_mode != "frozen":
+            chunks = [
+                self.image_encoder.preprocess([_open(p) for p in paths[i : i + 256]])
+                for i in range(0, len(paths), 256)
+            ]
+            return torch.cat(chunks).half()
+        compute = lambda items: self.image_encoder.encode_patches([_open(p) for p in items])  # noqa: E731
+        if self.cache_dir is None:
+            return torch.cat([compute(paths[i : i + 64]) for i in range(0, len(paths), 64)]).half()
+        from ade_runtime.encoders import FeatureCache, content_key
+
+        keys = [content_key(p.read_bytes()) for p in paths]
+        return (
+            FeatureCache(self.cache_dir)
+            .get(self.image_encoder, paths, keys, compute, variant="patches")
+            .half()
+        )
+
+    # -- views -----------------------------------------------------------------------------------
+
+    @property
+    def token_dim(self) -> int:
+        return int(self.image_encoder.patch_dim)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_encoder.dim)
+
+    def data_info(self) -> DataInfo:
+        recs = self.records_used
+        return DataInfo(
+            path=str(self.data_dir.resolve()),
+            fingerprint=fingerprint_records(r.id for r in recs),
+            source=data_source(recs),
+            n_records=len(recs),
+            n_rejected=len(self.rejects),
+            splits={s: len(self.examples.get(s, [])) for s in ("train", "val", "test")},
+            backbones=sorted({r.backbone for r in recs}),
+            categories=sorted({str(r.category) for r in recs if r.category is not None}),
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self._ready:
+            raise RuntimeError("CritiqueDataModule.setup() has not run")
+        return DataLoader(
+            _ExampleTensors(self.inputs, self.text, self.rows[split]),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val" if self.examples["val"] else "train", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if self.examples["test"] else "val", shuffle=False)
