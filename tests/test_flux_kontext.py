@@ -218,3 +218,17 @@ def test_resolution_policy_is_explicit(pipe):
         bb.run(
             state, AttemptSpec(0, 0, 0, PROMPT, seed=0, preview_step=STEPS + 1, preview_fn=lambda i, s: True)
         )
+
+
+def test_default_preview_step_is_the_adapters(pipe):
+    img = test_image(16, 16)
+    assert FluxKontextBackbone(pipe).preview_step == 6  # 6 of the default 28 steps
+    bb = backbone(pipe, preview_step=3)
+    state = bb.prepare(EditRequest(img, PROMPT))
+    steps_seen = []
+    out = bb.run(
+        state, AttemptSpec(0, 0, 0, PROMPT, seed=1, preview_fn=lambda im, s: steps_seen.append(s) or False)
+    )
+    assert out.pruned and out.nfe == 3 and steps_seen == [3]
+    with pytest.raises(InputError, match="preview_step"):
+        backbone(pipe, preview_step=STEPS + 1)

@@ -97,12 +97,21 @@ class DiffusersEditBackbone:
         call_kwargs: dict[str, Any] | None = None,
         decode_latents: DecodeFn | str | None = "auto",
         max_area: int = 1024**2,
+        preview_step: int | None = None,
     ):
         self.pipe = pipe
         self.name = name
         self.num_inference_steps = int(num_inference_steps)
         self.call_kwargs = dict(call_kwargs or {})
         self.max_area = int(max_area)
+        # The step the loop previews at (it reads ``backbone.preview_step``); 6 of 28 by default.
+        self.preview_step = (
+            int(preview_step) if preview_step is not None else max(1, self.num_inference_steps * 6 // 28)
+        )
+        if not 1 <= self.preview_step <= self.num_inference_steps:
+            raise InputError(
+                f"DiffusersEditBackbone: preview_step must be in [1, num_inference_steps], got {preview_step}"
+            )
         self.denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
         if self.denoiser is None:
             raise InputError(
@@ -164,15 +173,14 @@ class DiffusersEditBackbone:
         pipe = self.pipe
         source = spec.input_image if spec.input_image is not None else state.image
         steps = self.num_inference_steps
+        pstep = spec.preview_step if spec.preview_step is not None else self.preview_step
         if spec.preview_fn is not None:
             if not self.supports_preview:
                 raise InputError(
                     f"{self.name}: this pipeline cannot preview/prune (no flow sigmas, interrupt or decoder)"
                 )
-            if not (spec.preview_step and 1 <= spec.preview_step <= steps):
-                raise InputError(
-                    f"{self.name}: spec.preview_step must be in [1, {steps}], got {spec.preview_step}"
-                )
+            if not 1 <= pstep <= steps:
+                raise InputError(f"{self.name}: spec.preview_step must be in [1, {steps}], got {pstep}")
         mask = None if spec.mask is None else check_mask(spec.mask, source.size, self.name)
         w, h = self._size(source.size)
         kwargs: dict[str, Any] = {k: v for k, v in (("height", h), ("width", w)) if k in self._params}
@@ -183,7 +191,7 @@ class DiffusersEditBackbone:
 
         def on_step_end(p, i, t, cb):
             latents = cb["latents"]
-            if spec.preview_fn is not None and i + 1 == spec.preview_step:
+            if spec.preview_fn is not None and i + 1 == pstep:
                 x_t = info["prev"]
                 if x_t is None:  # step 0: the sample entered the denoiser first in its input
                     x_t = counter.last_input[: latents.shape[0], : latents.shape[1]]
@@ -193,7 +201,7 @@ class DiffusersEditBackbone:
                 info["preview"] = (
                     preview if preview.size == source.size else preview.resize(source.size, Image.BICUBIC)
                 )
-                if not spec.preview_fn(info["preview"], spec.preview_step):
+                if not spec.preview_fn(info["preview"], pstep):
                     info["pruned"] = True
                     p._interrupt = True
             info["prev"] = latents

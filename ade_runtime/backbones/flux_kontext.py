@@ -75,6 +75,7 @@ class FluxKontextBackbone:
         max_sequence_length: int = 512,
         srm: SRMConfig | None = None,
         reuse_output_latents: bool = True,
+        preview_step: int | None = None,
         name: str | None = None,
     ):
         if resolution not in RESOLUTION_POLICIES:
@@ -102,6 +103,14 @@ class FluxKontextBackbone:
         if name is not None:
             self.name = name
         self.multiple_of = pipe.vae_scale_factor * 2
+        # The step the loop previews at (it reads ``backbone.preview_step``); 6 of 28 by default.
+        self.preview_step = (
+            int(preview_step) if preview_step is not None else max(1, self.num_inference_steps * 6 // 28)
+        )
+        if not 1 <= self.preview_step <= self.num_inference_steps:
+            raise InputError(
+                f"FluxKontextBackbone: preview_step must be in [1, num_inference_steps], got {preview_step}"
+            )
 
     @classmethod
     def from_pretrained(
@@ -212,10 +221,9 @@ class FluxKontextBackbone:
         source = spec.input_image if spec.input_image is not None else state.request.image
         in_size = source.size
         w, h = state.working_size
-        if spec.preview_fn is not None and not (spec.preview_step and 1 <= spec.preview_step <= steps):
-            raise InputError(
-                f"FluxKontextBackbone: spec.preview_step must be in [1, {steps}], got {spec.preview_step}"
-            )
+        pstep = spec.preview_step if spec.preview_step is not None else self.preview_step
+        if spec.preview_fn is not None and not 1 <= pstep <= steps:
+            raise InputError(f"FluxKontextBackbone: spec.preview_step must be in [1, {steps}], got {pstep}")
         mask = None if spec.mask is None else check_mask(spec.mask, in_size, "FluxKontextBackbone")
         reused = image_key(source) in state.latents
         image_latents = self._encode_image(state, source)
@@ -243,7 +251,7 @@ class FluxKontextBackbone:
                 s = sig[i + 1]
                 target = (1.0 - s) * packed_in + s * info["noise"]
                 latents = token_mask * latents + (1.0 - token_mask) * target
-            if spec.preview_fn is not None and i + 1 == spec.preview_step:
+            if spec.preview_fn is not None and i + 1 == pstep:
                 x0 = latents if sig[i + 1] == 0 else flow_x0(x_t, latents, sig[i], sig[i + 1])
                 if token_mask is not None:
                     x0 = token_mask * x0 + (1.0 - token_mask) * packed_in
@@ -251,7 +259,7 @@ class FluxKontextBackbone:
                 if preview.size != in_size:
                     preview = preview.resize(in_size, Image.BICUBIC)
                 info["preview"] = preview
-                if not spec.preview_fn(preview, spec.preview_step):
+                if not spec.preview_fn(preview, pstep):
                     info["pruned"] = True
                     p._interrupt = True
             return {"latents": latents}
