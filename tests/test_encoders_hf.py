@@ -168,6 +168,11 @@ def test_dinov2_from_a_saved_directory(tmp_path):
     assert build_image_encoder(loaded.spec()).fingerprint == loaded.fingerprint
     with pytest.raises(InputError, match="cannot load model"):
         Dinov2Encoder(str(tmp_path / "nowhere"))
+    # a pickled checkpoint is refused, never torch.load-ed
+    enc.model.config.save_pretrained(tmp_path / "pickled")
+    torch.save(enc.model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(InputError, match="with \\*.safetensors weights"):
+        Dinov2Encoder(str(tmp_path / "pickled"), image_size=32)
 
 
 def _vocab_file(tmp_path):

@@ -171,11 +171,12 @@ def load_pretrained(model: str, cls_name: str | None = None):
     path = str(minilm_path()) if model == MINILM else model
     try:
         cls = getattr(tf, cls_name) if cls_name else tf.AutoModel
-        return cls.from_pretrained(path)
+        # safetensors only: a pickled pytorch_model.bin is never loaded (house rule: no torch.load)
+        return cls.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise InputError(
-            f"cannot load model {model!r}: {exc}; pass a local directory or a Hub id already in the cache "
-            "(ADE never downloads weights on its own when HF_HUB_OFFLINE=1)"
+            f"cannot load model {model!r}: {exc}; pass a local directory or a cached Hub id with "
+            "*.safetensors weights (nothing is downloaded when HF_HUB_OFFLINE=1)"
         ) from None
 
 
