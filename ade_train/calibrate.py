@@ -325,8 +325,14 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     }
     _write_json(out / f"{PREFIX}report.json", report)
     export = _export(out, calibrator, metrics, result, split, primary, notes)
-    _track(cfg, out, metrics, pngs, export)
-    return {**metrics, "export_dir": str(export), "warnings": result.warnings, "notes": notes}
+    wandb_dir = _track(cfg, out, metrics, pngs, export)
+    return {
+        **metrics,
+        "export_dir": str(export),
+        "wandb_run_dir": wandb_dir,
+        "warnings": result.warnings,
+        "notes": notes,
+    }
 
 
 def _metrics(
@@ -413,18 +419,21 @@ def _export(out: Path, calibrator: Calibrator, metrics, result: SearchResult, sp
     )
 
 
-def _track(cfg: CalibrateConfig, out: Path, metrics: dict, pngs: list[Path], export: Path) -> None:
-    from ade_train.tracking import log_export_artifact, log_images, make_logger
+def _track(cfg: CalibrateConfig, out: Path, metrics: dict, pngs: list[Path], export: Path) -> str | None:
+    """One W&B run for the job: metrics, the plots and the export; returns the local run directory."""
+    from ade_train.tracking import finish, log_export_artifact, log_images, make_logger, run_dir
 
     logger = make_logger(out, project=cfg.project, name="calibrate", enabled=cfg.wandb, config=asdict(cfg))
     if logger is None:
-        return
+        return None
     try:
         logger.log_metrics({f"calibration/{k}": v for k, v in _numeric(metrics).items()})
         log_images(logger, "calibration/plots", pngs)
         log_export_artifact(logger, export)
+        where = run_dir(logger)
     finally:
-        logger.experiment.finish()
+        finish(logger)
+    return None if where is None else str(where)
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
@@ -453,6 +462,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
 
     notes = {f"warning {i + 1}": w for i, w in enumerate(metrics["warnings"])}
     notes.update({f"note {i + 1}": n for i, n in enumerate(metrics["notes"])})
-    shown = {k: v for k, v in metrics.items() if k not in ("warnings", "notes", "export_dir")}
+    shown = {
+        k: v for k, v in metrics.items() if k not in ("warnings", "notes", "export_dir", "wandb_run_dir")
+    }
+    if metrics["wandb_run_dir"]:
+        notes["W&B run"] = metrics["wandb_run_dir"]
     print_summary("Calibration", shown, export_dir=metrics["export_dir"], notes=notes)
     return 0

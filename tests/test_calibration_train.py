@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,26 @@ def test_with_a_critique_it_is_a_feature_and_the_cheap_scores_are_the_fallback(t
         "clip_i",
         "clip_t",
     ]
+
+
+def test_offline_wandb_run_holds_the_metrics_and_the_plots(tmp_path, dataset, monkeypatch):
+    from ade_train.tracking import read_run_metrics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    cfg = CalibrateConfig(
+        data=str(dataset), out=str(out), grid={**GRID, "s_max": [1], "card_quantile": [0.9]}
+    )
+    metrics = train(cfg)
+    run = Path(metrics["wandb_run_dir"])
+    assert run.name.startswith("offline-run-") and run.is_relative_to(out)
+    # wandb-core may still be writing the run file for a moment after finish() returns
+    for _ in range(100):
+        history = read_run_metrics(run)["history"]
+        if any("calibration/ece_after" in row for row in history):
+            break
+        time.sleep(0.1)
+    logged = next(row for row in history if "calibration/ece_after" in row)
+    assert logged["calibration/ece_after"] == pytest.approx(metrics["ece_after"])
+    assert logged["calibration/tau_high"] == metrics["tau_high"]
+    assert len(list((run / "files" / "media" / "images").rglob("*.png"))) == 2
