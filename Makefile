@@ -51,3 +51,9 @@ sample-data: install
 BENCH_OUT ?= docs/results
 bench: install
 	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)
+
+# Calibration (docs/calibration.md): calibrated P(pass) and the policy thresholds, chosen by replay on
+# the calibration split with the CARD / critique already exported in $(OUT)/export; merges into it.
+TARGET_FRACTION ?= 1.0
+calibrate: install
+	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --target-fraction $(TARGET_FRACTION)
