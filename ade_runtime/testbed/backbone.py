@@ -28,7 +28,7 @@ from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.errors import InputError
 from ade_runtime.feedback import split_feedback
 from ade_runtime.testbed.costs import BackboneCost, get_cost
-from ade_runtime.testbed.imageio import CHUNK_KEY, make_image, read_scenes
+from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image, read_scenes
 from ade_runtime.testbed.instructions import Edit, candidates, is_ambiguous, parse
 from ade_runtime.testbed.judge import Defect, diff
 from ade_runtime.testbed.scene import (
@@ -114,6 +114,7 @@ class _State:
     oids: list[int | None]
     z: float
     blocked: int | None  # index of the edit the model cannot do, if any
+    source_key: str = ""
 
 
 class SyntheticBackbone:
@@ -170,7 +171,8 @@ class SyntheticBackbone:
             if rng.random() < self.failure.block_scale * _sigmoid(-hardest)
             else None
         )
-        return _State(source, size, instruction, edits, apply_edits(source, edits), oids, z, blocked)
+        target = apply_edits(source, edits)
+        return _State(source, size, instruction, edits, target, oids, z, blocked, source.key())
 
     # ---- one attempt ---------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class SyntheticBackbone:
         if instruction.rstrip(".") != state.instruction.strip().rstrip("."):
             state = self._state(state.source, state.size, instruction)
         if spec.input_image is not None:
-            current, _ = read_scenes(spec.input_image, "input image")
+            current, _ = _parse_chunk(spec.input_image.info.get(CHUNK_KEY), "input image")
             in_pixels = np.asarray(spec.input_image.convert("RGB"))
         else:
             current, in_pixels = state.source, None
@@ -187,12 +189,14 @@ class SyntheticBackbone:
         rng = np.random.default_rng(
             [spec.seed & 0xFFFFFFFF, spec.round, spec.reasoning_tokens, int.from_bytes(digest)]
         )
-        refine = spec.round > 0 or current.key() != state.source.key()
+        refine = spec.round > 0 or (spec.input_image is not None and current.key() != state.source_key)
         out = self._refine(state, current, flaws, spec, rng) if refine else self._first(state, spec, rng)
-        pixels = render(out, state.size)
+        out_key = out.key()
+        pixels = render(out, state.size, out_key)
         if spec.mask is not None:
             out, pixels = self._confine(state, current, out, pixels, spec.mask, in_pixels)
-        image = make_image(out, state.source, state.size, pixels)
+            out_key = out.key()
+        image = make_image(out, state.source, state.size, pixels, keys=(out_key, state.source_key))
         nfe = self.cost.nfe
         preview = None
         if spec.preview_fn is not None:
@@ -291,8 +295,8 @@ class SyntheticBackbone:
             elif inside(o.x, o.y) or inside(c.x, c.y):
                 kept.append(o)
             else:
-                kept.append(c)
-        kept += [c for oid, c in cur.items() if oid not in out.by_oid() and not inside(c.x, c.y)]
+                kept.append(c.clone())
+        kept += [c.clone() for oid, c in cur.items() if oid not in out.by_oid() and not inside(c.x, c.y)]
         out.objects = sorted(kept, key=lambda o: [x.oid for x in current.objects + out.objects].index(o.oid))
         if m.mean() < 0.9:
             out.background, out.style, out.bg_ghost, out.style_strength = (

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write a format-v1 trace dataset (resumable; .complete written last)")
     g.add_argument("--out", required=True, help="output directory")
-    g.add_argument("--requests", type=int, default=2000, help="number of edit requests (default 2000)")
+    g.add_argument("--requests", type=int, default=3000, help="number of edit requests (default 3000)")
     g.add_argument("--seed", type=int, default=0, help="world seed (another seed = held-out data)")
     g.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
     g.add_argument("--clutter", type=_clutter, default=(1, 8), help="objects per scene LO:HI (default 1:8)")

@@ -35,7 +35,7 @@ from ade_runtime.errors import InputError
 from ade_runtime.feedback import feedback_prompt
 from ade_runtime.testbed.backbone import SyntheticBackbone
 from ade_runtime.testbed.costs import get_cost
-from ade_runtime.testbed.imageio import CHUNK_KEY, make_image, read_scenes
+from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image
 from ade_runtime.testbed.instructions import CATEGORIES
 from ade_runtime.testbed.judge import judge_scenes, online_scores
 from ade_runtime.testbed.world import Request, World
@@ -48,7 +48,7 @@ CHUNK = 50  # requests per shard; the unit of resumption
 class GenConfig:
     """What to generate (saved as ``generation.json`` next to the traces)."""
 
-    n_requests: int = 2000
+    n_requests: int = 3000
     seed: int = 0
     categories: tuple[str, ...] | None = None  # None: all CATEGORIES, uniformly
     clutter: tuple[int, int] = (1, 8)  # objects per scene, inclusive
@@ -133,7 +133,7 @@ def run_grid(
                 out = backbone.run(state, spec)
                 key = out.image.info[CHUNK_KEY]
                 if key not in cache:
-                    scene, _ = read_scenes(out.image)
+                    scene, _ = _parse_chunk(key, "output image")
                     judge = judge_scenes(scene, req.source, req.instruction)
                     pscores = online_scores(source_img, previews[0], req.instruction)
                     cache[key] = (judge, online_scores(source_img, out.image, req.instruction), pscores)
@@ -235,7 +235,7 @@ def _chunk_job(args) -> tuple[int, int]:
     return chunk, hi - lo
 
 
-def generate_dataset(out_dir, n_requests: int = 2000, seed: int = 0, progress: bool = True, **kwargs) -> dict:
+def generate_dataset(out_dir, n_requests: int = 3000, seed: int = 0, progress: bool = True, **kwargs) -> dict:
     """Generate (or finish) a testbed trace dataset in ``out_dir``; returns a summary dict.
 
     Keyword arguments are ``GenConfig`` fields (categories, clutter, backbone, candidates, rounds,

@@ -21,16 +21,37 @@ from ade_runtime.testbed.scene import Scene, render
 CHUNK_KEY = "ade-testbed"
 
 
-def make_image(scene: Scene, source: Scene, size: int, pixels: np.ndarray | None = None) -> Image.Image:
-    """A PIL image of ``scene`` (or of given pixels) carrying the scene and the source as JSON."""
-    img = Image.fromarray(render(scene, size) if pixels is None else pixels)
-    img.info[CHUNK_KEY] = json.dumps({"scene": scene.to_json(), "source": source.to_json()}, sort_keys=True)
+def make_image(
+    scene: Scene,
+    source: Scene,
+    size: int,
+    pixels: np.ndarray | None = None,
+    keys: tuple[str, str] | None = None,
+) -> Image.Image:
+    """A PIL image of ``scene`` (or of given pixels) carrying the scene and the source as JSON.
+
+    ``keys`` = (scene.key(), source.key()) when the caller has them already (saves re-encoding).
+    """
+    scene_key, source_key = keys or (scene.key(), source.key())
+    img = Image.fromarray(render(scene, size, scene_key) if pixels is None else pixels)
+    # canonical JSON: equal scenes give equal chunks (generation names image files by it)
+    img.info[CHUNK_KEY] = '{"scene":' + scene_key + ',"source":' + source_key + "}"
     return img
 
 
 def read_scenes(image: Image.Image, what: str = "image") -> tuple[Scene, Scene]:
     """(scene, source scene) of a testbed image; InputError when the chunk is missing or broken."""
-    raw = image.info.get(CHUNK_KEY)
+    scene, source = _parse_chunk(image.info.get(CHUNK_KEY), what)
+    return scene.copy(), source.copy()
+
+
+_CHUNK_CACHE: dict[str, tuple[Scene, Scene]] = {}
+
+
+def _parse_chunk(raw: str | None, what: str) -> tuple[Scene, Scene]:
+    """Parse (cached; callers must not mutate the result, ``read_scenes`` copies)."""
+    if raw is not None and raw in _CHUNK_CACHE:
+        return _CHUNK_CACHE[raw]
     if raw is None:
         raise InputError(
             f"{what} has no '{CHUNK_KEY}' PNG text chunk: the synthetic backbone and judge only work on "
@@ -38,9 +59,13 @@ def read_scenes(image: Image.Image, what: str = "image") -> tuple[Scene, Scene]:
         )
     try:
         obj = json.loads(raw)
-        return Scene.from_json(obj["scene"]), Scene.from_json(obj["source"])
+        out = Scene.from_json(obj["scene"]), Scene.from_json(obj["source"])
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{what}: the '{CHUNK_KEY}' chunk is not a valid testbed scene ({e})") from e
+    if len(_CHUNK_CACHE) > 1024:
+        _CHUNK_CACHE.clear()
+    _CHUNK_CACHE[raw] = out
+    return out
 
 
 def save_png(image: Image.Image, path: str | Path) -> None:

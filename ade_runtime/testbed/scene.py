@@ -12,7 +12,7 @@ as JSON in a PNG text chunk (``CHUNK_KEY``); see ``imageio.py``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,12 @@ class Obj:
         if self.label is not None and self.label not in LETTERS:
             raise ValueError(f"Obj.label {self.label!r} is not one of {LETTERS}")
 
+    def clone(self) -> Obj:
+        out = object.__new__(Obj)
+        out.__dict__.update(self.__dict__)
+        out.ghost = None if self.ghost is None else dict(self.ghost)
+        return out
+
     @property
     def radius(self) -> float:
         return SIZES[self.size]
@@ -133,11 +139,12 @@ class Scene:
         return cls(**d)
 
     def copy(self) -> Scene:
-        return replace(
-            self,
-            objects=[replace(o, ghost=None if o.ghost is None else dict(o.ghost)) for o in self.objects],
-            artifacts=list(self.artifacts),
-        )
+        """A deep copy (hand-written: dataclasses.replace re-validated every object and was slow)."""
+        out = object.__new__(Scene)
+        out.__dict__.update(self.__dict__)
+        out.objects = [o.clone() for o in self.objects]
+        out.artifacts = list(self.artifacts)
+        return out
 
     def by_oid(self) -> dict[int, Obj]:
         return {o.oid: o for o in self.objects}
@@ -296,9 +303,9 @@ def _stylise(img: np.ndarray, style: str, strength: float) -> np.ndarray:
 _RENDER_CACHE: dict[tuple[str, int], np.ndarray] = {}
 
 
-def render(scene: Scene, size: int) -> np.ndarray:
+def render(scene: Scene, size: int, scene_key: str | None = None) -> np.ndarray:
     """Render a scene to a read-only (size, size, 3) uint8 array; deterministic and cached."""
-    key = (scene.key(), size)
+    key = (scene_key or scene.key(), size)
     hit = _RENDER_CACHE.get(key)
     if hit is None:
         if len(_RENDER_CACHE) > 512:
