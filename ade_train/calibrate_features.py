@@ -1,11 +1,11 @@
 """The online signals of every attempt of the calibration split, computed once per job.
 
 For each attempt: its cheap scores (``attempt.scores``, e.g. clip_t / clip_i), the exported critique
-head's ``p_pass`` on its image (NaN when the attempt has no image or the critique fails: the
-calibrator's fallback then answers), its preview scores (``preview_<name>`` for every cheap score
-``<name>``, when the traces logged previews) and its judge label. ``SignalTable`` turns these into
-training matrices for ``calibrate_fit`` and into the per-record confidences and preview confidences
-that ``ade_runtime.policy`` replays (the calibrator applied exactly as the live loop applies it).
+head's ``p_pass`` on its image (missing when the attempt has no image or the critique fails: the
+calibrator's fallback then answers), its preview scores (``preview_<name>``) and its judge label.
+Features, previews and confidences come from ``ade_runtime.policy.signals``, the functions the live
+loop and ``ade-replay`` use, so the thresholds are chosen on exactly the confidences the loop will
+compute. ``SignalTable`` adds the training matrices for ``calibrate_fit``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,17 @@ import numpy as np
 from PIL import Image
 
 from ade_runtime.errors import ADEError, InputError
-from ade_runtime.predictors.calibration import CRITIQUE_FEATURE, Calibrator
+from ade_runtime.policy.signals import (
+    CRITIQUE_FEATURE,
+    attempt_features,
+    critique_probabilities,
+    preview_features,
+    record_signals,
+)
+from ade_runtime.predictors.calibration import Calibrator
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]
-PREVIEW_PREFIX = "preview_"  # attempt.scores["preview_clip_t"]: clip_t of the one-step preview
 
 
 def _open(rec: EditRecord, rel: str) -> Image.Image:
@@ -39,12 +45,9 @@ class SignalTable:
     score_names: list[str]
     features: dict[str, dict[Key, dict[str, float]]]
     labels: dict[str, dict[Key, int]]
-    previews: dict[str, dict[Key, dict[str, float]]]
+    critique_p: dict[str, dict[Key, float]]
+    has_previews: bool
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def has_previews(self) -> bool:
-        return any(self.previews.values())
 
     def _rows(self, names: Sequence[str]) -> list[tuple[str, dict[str, float], int]]:
         rows = []
@@ -79,20 +82,10 @@ class SignalTable:
         return np.clip((col - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.full_like(col, 0.5)
 
     def signals(self, calibrator: Calibrator) -> Callable[[EditRecord], tuple[dict, dict | None]]:
-        """``rec -> (confidence per key, preview confidence per key or None)`` for the replay."""
+        """``rec -> (confidence per key, preview confidence per key or None)``, as the loop computes them."""
 
         def fn(rec: EditRecord) -> tuple[dict[Key, float], dict[Key, float] | None]:
-            feats = self.features[rec.id]
-            keys = list(feats)
-            probs = calibrator.predict_proba(calibrator.features_tensor([feats[k] for k in keys]))
-            conf = {k: float(p) for k, p in zip(keys, probs.tolist(), strict=True)}
-            prev = self.previews.get(rec.id) or {}
-            if not prev:
-                return conf, None
-            pkeys = list(prev)
-            # a preview is scored by the cheap scorers only: the calibrator answers with its cheap-score map
-            pp = calibrator.predict_proba(calibrator.features_tensor([prev[k] for k in pkeys]))
-            return conf, {k: float(p) for k, p in zip(pkeys, pp.tolist(), strict=True)}
+            return record_signals(rec, calibrator, critique_p=self.critique_p[rec.id])
 
         return fn
 
@@ -109,10 +102,9 @@ def _default_score_names(records: Sequence[EditRecord]) -> list[str]:
     common: set[str] | None = None
     for rec in records:
         for a in rec.attempts:
-            if a.judge is None:
-                continue
-            names = {k for k in a.scores if not k.startswith(PREVIEW_PREFIX)}
-            common = names if common is None else common & names
+            if a.judge is not None:
+                names = set(attempt_features(a))
+                common = names if common is None else common & names
     return sorted(common or ())
 
 
@@ -131,40 +123,27 @@ def build_signal_table(
         )
     features: dict[str, dict[Key, dict[str, float]]] = {}
     labels: dict[str, dict[Key, int]] = {}
-    previews: dict[str, dict[Key, dict[str, float]]] = {}
+    critique_p: dict[str, dict[Key, float]] = {}
     failed = no_image = 0
+    has_previews = False
     for rec in records:
-        feats: dict[Key, dict[str, float]] = {}
-        for a in rec.attempts:
-            feats[a.key] = {n: float(a.scores.get(n, math.nan)) for n in names}
-        prev = {
-            a.key: {n: float(a.scores[PREVIEW_PREFIX + n]) for n in names}
-            for a in rec.attempts
-            if names and all(PREVIEW_PREFIX + n in a.scores for n in names)
-        }
+        cp: dict[Key, float] = {}
         if critique is not None:
-            with_image = [a for a in rec.attempts if a.image]
-            no_image += len(rec.attempts) - len(with_image)
-            for a in rec.attempts:
-                feats[a.key][CRITIQUE_FEATURE] = math.nan
+            no_image += sum(a.image is None for a in rec.attempts)
             try:
-                if with_image:
-                    src = _open(rec, rec.source_image)
-                    outs = [_open(rec, a.image) for a in with_image]  # type: ignore[arg-type]
-                    crits = critique.predict_batch([src] * len(outs), outs, [rec.instruction] * len(outs))
-                    for a, c in zip(with_image, crits, strict=True):
-                        feats[a.key][CRITIQUE_FEATURE] = float(c.p_pass)
+                cp = critique_probabilities(rec, critique)
             except (ADEError, OSError, ValueError, RuntimeError):
-                failed += len(with_image)  # treated as missing: the cheap-score fallback answers
-        features[rec.id] = feats
+                failed += sum(a.image is not None for a in rec.attempts)  # missing: the fallback answers
+        critique_p[rec.id] = cp
+        features[rec.id] = {a.key: attempt_features(a, cp.get(a.key)) for a in rec.attempts}
         labels[rec.id] = {a.key: int(a.judge.passed) for a in rec.attempts if a.judge is not None}
-        previews[rec.id] = prev
+        has_previews = has_previews or any(preview_features(a) for a in rec.attempts)
     notes = []
     if critique is not None and (failed or no_image):
         notes.append(
             f"critique missing for {no_image} attempts without image and {failed} failed: fallback used"
         )
-    table = SignalTable(records, names, features, labels, previews, notes)
+    table = SignalTable(records, names, features, labels, critique_p, has_previews, notes)
     if not any(table.labels.values()):
         raise InputError("no judged attempt in the calibration split; run ade-judge on the traces first")
     return table

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.policy.config import PolicyConfig
+from ade_runtime.policy.signals import CRITIQUE_FEATURE  # noqa: F401  (one name for the loop, replay and here)
 
 METHODS = ("logistic", "isotonic", "logistic+isotonic")
-CRITIQUE_FEATURE = "critique"  # the critique head's p_pass as a calibration feature
 _HEADS = ("primary", "fallback")
 _REQUIRED = {
     "logistic": ("mean", "scale", "weight", "bias"),
