@@ -321,3 +321,19 @@ def test_real_minilm_offline():
     assert sim[0, 1] > 0.6 and sim[0, 1] > sim[0, 2] + 0.4 and sim[0, 1] > sim[0, 3] + 0.4
     # the path and the portable name give the same encoder
     assert HFTextEncoder(str(path)).fingerprint == enc.fingerprint
+
+
+def test_full_clip_config_feeds_both_towers():
+    tower = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    text_cfg = {**tower, "vocab_size": 32, "max_position_embeddings": 8, "bos_token_id": 2, "eos_token_id": 3}
+    clip = {
+        "model_type": "clip",
+        "projection_dim": 16,
+        "text_config": text_cfg,
+        "vision_config": {**tower, "image_size": 32, "patch_size": 8},
+    }
+    image = ClipVisionEncoder(clip, image_size=32)
+    text = HFTextEncoder(config=clip, pooling="clip", tokenizer=WORDLEVEL)
+    assert image.encode(IMAGES[:1]).shape == (1, 16) and text.encode(["red mug"]).shape == (1, 16)
+    assert build_image_encoder(image.spec()).fingerprint == image.fingerprint
+    assert build_text_encoder(text.spec()).fingerprint == text.fingerprint
