@@ -19,13 +19,12 @@ from PIL import Image
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
-
 from ade_runtime.backbones.bagel import BagelBackbone, BagelConfig, inferencer_class  # noqa: E402
 from ade_runtime.backbones.base import AttemptSpec, Backbone, EditRequest  # noqa: E402
 from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone  # noqa: E402
 from ade_runtime.backbones.step1x import Step1XEditBackbone  # noqa: E402
 from ade_runtime.errors import BackboneUnavailableError, InputError  # noqa: E402
+from ade_train.bench.tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
 
 STEPS = 3
 KW = {"_auto_resize": False, "max_sequence_length": 32, "guidance_scale": 2.5}

@@ -1,4 +1,4 @@
-"""FluxKontextBackbone on a tiny FluxKontextPipeline built in code (see tests/tiny_flux.py)."""
+"""FluxKontextBackbone on a tiny FluxKontextPipeline built in code (see ade_train/bench/tiny_flux.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
-
 from ade_runtime.backbones.base import AttemptSpec, Backbone, EditRequest  # noqa: E402
 from ade_runtime.backbones.flux_kontext import FluxKontextBackbone  # noqa: E402
 from ade_runtime.errors import InputError  # noqa: E402
+from ade_train.bench.tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
 
 STEPS = 4
 PROMPT = "make the sky red"

@@ -16,12 +16,11 @@ from hypothesis import strategies as st
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
-
 from ade_runtime.backbones.base import AttemptSpec, EditRequest  # noqa: E402
 from ade_runtime.backbones.flux_kontext import FluxKontextBackbone  # noqa: E402
 from ade_runtime.errors import InputError  # noqa: E402
 from ade_runtime.srm import SRMCapture, SRMConfig, attention_to_text, otsu_threshold, token_map_to_mask  # noqa: E402
+from ade_train.bench.tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
 
 
 def naive(q, k, idx):

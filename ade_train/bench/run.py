@@ -128,12 +128,10 @@ def controller_timing(predictors: Predictors, data: Path, repeats: int = 30) -> 
     return res
 
 
-def flux_mechanics() -> dict | None:
-    try:
-        from ade_train.bench import flux_mechanics as fm
-    except ImportError as exc:
-        return {"skipped": f"flux mechanics unavailable: {exc}"}
-    return fm.measure()
+def flux_mechanics() -> dict:
+    from ade_train.bench import flux_mechanics as fm
+
+    return fm.measure(size=32, steps=8, preview_step=2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     results["controller"] = controller_timing(predictors, data)
     ana = analytic_overhead("flux-kontext")
     results["analytic"] = ana.to_dict()
-    flux = flux_mechanics()
-    if flux is not None:
-        results["flux"] = flux
+    results["flux"] = flux_mechanics()
     results["targets"] = check_targets(replay, ana.ratio_to_attempt)
     results["misses"] = [f"{t['target']}: measured {t['value']}" for t in results["targets"] if not t["met"]]
     md = write_report(out, results)

@@ -4,7 +4,7 @@ Generates the dataset with ``TraceWriter(fsync=False)`` (tiny shared images: 16 
 every record, so the per-path header cache is exercised), then times the real CLI in a child
 process pinned to one core, and prints one JSON line with seconds and records/s.
 
-    .venv/bin/python bench/bench_validate.py [--requests 10000] [--attempts 16] [--images header]
+    .venv/bin/python -m ade_train.bench.validate_traces [--requests 10000] [--attempts 16] [--images header]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Mechanics bench: ADE-style sequential candidates with pruning/early stop vs batched Best-of-8.
 
-On the tiny in-code FluxKontextPipeline (tests/tiny_flux.py; random weights, so this measures
+On the tiny in-code FluxKontextPipeline (ade_train/bench/tiny_flux.py; random weights, so this measures
 compute and memory mechanics, not edit quality). Three modes, each in its own subprocess so peak
 RSS is measured per mode (``ru_maxrss`` minus the RSS after building the pipeline and one warm-up
 attempt):
@@ -16,7 +16,7 @@ thresholds come from calibration seeds disjoint from the measured seeds. Wall ti
 preview decodes and verifier calls. ``transformer_calls`` counts forward calls (a batched call is
 one call on 8 samples); ``sample_evals`` counts per-sample evaluations (calls x batch).
 
-Run: ``.venv/bin/python bench/bench_flux_mechanics.py [--size 32 --steps 8 --preview-step 2]``;
+Run: ``.venv/bin/python -m ade_train.bench.flux_mechanics [--size 32 --steps 8 --preview-step 2]``;
 prints one JSON object.
 """
 
@@ -29,11 +29,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 N_CANDIDATES = 8
 PROMPT = "make the sky red"
@@ -60,10 +57,10 @@ def score(image, source) -> float:
 
 def _setup(args):
     import torch
-    from tiny_flux import test_image, tiny_kontext_pipeline
 
     from ade_runtime.backbones.base import AttemptSpec, EditRequest
     from ade_runtime.backbones.flux_kontext import FluxKontextBackbone
+    from ade_train.bench.tiny_flux import test_image, tiny_kontext_pipeline
 
     torch.set_num_threads(1)
     pipe = tiny_kontext_pipeline(num_layers=2, num_single_layers=2)
@@ -147,35 +144,39 @@ def run_mode(mode: str, args) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=32, help="square image side (multiple of 2)")
-    ap.add_argument("--steps", type=int, default=8, help="denoising steps")
-    ap.add_argument("--preview-step", type=int, default=2, help="x0 preview after this many steps")
-    ap.add_argument("--mode", choices=["batched_bo8", "sequential_bo8", "ade"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.mode:
-        print(json.dumps(run_mode(args.mode, args)))
-        return
+def measure(size: int = 32, steps: int = 8, preview_step: int = 2) -> dict:
+    """Run the three modes side by side, each in its own subprocess; returns the report dict."""
     results = {}
     for mode in ("batched_bo8", "sequential_bo8", "ade"):
-        cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size), "--steps", str(args.steps)]
-        cmd += ["--preview-step", str(args.preview_step)]
+        cmd = [sys.executable, "-m", "ade_train.bench.flux_mechanics", "--mode", mode, "--size", str(size)]
+        cmd += ["--steps", str(steps), "--preview-step", str(preview_step)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    report = {
+    return {
         "bench": "flux_mechanics",
         "pipeline": "tiny FluxKontextPipeline (random weights, CPU)",
-        "size": args.size,
-        "steps": args.steps,
-        "preview_step": args.preview_step,
+        "size": size,
+        "steps": steps,
+        "preview_step": preview_step,
         "candidates": N_CANDIDATES,
         "results": results,
         "ade_sample_evals_vs_batched": round(
             results["ade"]["sample_evals"] / results["batched_bo8"]["sample_evals"], 4
         ),
     }
-    print(json.dumps(report, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=32, help="square image side (multiple of 2)")
+    ap.add_argument("--steps", type=int, default=8, help="denoising steps")
+    ap.add_argument("--preview-step", type=int, default=2, help="x0 preview after this many steps")
+    ap.add_argument("--mode", choices=["batched_bo8", "sequential_bo8", "ade"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.mode:
+        print(json.dumps(run_mode(args.mode, args)))
+        return
+    print(json.dumps(measure(args.size, args.steps, args.preview_step), sort_keys=True))
 
 
 if __name__ == "__main__":
