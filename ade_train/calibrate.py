@@ -176,7 +176,7 @@ def _load_predictors(export_dir: Path, use_critique: bool) -> tuple[Any, Any, li
         card = CardPredictor.from_pretrained(export_dir)
     else:
         notes.append(
-            f"no CARD in {export_dir}: the attempt budget is the policy's default_budget, q not searched"
+            f"no CARD in {export_dir}: a fixed attempt budget (default_budget) is searched instead of q"
         )
     if not use_critique:
         notes.append("use_critique is off: calibrating on the cheap scores only")
@@ -362,7 +362,7 @@ def _metrics(
     if fallback:
         m["fallback_method"] = fallback["choice"].method
         m["fallback_ece_after"] = fallback["ece_after"]
-    for k in ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold"):
+    for k in ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold", "default_budget"):
         m[k] = getattr(result.chosen, k)
     ref = m["reference_compute"]
     if ref and np.isfinite(ref) and np.isfinite(m["compute"]) and m["compute"] > 0:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ade_runtime.policy import Outcome, Overhead, PolicyConfig, replay_policy, summarize
+from ade_runtime.policy import Outcome, Overhead, PolicyConfig, budget_levels, replay_policy, summarize
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]
@@ -31,6 +31,7 @@ CardFn = Callable[[EditRecord], tuple[int, int]]
 # CARD's prediction for a record: anything with .quantile(q) -> attempts and .reasoning_tokens
 CardPredictFn = Callable[[EditRecord], Any]
 SEARCHED = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold")
+COLUMNS = (*SEARCHED, "default_budget", "use_card")  # what a candidate row records of its PolicyConfig
 
 
 @dataclass
@@ -42,8 +43,17 @@ class SearchGrid:
     s_max: Sequence[int] = (1, 2, 3)
     card_quantile: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
     prune_threshold: Sequence[float | None] = (None, 0.05, 0.1, 0.2)
+    default_budget: Sequence[int] | None = (
+        None  # searched instead of card_quantile without CARD; None = the grid's levels
+    )
 
     def __post_init__(self) -> None:
+        if self.default_budget is not None:
+            self.default_budget = [int(b) for b in self.default_budget]
+            if not self.default_budget or min(self.default_budget) < 1:
+                raise ValueError(
+                    f"SearchGrid.default_budget must be attempt counts >= 1, got {self.default_budget}"
+                )
         for name in SEARCHED:
             values = list(getattr(self, name))
             if not values:
@@ -58,12 +68,22 @@ class SearchGrid:
         if any(int(s) < 1 for s in self.s_max):
             raise ValueError(f"SearchGrid.s_max values must be >= 1, got {list(self.s_max)}")
 
-    def configs(self, base: PolicyConfig, *, use_card: bool, use_prune: bool) -> list[PolicyConfig]:
-        """Every valid candidate; axes that do not apply (no CARD, no previews) keep base's value."""
+    def configs(
+        self, base: PolicyConfig, *, use_card: bool, use_prune: bool, levels: Sequence[int] = ()
+    ) -> list[PolicyConfig]:
+        """Every valid candidate. Without CARD the fixed attempt budget (``default_budget``: these values,
+        else the budget ``levels`` the traces offer) is searched instead of the quantile; without
+        previews pruning stays off."""
         quantiles = self.card_quantile if use_card else [base.card_quantile]
+        budgets = (
+            [base.default_budget]
+            if use_card
+            else list(self.default_budget or levels or [base.default_budget])
+        )
         prunes = self.prune_threshold if use_prune else [None]
         out = []
-        for th, tl, s, q, pr in itertools.product(self.tau_high, self.tau_low, self.s_max, quantiles, prunes):
+        axes = itertools.product(self.tau_high, self.tau_low, self.s_max, quantiles, budgets, prunes)
+        for th, tl, s, q, b, pr in axes:
             if tl > th:
                 continue
             out.append(
@@ -73,6 +93,7 @@ class SearchGrid:
                     tau_low=float(tl),
                     s_max=int(s),
                     card_quantile=float(q),
+                    default_budget=int(b),
                     prune_threshold=None if pr is None else float(pr),
                     use_card=use_card,
                 )
@@ -95,7 +116,7 @@ class SearchResult:
 
     def table_csv(self) -> str:
         """The candidates table as CSV text (one row per candidate, the chosen one flagged)."""
-        cols = [*SEARCHED, "mean_score", "pass_rate", "compute", "nfe_per_request"]
+        cols = [*COLUMNS, "mean_score", "pass_rate", "compute", "nfe_per_request"]
         cols += ["gpu_seconds_per_request", "attempts_per_request", "incomplete", "feasible", "chosen"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
@@ -172,13 +193,14 @@ def search_thresholds(
 
     rows: list[dict[str, Any]] = []
     outcomes: list[list[Outcome]] = []
-    configs = grid.configs(base, use_card=card is not None, use_prune=use_prune)
+    levels = budget_levels(records)
+    configs = grid.configs(base, use_card=card is not None, use_prune=use_prune, levels=levels)
     for cfg in configs:
         # a card quantile is baked into the per-record budget: recompute the budget for this q
         card_q = _card_at(cards, cfg.card_quantile) if card is not None else None
         outs = replay_policy(records, "ade", cfg, cached_signals, card_q, overhead)
         s = summarize(outs)
-        row = {k: getattr(cfg, k) for k in SEARCHED}
+        row = {k: getattr(cfg, k) for k in COLUMNS}
         row.update({k: v for k, v in s.items() if k != "by_category"})
         row["compute"] = compute_of(s, compute_key)
         row["feasible"] = bool(s["mean_score"] >= target - 1e-12)
@@ -202,7 +224,7 @@ def search_thresholds(
     if rows[best].get("incomplete"):
         warnings.append(
             f"the chosen policy asked for attempts the traces do not have in {rows[best]['incomplete']} of {n} "
-            "requests (CARD budget beyond the logged grid); its figures count what was logged"
+            "requests (its budget goes beyond the logged grid); its figures count what was logged"
         )
     if not feasible:
         warnings.append(

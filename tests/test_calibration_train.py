@@ -231,6 +231,9 @@ def test_without_card_or_previews_the_quantile_and_pruning_are_not_searched(tmp_
     assert "no CARD" in notes and "no preview scores" in notes and "no critique" in notes
     rows = json.loads((tmp_path / "out" / "calibration_candidates.json").read_text())
     assert {r["card_quantile"] for r in rows} == {0.8} and {r["prune_threshold"] for r in rows} == {None}
+    # without CARD the fixed attempt budget is searched over the levels the 4 x 3 grid offers
+    assert sorted({r["default_budget"] for r in rows}) == [1, 2, 3, 4, 6, 8, 9, 12]
+    assert metrics["default_budget"] in (1, 2, 3, 4, 6, 8, 9, 12)
     assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == [
         "README.md",
         "calibration.json",
@@ -335,3 +338,19 @@ def test_offline_wandb_run_holds_the_metrics_and_the_plots(tmp_path, dataset, mo
     assert logged["calibration/ece_after"] == pytest.approx(metrics["ece_after"])
     assert logged["calibration/tau_high"] == metrics["tau_high"]
     assert len(list((run / "files" / "media" / "images").rglob("*.png"))) == 2
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"
+
+
+@pytest.mark.skipif(not (FIXTURE / ".complete").exists(), reason="testbed fixture not generated")
+def test_on_the_testbed_fixture_the_choice_meets_the_target_and_the_table_is_written(tmp_path):
+    grid = {"tau_high": [0.6, 0.9], "tau_low": [0.0, 0.2], "s_max": [1, 3], "prune_threshold": [None, 0.1]}
+    cfg = CalibrateConfig(data=str(FIXTURE), out=str(tmp_path), grid=grid, wandb=False)
+    metrics = train(cfg)
+    rows = json.loads((tmp_path / "calibration_candidates.json").read_text())
+    chosen = next(r for r in rows if r["chosen"])
+    assert metrics["feasible"] and chosen["mean_score"] >= metrics["target_score"] - 1e-12
+    assert chosen["compute"] == min(r["compute"] for r in rows if r["feasible"])
+    assert (tmp_path / "calibration_candidates.csv").read_text().count("\n") == len(rows) + 1
+    assert any("n=" in w for w in metrics["warnings"])  # a 40-request fixture cannot support a guarantee
