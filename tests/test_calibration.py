@@ -202,3 +202,16 @@ def test_fitting_one_outcome_only_is_a_clear_error():
     X, _, groups = _data(40)
     with pytest.raises(InputError, match="both outcomes"):
         fit_estimator(X, np.ones(40, dtype=int), "logistic", groups=groups)
+
+
+def test_the_runtime_calibrator_imports_no_training_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ade_runtime.predictors.calibration as c; "
+        "bad = [m for m in ('sklearn', 'lightning', 'wandb', 'ade_train') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
