@@ -93,7 +93,10 @@ class CardModule(L.LightningModule):
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, nll, tok, _, _ = self._loss(batch)
         self.log_dict(
-            {"train/loss": total, "train/nll": nll, "train/token_ce": tok}, on_epoch=True, on_step=False
+            {"train/loss": total, "train/nll": nll, "train/token_ce": tok},
+            on_epoch=True,
+            on_step=False,
+            sync_dist=True,
         )
         return total
 
@@ -212,16 +215,18 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     module = CardModule(**module_args)
     logger = tracking.make_logger(out, name="card", enabled=bool(cfg.get("logger", True)), config=cfg)
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-{epoch}", monitor="val/nll", mode="min", save_top_k=1, save_last=True
+        dirpath=ckpt_dir, filename="best-{epoch}", monitor="val/nll", mode="min", save_top_k=1
     )
+    # Lightning 2.6 writes save_last only when the best improved; a resume needs every epoch's state
+    last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     trainer_args = {**cfg["trainer"], "default_root_dir": str(out)}
     trainer = L.Trainer(
         logger=logger or False,
-        callbacks=[checkpoint, tracking.RunIdCallback(out)],
+        callbacks=[checkpoint, last_ckpt, tracking.RunIdCallback(out)],
         plugins=[AtomicCheckpointIO()],
         **trainer_args,
     )
-    ckpt_path = None
+    ckpt_path, epoch = None, None
     if last.is_file():
         ckpt_path = str(last)
         epoch = checkpoint_epoch(last)
@@ -232,12 +237,12 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     best = checkpoint.best_model_path or str(last)
     test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in (test[0] if test else {}).items()}
-    metrics["epochs"] = float(trainer.current_epoch)
+    metrics["epochs"] = int(trainer.current_epoch)
     if trainer.is_global_zero:
         export_dir = _export(out, module, dm, metrics)
         tracking.log_export_artifact(logger, export_dir)
         payload = {"finished": True, "best_checkpoint": str(Path(best).resolve()), "metrics": metrics}
-        payload["resumed_from_epoch"] = checkpoint_epoch(Path(ckpt_path)) if ckpt_path else None
+        payload["resumed_from_epoch"] = epoch
         atomic_write_bytes(result_path, (json.dumps(payload, sort_keys=True, indent=2) + "\n").encode())
         tracking.finish(logger)
         print_summary("CARD", metrics, export_dir=export_dir, notes=notes)
