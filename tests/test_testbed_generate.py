@@ -125,3 +125,16 @@ def test_other_cost_models(tmp_path, backbone):
     assert main(["generate", "--out", str(out), "--backbone", backbone, "--workers", "1", *SMALL]) == 0
     records, _ = load_records(out, images="none")
     assert {r.backbone for r in records} == {f"testbed:{backbone}"}
+
+
+def test_generate_dataset_store_images_shortcut(tmp_path):
+    from ade_runtime.errors import InputError
+    from ade_runtime.testbed.generate import generate_dataset
+
+    grid = dict(candidates=1, rounds=1, reasoning_levels=(0,), image_size=64, workers=1, progress=False)
+    s = generate_dataset(tmp_path / "all", n_requests=3, seed=2, store_images="all", **grid)
+    assert s["testbed"] is True and s["n_requests"] == 3
+    records, _ = load_records(tmp_path / "all", images="none")
+    assert all(a.image is not None for r in records for a in r.attempts)
+    with pytest.raises(InputError, match="store_images"):
+        generate_dataset(tmp_path / "bad", n_requests=3, store_images="some", **grid)

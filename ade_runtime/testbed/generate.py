@@ -235,13 +235,25 @@ def _chunk_job(args) -> tuple[int, int]:
     return chunk, hi - lo
 
 
-def generate_dataset(out_dir, n_requests: int = 3000, seed: int = 0, progress: bool = True, **kwargs) -> dict:
+def generate_dataset(
+    out_dir, n_requests: int = 3000, seed: int = 0, progress: bool = True, store_images=None, **kwargs
+) -> dict:
     """Generate (or finish) a testbed trace dataset in ``out_dir``; returns a summary dict.
 
     Keyword arguments are ``GenConfig`` fields (categories, clutter, backbone, candidates, rounds,
-    reasoning_levels, image_size, image_every, ambiguity, workers). Rerunning with the same
-    config resumes; a different config in a non-empty directory is refused.
+    reasoning_levels, image_size, image_every, ambiguity, workers). ``store_images`` is a shortcut:
+    ``"all"`` (image_every=1) or an int n (every n-th request). Rerunning with the same config
+    resumes; a different config in a non-empty directory is refused.
     """
+    if store_images is not None:
+        if store_images == "all" or store_images is True:
+            kwargs["image_every"] = 1
+        elif isinstance(store_images, int) and not isinstance(store_images, bool) and store_images >= 1:
+            kwargs["image_every"] = store_images
+        else:
+            raise InputError(
+                f"store_images={store_images!r} must be 'all' or a positive int (every n-th request)"
+            )
     cfg = GenConfig(n_requests=n_requests, seed=seed, **kwargs)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
