@@ -182,3 +182,24 @@ def test_online_scores_are_deterministic_and_informative():
     assert set(s1) == {"clip_t", "clip_i"} and all(np.isfinite(v) for v in s1.values())
     same = online_scores(img, img, req.instruction)
     assert same["clip_i"] > s1["clip_i"]  # an unchanged image is the most similar to its source
+
+
+def test_judge_names_wrong_target_where_the_fix_is_needed():
+    from ade_runtime.testbed import Obj
+
+    src = Scene(
+        objects=[Obj(0, "circle", "red", "medium", 0.2, 0.5), Obj(1, "square", "green", "medium", 0.8, 0.5)]
+    )
+    out = src.copy()
+    out.objects[1].color = "blue"
+    j = judge_attempt(make_image(src, src, 64), make_image(out, src, 64), "Turn the red circle blue.")
+    kinds = {f.kind: f.box for f in j.flaws}
+    assert not j.passed and set(kinds) == {"wrong_target", "leakage"}
+    assert (
+        kinds["wrong_target"][2] < 0.5 < kinds["leakage"][0]
+    )  # intended object on the left, leak on the right
+    fixed = src.copy()
+    fixed.objects[0].color = "blue"
+    fixed.artifacts.append((0.8, 0.2, 0.04))
+    jf = judge_attempt(make_image(src, src, 64), make_image(fixed, src, 64), "Turn the red circle blue.")
+    assert jf.passed and [f.kind for f in jf.flaws] == ["artifact"] and jf.score < 1

@@ -138,3 +138,43 @@ def test_generate_dataset_store_images_shortcut(tmp_path):
     assert all(a.image is not None for r in records for a in r.attempts)
     with pytest.raises(InputError, match="store_images"):
         generate_dataset(tmp_path / "bad", n_requests=3, store_images="some", **grid)
+
+
+def test_shifted_dataset_respects_clutter_and_categories(tmp_path):
+    out = tmp_path / "shifted"
+    args = [
+        "--requests",
+        "8",
+        "--seed",
+        "1",
+        "--clutter",
+        "5:10",
+        "--categories",
+        "action,remove",
+        "--ambiguity",
+        "0.5",
+    ]
+    args += [
+        "--candidates",
+        "1",
+        "--rounds",
+        "1",
+        "--reasoning",
+        "0",
+        "--image-size",
+        "64",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    assert main(["generate", "--out", str(out), *args]) == 0
+    records, _ = load_records(out, images="none")
+    assert {r.category for r in records} <= {"action", "remove"}
+    assert all(5 <= r.meta["clutter"] <= 10 and r.meta["seed"] == 1 for r in records)
+
+
+def test_realism_cli_prints_figures(capsys):
+    assert main(["realism", "--requests", "12", "--seed", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["testbed"] is True and 0 <= out["single_pass"] <= out["best_of_8"] <= 1
+    assert {"guided", "blind", "wrong_region"} <= set(out["refinement"])
