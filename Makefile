@@ -57,3 +57,16 @@ bench: install
 TARGET_FRACTION ?= 1.0
 calibrate: install
 	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --target-fraction $(TARGET_FRACTION)
+
+# CARD (docs/training.md): trains on $(DATA) into $(OUT), exports to $(OUT)/export; the default DATA
+# (the testbed sample) is generated first when missing. Rerun = resume / re-export; FORCE=1 retrains.
+CARD_DATA_DEP = $(if $(filter data/sample,$(DATA)),sample-data)
+TRAIN_FLAGS = $(if $(FORCE),--force)
+train-card: install $(CARD_DATA_DEP)
+	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
+
+# Every predictor into one OUT, in order: CARD, critique head, calibration (one merged export).
+train: install $(CARD_DATA_DEP)
+	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
+	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
+	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --seed $(SEED)
