@@ -29,7 +29,7 @@ from ade_runtime.errors import InputError
 from ade_runtime.feedback import split_feedback
 from ade_runtime.testbed.costs import BackboneCost, get_cost
 from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image, read_scenes
-from ade_runtime.testbed.instructions import Edit, candidates, is_ambiguous, parse
+from ade_runtime.testbed.instructions import Edit, candidates, is_ambiguous, parse, resolve
 from ade_runtime.testbed.judge import Defect, diff
 from ade_runtime.testbed.scene import (
     BACKGROUNDS,
@@ -87,7 +87,7 @@ class FailureModel:
     ambiguity_penalty: float = 1.3
     relation_penalty: float = 0.35
     compose_penalty: float = 0.5  # per extra edit in the sentence
-    block_scale: float = 0.25  # P(blocked) = block_scale * sigmoid(-hardest edit logit)
+    block_scale: float = 0.35  # P(blocked) = block_scale * sigmoid(-hardest edit logit)
     p_artifact: float = 0.1
     p_leak_base: float = 0.03
     p_leak_per_object: float = 0.006
@@ -140,8 +140,7 @@ class SyntheticBackbone:
         logit = BASE_LOGIT[op] + SKILL[self.imitates] + f.latent_scale * z - f.compose_penalty * (n_edits - 1)
         gain = REASONING_GAIN[op] + (0.4 if n_edits > 1 else 0.0)
         if e.ref is not None:
-            objs = candidates(e.ref, source)
-            o = objs[0] if objs else None
+            o = resolve(e.ref, source)
             logit -= f.clutter_penalty * (len(source.objects) - 1)
             if o is not None and o.size == "small":
                 logit -= f.small_penalty
@@ -155,14 +154,13 @@ class SyntheticBackbone:
         return logit
 
     def prepare(self, request: EditRequest) -> _State:
-        current, source = read_scenes(request.image, "request image")
+        current, _ = read_scenes(request.image, "request image")
         return self._state(current, request.image.size[0], request.instruction)
 
     def _state(self, source: Scene, size: int, instruction: str) -> _State:
         edits = parse(instruction)
         oids = target_oids(edits, source)
-        key = (repr(source.to_json()), repr(edits), self.name)
-        h = _hash_u64(*key)
+        h = _hash_u64(source.key(), repr(edits), self.name)
         rng = np.random.default_rng(h)
         z = float(rng.normal())
         hardest = min(self.edit_logit(e, source, len(edits), 0) for e in edits)
