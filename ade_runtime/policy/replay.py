@@ -91,7 +91,11 @@ def replay_record(
     prune = config.prune_threshold is not None
     if prune and preview is None:
         raise ReplayError("pruning needs preview confidences; the dataset has no preview scores")
-    step_of_preview = preview_step or int(record.meta.get("preview_step", DEFAULT_PREVIEW_STEP))
+    # NFE spent up to the preview: the record's meta.preview_nfe (CFG passes counted), else the step index
+    preview_nfe = int(
+        record.meta.get("preview_nfe", preview_step or record.meta.get("preview_step", DEFAULT_PREVIEW_STEP))
+    )
+    s_per_nfe = record.meta.get("s_per_nfe")
 
     session = PolicySession(config, attempts_budget, t)
     nfe = seconds = 0.0
@@ -105,9 +109,13 @@ def replay_record(
         if prune and step.round == 0:
             seconds += overhead.preview_s
             if session.should_prune(preview.get(step.key)):  # type: ignore[union-attr]
-                frac = min(1.0, step_of_preview / a.cost.nfe) if a.cost.nfe else 0.0
-                nfe += min(step_of_preview, a.cost.nfe)
-                seconds += _seconds(a) * frac
+                spent = min(preview_nfe, a.cost.nfe)
+                nfe += spent
+                if isinstance(s_per_nfe, (int, float)):
+                    # reasoning happens before denoising, so a pruned attempt still paid for it
+                    seconds += _seconds(a) - (a.cost.nfe - spent) * float(s_per_nfe)
+                else:
+                    seconds += _seconds(a) * (spent / a.cost.nfe if a.cost.nfe else 0.0)
                 session.observe(step, None, pruned=True)
                 continue
         nfe += a.cost.nfe
