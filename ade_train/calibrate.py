@@ -242,7 +242,8 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     cheap = table.score_names
     primary_names = [*cheap, CRITIQUE_FEATURE] if critique is not None else list(cheap)
     primary = _fit_head(table, primary_names, cfg)
-    fallback = _fit_head(table, cheap, cfg) if critique is not None else None
+    # the cheap-score fallback answers when the critique is missing (no image, pruned, failed)
+    fallback = _fit_head(table, cheap, cfg) if critique is not None and cheap else None
     base_config = CalibrationConfig(
         feature_names=tuple(primary_names),
         method=primary["choice"].method,
