@@ -173,6 +173,8 @@ def test_predict_proba_rejects_a_tensor_with_the_wrong_columns():
     cal, _, _ = _calibrator()
     with pytest.raises(InputError, match=r"\[N, 3\]"):
         cal.predict_proba(torch.zeros(2, 2))
+    with pytest.raises(InputError, match="'clip_t' is 'high', not a number"):
+        cal.predict_proba({"clip_t": "high", "clip_i": 0.8})
 
 
 def test_small_sets_choose_sigmoid_and_large_sets_may_choose_isotonic():

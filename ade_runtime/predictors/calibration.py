@@ -242,8 +242,14 @@ class Calibrator(nn.Module):
         for i, row in enumerate(rows):
             for j, name in enumerate(self.config.feature_names):
                 v = row.get(name)
-                if v is not None:
+                if v is None:
+                    continue
+                try:
                     out[i, j] = float(v)
+                except (TypeError, ValueError):
+                    raise InputError(
+                        f"Calibrator: feature {name!r} is {v!r}, not a number; pass floats (NaN when missing)"
+                    ) from None
         return out
 
     @torch.no_grad()
