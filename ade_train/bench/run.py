@@ -48,7 +48,7 @@ def ensure_trained(data: Path, out: Path) -> dict:
     timings = {}
     for cmd in ("card", "critique", "calibrate"):
         name = {"card": "card", "critique": "critique", "calibrate": "calibration"}[cmd]
-        if (out / f"{name}.json").exists():
+        if (out / "export" / f"{name}.json").exists():
             continue
         s = time.perf_counter()
         _run([str(BIN / "ade-train"), cmd, "--data", str(data), "--out", str(out), "--no-wandb"])
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         heldout,
         ["--seed", str(args.seed + 1001), "--requests", str(args.heldout_requests), "--clutter", "2:8"],
     )
-    predictors = Predictors.load(pred_dir)
+    predictors = Predictors.load(pred_dir / "export")
     records, rejects = load_records(heldout, images="none")
     from ade_runtime.cli.replay import evaluate
 
