@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ade_runtime.artifacts import CARD_NAME, atomic_write_bytes
 from ade_runtime.errors import ADEError, InputError
@@ -219,10 +219,14 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     )
     # Lightning 2.6 writes save_last only when the best improved; a resume needs every epoch's state
     last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    callbacks = [checkpoint, last_ckpt, tracking.RunIdCallback(out)]
+    patience = cfg.get("early_stopping_patience")
+    if patience:  # stop once val/nll has not improved for `patience` epochs; the best checkpoint is kept
+        callbacks.append(EarlyStopping(monitor="val/nll", mode="min", patience=int(patience)))
     trainer_args = {**cfg["trainer"], "default_root_dir": str(out)}
     trainer = L.Trainer(
         logger=logger or False,
-        callbacks=[checkpoint, last_ckpt, tracking.RunIdCallback(out)],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         **trainer_args,
     )

@@ -38,7 +38,8 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any], where: str, path: str
         full = f"{path}.{key}" if path else str(key)
         if key not in base:
             raise InputError(f"{where}: unknown key '{full}'; known keys here: {sorted(base)}")
-        if isinstance(base[key], dict) and isinstance(value, Mapping):
+        # a spec with a "kind" (encoder specs) is replaced as a whole: its keys depend on the kind
+        if isinstance(base[key], dict) and isinstance(value, Mapping) and "kind" not in base[key]:
             _merge(base[key], value, where, full)
         else:
             base[key] = copy.deepcopy(value)
@@ -51,7 +52,7 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[list[str], Any]]:
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+        if not arg.startswith("--") or len(arg) < 3:
             raise InputError(f"unrecognised argument {arg!r}; overrides look like --model.dropout=0.2")
         if "=" in arg:
             key, raw = arg[2:].split("=", 1)
