@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.traces.records import Flaw
@@ -136,13 +137,14 @@ class CritiqueHead(nn.Module):
         super().__init__()
         self.config = config
         d, h = config.token_dim, config.hidden
-        self.token_in = nn.Sequential(nn.LayerNorm(3 * d), nn.Linear(3 * d, h), nn.GELU())
+        self.token_in = nn.Sequential(nn.LayerNorm(3 * d + 2), nn.Linear(3 * d + 2, h), nn.GELU())
         self.text_film = nn.Linear(config.text_dim, 2 * h)
         self.blocks = nn.ModuleList(_PatchBlock(h, config.dropout) for _ in range(config.n_blocks))
         self.norm = nn.LayerNorm(h)
         self.flaw_out = nn.Linear(h, len(config.kinds) + 1)
         self.pool_score = nn.Linear(h, 1)
-        self.pass_out = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, 1))
+        # a linear read-out of the pooled features: a deeper pass MLP memorises requests and does not generalise
+        self.pass_out = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(3 * h + 4, 1))
 
     def forward(
         self,
@@ -163,14 +165,21 @@ class CritiqueHead(nn.Module):
                 f"critique head: attempt tokens {tuple(attempt_tokens.shape)} and source tokens "
                 f"{tuple(source_tokens.shape)} must both be [B, {grid[0] * grid[1]}, {self.config.token_dim}]"
             )
-        x = self.token_in(torch.cat([attempt_tokens, source_tokens, attempt_tokens - source_tokens], dim=-1))
+        diff = attempt_tokens - source_tokens
+        # how much each patch changed, as explicit scalars: the cue most flaws start from
+        change = torch.stack(
+            [diff.norm(dim=-1) / d**0.5, F.cosine_similarity(attempt_tokens, source_tokens, dim=-1)], -1
+        )
+        x = self.token_in(torch.cat([attempt_tokens, source_tokens, diff, change], dim=-1))
         gamma, beta = self.text_film(text_features).unsqueeze(1).chunk(2, dim=-1)
         x = x * (1 + gamma) + beta
         for block in self.blocks:
             x = block(x, grid)
         x = self.norm(x)
         weights = torch.softmax(self.pool_score(x).squeeze(-1), dim=1)
-        pooled = torch.cat([(weights.unsqueeze(-1) * x).sum(1), x.mean(1)], dim=-1)
+        # pooled change statistics go straight to the pass head: how much changed, and the most
+        stats = torch.cat([change.mean(1), change.amax(1)], -1)
+        pooled = torch.cat([(weights.unsqueeze(-1) * x).sum(1), x.mean(1), x.amax(1), stats], dim=-1)
         return self.pass_out(pooled).squeeze(-1), self.flaw_out(x)
 
 
