@@ -70,3 +70,9 @@ train: install $(CARD_DATA_DEP)
 	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
 	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
 	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --seed $(SEED)
+
+# Critique head (docs/critique.md): a tiny DINOv2 trained end to end with the head on the testbed's
+# attempt images (any DINOv2 id/path frozen: ENCODER=facebook/dinov2-small); exports into $(OUT)/export.
+CRITIQUE_FLAGS = $(if $(ENCODER),--encoder $(ENCODER))
+train-critique: install $(if $(filter data/sample,$(DATA)),sample-data)
+	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(CRITIQUE_FLAGS) $(if $(FORCE),--force)
