@@ -30,6 +30,7 @@ def _cmd(data, out):
 def _env():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("WANDB_MODE", None)
+    env.pop("WANDB_SERVICE", None)  # a W&B service started by this test process is not the child's
     return env
 
 
