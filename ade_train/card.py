@@ -28,7 +28,7 @@ from ade_runtime.artifacts import CARD_NAME, atomic_write_bytes
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_train import tracking
-from ade_train.card_metrics import card_loss, card_metrics, prior_probs
+from ade_train.card_metrics import card_loss, card_metrics, censored_nll, prior_probs
 from ade_train.checkpointing import AtomicCheckpointIO, checkpoint_epoch
 from ade_train.data import TraceDataModule
 from ade_train.export import PredictorSection, export_predictors
@@ -104,8 +104,8 @@ class CardModule(L.LightningModule):
         total, nll, _, b, t = self._loss(batch)
         self.log(f"{prefix}/loss", total, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
         self.log(f"{prefix}/nll", nll, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
-        _, level, _, censored, token = batch
-        self._outputs.append((b.softmax(-1), t.softmax(-1), level, censored, token))
+        _, level, censor_from, censored, token = batch
+        self._outputs.append((b.softmax(-1), t.softmax(-1), level, censor_from, censored, token))
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -120,7 +120,7 @@ class CardModule(L.LightningModule):
         self._outputs.clear()
         if self.trainer.world_size > 1:  # every rank computes the metrics of the whole split
             cols = [self.all_gather(c).flatten(0, 1) for c in cols]
-        probs, tprobs, level, censored, token = cols
+        probs, tprobs, level, censor_from, censored, token = cols
         m = card_metrics(probs, tprobs, level, censored, token, self.config.levels, self.quantiles)
         if prefix == "test" and self._prior is not None:
             base = card_metrics(
@@ -135,6 +135,8 @@ class CardModule(L.LightningModule):
             m.update(
                 {f"prior_{k}": v for k, v in base.items() if k.startswith(("acc", "mae", "cov", "budget"))}
             )
+            prior_logits = self._prior.clamp_min(1e-12).log().expand_as(probs)
+            m["prior_nll"] = float(censored_nll(prior_logits, level, censor_from, censored).mean())
         self.log_dict({f"{prefix}/{k}": float(v) for k, v in m.items()}, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
