@@ -305,18 +305,15 @@ def _check_attention_mask(mask: Any, height: int, width: int) -> np.ndarray:
     if arr.ndim != 2 or not np.isfinite(arr).all():
         raise InputError(f"attention_mask must be a finite 2-D array (H x W), got shape {arr.shape}")
     if arr.shape != (height, width):  # e.g. an SRM mask at latent resolution
-        t = torch.nn.functional.interpolate(
-            torch.from_numpy(arr)[None, None], size=(height, width), mode="bilinear"
-        )
-        arr = t[0, 0].numpy()
+        arr = F.interpolate(torch.from_numpy(arr)[None, None], size=(height, width), mode="bilinear")[
+            0, 0
+        ].numpy()
     return np.clip(arr, 0.0, 1.0)
 
 
 def _check_image(image: Any, name: str) -> Image.Image:
     if not isinstance(image, Image.Image):
-        raise InputError(
-            f"{name} must be a PIL.Image.Image, got {type(image).__name__}; open it with PIL first"
-        )
+        raise InputError(f"{name} must be a PIL image, got {type(image).__name__}; open it with PIL first")
     return image.convert("RGB")
 
 
@@ -480,10 +477,9 @@ class CritiquePredictor:
 
 
 def _encoder_module(image_encoder: Any) -> nn.Module:
-    module = getattr(image_encoder, "model", None)
-    if not isinstance(module, nn.Module):
+    if not isinstance(module := getattr(image_encoder, "model", None), nn.Module):
         raise InputError(
-            f"{type(image_encoder).__name__} exposes no torch module (.model) to save or load weights"
+            f"{type(image_encoder).__name__} has no torch module (.model) to save or load weights"
         )
     return module
 
@@ -499,5 +495,5 @@ def _load_prefixed(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: 
         )
     try:
         module.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # shapes differ from the config's
         raise ArtifactError(f"{where}: tensors under '{prefix}' have wrong shapes: {exc}") from exc
