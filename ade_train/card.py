@@ -29,6 +29,7 @@ from ade_runtime.errors import ADEError, InputError
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_train import tracking
 from ade_train.card_metrics import card_loss, card_metrics, censored_nll, prior_probs
+from ade_train.card_report import plot_coverage
 from ade_train.checkpointing import AtomicCheckpointIO, checkpoint_epoch
 from ade_train.data import TraceDataModule
 from ade_train.export import PredictorSection, export_predictors
@@ -183,6 +184,21 @@ def _export(out: Path, module: CardModule, dm: TraceDataModule, metrics: dict[st
     )
 
 
+def _coverage_plot(out: Path, module: CardModule, dm: TraceDataModule, logger: Any) -> Path:
+    """OUT/plots/card_coverage.png on the test split (logged to W&B as media)."""
+    split = "test" if dm.split_ids["test"] else "val"
+    t, train_t = dm.tensors(split), dm.tensors("train")
+    module.eval()
+    with torch.no_grad():
+        probs = module(t["x"])[0].softmax(-1)
+    path = plot_coverage(
+        out / "plots" / "card_coverage.png", probs, t["level"], t["censored"], module.config.levels,
+        train_t["level"], train_t["censored"],
+    )  # fmt: skip
+    tracking.log_images(logger, "test/coverage_curve", [path])
+    return path
+
+
 def train(cfg: dict[str, Any]) -> dict[str, float]:
     """Train (or resume, or re-export) CARD as ``cfg`` says; returns the final metrics.
 
@@ -247,6 +263,7 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     if trainer.is_global_zero:
         export_dir = _export(out, module, dm, metrics)
         tracking.log_export_artifact(logger, export_dir)
+        notes["coverage plot"] = str(_coverage_plot(out, module, dm, logger))
         payload = {"finished": True, "best_checkpoint": str(Path(best).resolve()), "metrics": metrics}
         payload["resumed_from_epoch"] = epoch
         atomic_write_bytes(result_path, (json.dumps(payload, sort_keys=True, indent=2) + "\n").encode())

@@ -61,6 +61,8 @@ def test_predict_from_image_and_path(tmp_path):
     assert a.probs == pytest.approx(b.probs)
     assert sum(a.probs) == pytest.approx(1.0) and len(a.probs) == 5
     assert a.quantile(0.9) in (1, 2, 4, 8)
+    many = card.predict_many(["make the square blue", "add a hat"], [img, tmp_path / "s.png"])
+    assert many[0].probs == pytest.approx(a.probs) and len(many) == 2
     with pytest.raises(InputError, match="instruction"):
         card.predict("  ", img)
     with pytest.raises(InputError, match="does not exist"):

@@ -191,6 +191,10 @@ class CardPredictor:
         """Budget for one request; ``image`` is a PIL image or a path."""
         return self.predict_features(self.featurizer.featurize([instruction], [image]))[0]
 
+    def predict_many(self, instructions: list[str], images: list[Any]) -> list[BudgetPrediction]:
+        """Budgets for a batch of requests (one image per instruction)."""
+        return self.predict_features(self.featurizer.featurize(list(instructions), list(images)))
+
     def save_pretrained(
         self,
         directory: str | Path,
