@@ -30,7 +30,7 @@ from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_train import tracking
 from ade_train.card_metrics import card_loss, card_metrics, censored_nll, prior_probs
 from ade_train.card_report import plot_coverage
-from ade_train.checkpointing import AtomicCheckpointIO, checkpoint_epoch
+from ade_train.checkpointing import AtomicCheckpointIO, checkpoint_epoch, checkpoint_hparams
 from ade_train.data import TraceDataModule
 from ade_train.export import PredictorSection, export_predictors
 from ade_train.runconfig import dump_yaml, load_run_config
@@ -184,6 +184,10 @@ def _export(out: Path, module: CardModule, dm: TraceDataModule, metrics: dict[st
     )
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _coverage_plot(out: Path, module: CardModule, dm: TraceDataModule, logger: Any) -> Path:
     """OUT/plots/card_coverage.png on the test split (logged to W&B as media)."""
     split = "test" if dm.split_ids["test"] else "val"
@@ -224,6 +228,12 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     if finished:
         # an already finished run: rebuild the export from its best checkpoint, no retraining
         result = json.loads(result_path.read_text())
+        fingerprint = dm.data_info().fingerprint
+        if result.get("data_fingerprint", fingerprint) != fingerprint:
+            raise InputError(
+                f"{result_path}: OUT holds a finished run on other data ({result['data_fingerprint'][:23]}...); "
+                "pass --force to retrain on --data, or another --out"
+            )
         best = Path(result["best_checkpoint"])
         module = CardModule.load_from_checkpoint(best, map_location="cpu", weights_only=True)
         export_dir = _export(out, module, dm, result["metrics"])
@@ -252,6 +262,13 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     if last.is_file():
         ckpt_path = str(last)
         epoch = checkpoint_epoch(last)
+        saved = checkpoint_hparams(last)
+        for key in ("input_dim", "levels", "token_levels"):
+            if key in saved and _plain(saved[key]) != _plain(module_args[key]):
+                raise InputError(
+                    f"{last}: checkpoint has {key}={saved[key]} but --data gives {module_args[key]}; the data or the "
+                    "encoders changed since it was written: pass --force to start over, or another --out"
+                )
         notes["resumed"] = f"from {last} (epoch {epoch})"
         if trainer.is_global_zero:
             print(f"ade-train card: resuming from {last} (epoch {epoch})", flush=True)
@@ -265,6 +282,7 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
         tracking.log_export_artifact(logger, export_dir)
         notes["coverage plot"] = str(_coverage_plot(out, module, dm, logger))
         payload = {"finished": True, "best_checkpoint": str(Path(best).resolve()), "metrics": metrics}
+        payload["data_fingerprint"] = dm.data_info().fingerprint
         payload["resumed_from_epoch"] = epoch
         atomic_write_bytes(result_path, (json.dumps(payload, sort_keys=True, indent=2) + "\n").encode())
         tracking.finish(logger)

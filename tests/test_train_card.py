@@ -137,3 +137,19 @@ def test_print_config_shows_overrides(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "hidden:\n  - 8" in text and "max_epochs: 3" in text
     assert json.dumps(build_config(["--data", "x", "--out", "y", "--seed", "5"])["seed_everything"]) == "5"
+
+
+def test_same_out_with_other_data_is_refused_not_mixed(acme, tmp_path, capsys):
+    out = tmp_path / "o"
+    small = write_foreign_traces(tmp_path / "small", n=60, seed=9, candidates=2)
+    args = ["--out", str(out), "--no-wandb", "--max-epochs", "1", *FAST]
+    assert cli_main(["--data", str(small), *args]) == 0
+    capsys.readouterr()
+    assert cli_main(["--data", str(acme), *args]) == 2  # finished run on other data
+    assert "--force" in capsys.readouterr().err
+    (out / "result.json").unlink()  # an interrupted run: only checkpoints remain
+    assert cli_main(["--data", str(acme), *args]) == 2  # its levels differ from the new data's
+    err = capsys.readouterr().err
+    assert "levels" in err and "--force" in err
+    assert cli_main(["--data", str(acme), *args, "--force"]) == 0
+    assert CardPredictor.from_pretrained(out / "export").config.levels == [1, 2, 3, 4, 6]
