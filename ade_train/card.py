@@ -241,6 +241,8 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
         print_summary("CARD", result["metrics"], export_dir=export_dir, notes=notes)
         return result["metrics"]
     module = CardModule(**module_args)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the merged config of this attempt, overwritten each run
+        atomic_write_bytes(out / "config.yaml", dump_yaml(cfg).encode())
     logger = tracking.make_logger(out, name="card", enabled=bool(cfg.get("logger", True)), config=cfg)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-{epoch}", monitor="val/nll", mode="min", save_top_k=1

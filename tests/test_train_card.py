@@ -91,7 +91,9 @@ def test_wandb_offline_run_holds_metrics_and_run_id(acme, tmp_path, monkeypatch)
     size = next(runs[0].glob("run-*.wandb")).stat().st_size
     assert any("val/nll" in row for row in got["history"]), (size, [sorted(r) for r in got["history"]])
     assert "test/spearman" in got["summary"] and "train/loss" in got["summary"]
-    assert (out / "plots" / "card_coverage.png").is_file()
+    assert (out / "plots" / "card_coverage.png").is_file() and "max_epochs: 2" in (
+        out / "config.yaml"
+    ).read_text()
     assert list((runs[0] / "files" / "media" / "images").rglob("*.png"))  # the coverage curve, offline
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt[tracking.RunIdCallback.KEY] == run_id
