@@ -47,8 +47,9 @@ def _frozen_dino(path: Path) -> Path:
 
 
 def _args(out: Path, dino: Path, *extra: str) -> list[str]:
+    # MagicBrush preprocessing (resize 73, centre-crop 64): judge boxes are mapped into the crop window
     return ["--data", str(FIXTURE), "--out", str(out), "--no-wandb", "--encoder", str(dino), "--image-size", "64",
-            "--data.image_encoder.resize_size=64", *SMALL, *extra]  # fmt: skip
+            *SMALL, *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,25 @@ def test_cli_errors_exit_2(tmp_path, capsys):
         == 0
     )
     assert "model: x" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_scratch_tiny_trains_end_to_end_and_ships_its_encoder(tmp_path):
+    args = ["--data", str(FIXTURE), "--out", str(tmp_path), "--no-wandb", "--encoder", "scratch_tiny",
+            "--max-epochs", "1", "--data.max_train_attempts=120", "--data.max_eval_attempts=60",
+            "--data.image_encoder={kind: dinov2, image_size: 64, resize_size: 64, seed: 0, config: {model_type: dinov2, "
+            "hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, patch_size: 8}}",
+            *SMALL[:1], *SMALL[4:]]  # fmt: skip
+    metrics = train(build_config(args))
+    assert np.isfinite(metrics["test/loss"])
+    meta = json.loads((tmp_path / "export" / "critique.json").read_text())
+    assert meta["config"]["encoder_trained"] and meta["config"]["grid"] == [8, 8]
+    assert any(k.startswith("image_encoder.") for k in meta["tensors"])
+    pred = CritiquePredictor.from_pretrained(tmp_path / "export")
+    records, _ = load_records(FIXTURE, images="none")
+    rec = next(r for r in records if any(a.image for a in r.attempts))
+    img = Image.open(rec.resolve(next(a.image for a in rec.attempts if a.image)))
+    assert pred.predict(Image.open(rec.resolve(rec.source_image)), img, rec.instruction).mask.shape == (
+        64,
+        64,
+    )
