@@ -78,9 +78,13 @@ class CardModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if isinstance(dm, TraceDataModule):
             train = dm.tensors("train")
+            self._prior = prior_probs(train["level"], train["censored"], self.config.n_budget_classes, 1)[0]
             if stage == "fit":
                 self.model.set_feature_stats(train["x"])
-            self._prior = prior_probs(train["level"], train["censored"], self.config.n_budget_classes, 1)[0]
+                # Start near the constant prior (output bias = log prior): the need is noisy per request,
+                # so the head should learn departures from it (a resume loads the checkpoint over this).
+                with torch.no_grad():
+                    self.model.budget_head.bias.copy_(self._prior.clamp_min(1e-6).log())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(x)
