@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ade_runtime.artifacts import CARD_NAME, atomic_write_bytes
-from ade_runtime.errors import ADEError, InputError
+from ade_runtime.errors import InputError
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_train import tracking
 from ade_train.card_metrics import card_loss, card_metrics, censored_nll, prior_probs
@@ -33,7 +33,7 @@ from ade_train.card_report import plot_coverage
 from ade_train.checkpointing import AtomicCheckpointIO, checkpoint_epoch, checkpoint_hparams
 from ade_train.data import TraceDataModule
 from ade_train.export import PredictorSection, export_predictors
-from ade_train.runconfig import dump_yaml, load_run_config
+from ade_train.runconfig import apply_common_args, dump_yaml, load_run_config, run_cli
 from ade_train.summary import print_summary
 
 RESULT_FILE = "result.json"
@@ -324,35 +324,11 @@ def _parser() -> argparse.ArgumentParser:
 def build_config(argv: Sequence[str]) -> dict[str, Any]:
     args, rest = _parser().parse_known_args(list(argv))
     cfg = load_run_config("card", args.config, rest)
-    if args.seed is not None:
-        cfg["seed_everything"] = args.seed
-    if args.max_epochs is not None:
-        cfg["trainer"]["max_epochs"] = args.max_epochs
-    if args.no_wandb:
-        cfg["logger"] = False
-    cfg.update(data_path=args.data, out=args.out, resume="must" if args.resume else "auto", force=args.force)
-    cfg["print_config"] = args.print_config
-    return cfg
+    return apply_common_args(cfg, args)
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = build_config(argv)
-        if cfg.pop("print_config"):
-            print(dump_yaml(cfg))
-            return 0
-        if not Path(cfg["data_path"]).is_dir():
-            raise InputError(
-                f"--data {cfg['data_path']}: not a directory; pass a trace dataset (e.g. data/sample)"
-            )
-        train(cfg)
-    except SystemExit as exc:  # argparse usage errors
-        return int(exc.code or 0)
-    except (ADEError, FileNotFoundError, ValueError) as exc:
-        print(f"ade-train card: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("card", build_config, train, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ade_runtime.artifacts import CRITIQUE_NAME, atomic_write_bytes
-from ade_runtime.errors import ADEError, InputError
+from ade_runtime.errors import InputError
 from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor, flaw_regions
 from ade_train import tracking
 from ade_train.checkpointing import AtomicCheckpointIO, checkpoint_epoch
 from ade_train.critique_data import CritiqueDataModule, box_iou
 from ade_train.export import PredictorSection, export_predictors
-from ade_train.runconfig import dump_yaml, load_run_config
+from ade_train.runconfig import apply_common_args, load_run_config, run_cli
 from ade_train.summary import print_summary
 
 ENCODER_MODES = ("frozen", "finetune_last_n", "scratch_tiny")
@@ -399,35 +399,11 @@ def build_config(argv: Sequence[str]) -> dict[str, Any]:
         if cfg["model"]["encoder_mode"] == "scratch_tiny":
             raise InputError("--finetune-last-n needs a pretrained --encoder (id or path), not scratch_tiny")
         cfg["model"].update(encoder_mode="finetune_last_n", finetune_last_n=args.finetune_last_n)
-    if args.seed is not None:
-        cfg["seed_everything"] = args.seed
-    if args.max_epochs is not None:
-        cfg["trainer"]["max_epochs"] = args.max_epochs
-    if args.no_wandb:
-        cfg["logger"] = False
-    cfg.update(data_path=args.data, out=args.out, resume="must" if args.resume else "auto", force=args.force)
-    cfg["print_config"] = args.print_config
-    return cfg
+    return apply_common_args(cfg, args)
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = build_config(argv)
-        if cfg.pop("print_config"):
-            print(dump_yaml(cfg))
-            return 0
-        if not Path(cfg["data_path"]).is_dir():
-            raise InputError(
-                f"--data {cfg['data_path']}: not a directory; pass a trace dataset (e.g. data/sample)"
-            )
-        train(cfg)
-    except SystemExit as exc:  # argparse usage errors
-        return int(exc.code or 0)
-    except (ADEError, FileNotFoundError, ValueError) as exc:
-        print(f"ade-train critique: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("critique", build_config, train, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

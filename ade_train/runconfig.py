@@ -15,14 +15,15 @@ Public API::
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ade_runtime.errors import InputError
+from ade_runtime.errors import ADEError, InputError
 
 
 def default_config(name: str) -> dict[str, Any]:
@@ -100,3 +101,41 @@ def load_run_config(
 
 def dump_yaml(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
+
+
+def apply_common_args(cfg: dict[str, Any], args: Any) -> dict[str, Any]:
+    """Fold the flags every ``ade-train`` job shares (seed, epochs, W&B, data, out, resume) into ``cfg``."""
+    if args.seed is not None:
+        cfg["seed_everything"] = args.seed
+    if args.max_epochs is not None:
+        cfg["trainer"]["max_epochs"] = args.max_epochs
+    if args.no_wandb:
+        cfg["logger"] = False
+    cfg.update(data_path=args.data, out=args.out, resume="must" if args.resume else "auto", force=args.force)
+    cfg["print_config"] = args.print_config
+    return cfg
+
+
+def run_cli(
+    command: str,
+    build_config: Callable[[Sequence[str]], dict],
+    train: Callable[[dict], Any],
+    argv: Sequence[str],
+) -> int:
+    """The body of every ``ade-train COMMAND``: 0 on success, 2 with one line on stderr for bad input."""
+    try:
+        cfg = build_config(list(argv))
+        if cfg.pop("print_config"):
+            print(dump_yaml(cfg))
+            return 0
+        if not Path(cfg["data_path"]).is_dir():
+            raise InputError(
+                f"--data {cfg['data_path']}: not a directory; pass a trace dataset (e.g. data/sample)"
+            )
+        train(cfg)
+    except SystemExit as exc:  # argparse usage errors
+        return int(exc.code or 0)
+    except (ADEError, FileNotFoundError, ValueError) as exc:
+        print(f"ade-train {command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
