@@ -23,13 +23,17 @@ class Flaw:
 
     kind: str
     box: tuple[float, float, float, float]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "box": [float(v) for v in self.box]}
+        out = dict(self.extra)
+        out.update({"kind": self.kind, "box": [float(v) for v in self.box]})
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Flaw:
-        return cls(kind=obj["kind"], box=tuple(float(v) for v in obj["box"]))  # type: ignore[arg-type]
+        extra = {k: v for k, v in obj.items() if k not in ("kind", "box")}
+        return cls(kind=obj["kind"], box=tuple(float(v) for v in obj["box"]), extra=extra)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
