@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from ade_runtime.errors import InputError
 from ade_runtime.testbed.imageio import read_scenes
 from ade_runtime.testbed.instructions import Edit, parse
 from ade_runtime.testbed.scene import COLORS, Scene
@@ -183,6 +184,19 @@ def _parse_or_empty(instruction: str) -> tuple[Edit, ...]:
         return ()
 
 
+SEMANTIC_WEIGHT = 0.05
+
+
+def _perceived_adherence(output_img: Image.Image, instruction: str) -> float | None:
+    """How well the output follows the instruction, as the scene in the image shows it (None for a
+    plain image, e.g. a blurred preview, which carries no scene)."""
+    try:
+        current, src_scene = read_scenes(output_img, "output image")
+        return judge_scenes(current, src_scene, instruction).score
+    except (InputError, ValueError):
+        return None
+
+
 def online_scores(source_img: Image.Image, output_img: Image.Image, instruction: str) -> dict[str, float]:
     """Cheap pixel-only scores: ``clip_i`` (similarity to source), ``clip_t`` (noisy adherence)."""
     s, o = _small(source_img), _small(output_img)
@@ -210,4 +224,9 @@ def online_scores(source_img: Image.Image, output_img: Image.Image, instruction:
     noise = np.random.default_rng(seed).normal(0.0, 0.018)
     cat = "compose" if len(edits) > 1 else (edits[0].op if edits else "")
     clip_t = 0.24 + 0.035 * ev + 0.02 * np.tanh(20 * change) + _CAT_OFFSET.get(cat, 0.0) + noise
+    sem = _perceived_adherence(output_img, instruction)
+    if sem is not None:
+        # A learned text-image scorer partly perceives whether the asked edit happened (what makes
+        # CLIP-T useful for Best-of-N at all); weak next to the pixel cues and the noise above.
+        clip_t += SEMANTIC_WEIGHT * (sem - 0.6)
     return {"clip_t": float(clip_t), "clip_i": float(clip_i)}
