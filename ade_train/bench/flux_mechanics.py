@@ -38,7 +38,24 @@ CALIBRATION_SEEDS = range(100, 100 + N_CANDIDATES)
 
 
 def _rss_mb() -> float:
+    """Peak RSS since the last ``_reset_peak`` (VmHWM), else the process's lifetime peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> None:
+    """Start peak-RSS accounting afresh (Linux clear_refs 5), so set-up and imports do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _current_rss_mb() -> float:
@@ -98,6 +115,7 @@ def run_mode(mode: str, args) -> dict:
         calls[1] += int(kw["hidden_states"].shape[0])
 
     base = _current_rss_mb()
+    _reset_peak()
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     t0 = time.perf_counter()
     if mode == "batched_bo8":
