@@ -20,10 +20,40 @@ TESTBED_NOTE = (
 )
 
 
-def check_targets(replay: dict, overhead_ratio: float | None) -> list[dict]:
+WHY = {
+    "oracle": (
+        "The oracle knows which attempt passes and pays for nothing else; ADE pays for the first "
+        "attempts whose calibrated confidence was not yet high enough, and its confidence rests on cheap "
+        "scores plus a weak critique (most attempts in the held-out traces have no stored image, so the "
+        "critique is absent there and the cheap-score fallback decides). A sharper confidence (a real "
+        "DINOv2 critique, images stored for every attempt) is what would close it."
+    ),
+    "live": (
+        "Replay refines with the prompts logged in the traces, which the testbed generator wrote from the "
+        "judge's exact flaws; the live loop refines with the critique head's feedback, whose pointing is "
+        "weak, and in the testbed a refinement that names the wrong region fixes little (11% vs 53% "
+        "with the right one). So replay overstates what refinement buys live. Closing it: a stronger "
+        "critique, or traces collected with the critique's own feedback (`ade-collect --predictors`) so "
+        "that replay and live agree."
+    ),
+}
+
+
+def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None = None) -> list[dict]:
     """The issue's targets, each with the measured value, whether it is met and by how much."""
     pol = replay["policies"]
     out = []
+    if live and "ade" in live and "best_of_8" in live:
+        a, b = live["ade"], live["best_of_8"]
+        out.append(
+            {
+                "target": "live loop: ade mean judge score >= best_of_8 (critique feedback)",
+                "value": f"{a['mean_score']:.3f} vs {b['mean_score']:.3f} at {100 * a['nfe_per_request'] / b['nfe_per_request']:.0f}% of its NFE",
+                "met": a["mean_score"] >= b["mean_score"],
+                "gap": a["mean_score"] - b["mean_score"],
+                "why": "live",
+            }
+        )
     ade, b8, orc = pol.get("ade", {}), pol.get("best_of_8", {}), pol.get("oracle", {})
     if "mean_score" in ade and "mean_score" in b8:
         out.append(
@@ -51,6 +81,7 @@ def check_targets(replay: dict, overhead_ratio: float | None) -> list[dict]:
                 "value": f"{r:.2f}x",
                 "met": r <= 1.3,
                 "gap": 1.3 - r,
+                "why": "oracle",
             }
         )
     cats_a, cats_b = ade.get("by_category", {}), b8.get("by_category", {})

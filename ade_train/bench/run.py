@@ -28,7 +28,7 @@ from ade_runtime.overhead import analytic_overhead
 from ade_runtime.policy import POLICY_NAMES
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records
-from ade_train.bench.report import check_targets, write_report
+from ade_train.bench.report import WHY, check_targets, write_report
 
 BIN = Path(sys.executable).parent
 
@@ -186,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     ana = analytic_overhead("flux-kontext")
     results["analytic"] = ana.to_dict()
     results["flux"] = flux_mechanics()
-    results["targets"] = check_targets(replay, ana.ratio_to_attempt)
-    results["misses"] = [f"{t['target']}: measured {t['value']}" for t in results["targets"] if not t["met"]]
+    results["targets"] = check_targets(replay, ana.ratio_to_attempt, results["live"])
+    results["misses"] = [
+        f"{t['target']}: measured {t['value']} (short by {abs(t['gap']):.3g}). {WHY.get(t.get('why'), '')}".strip()
+        for t in results["targets"]
+        if not t["met"]
+    ]
     md = write_report(out, results)
     print(json.dumps({"report": str(md), "targets": results["targets"]}, default=float))
     return 0
