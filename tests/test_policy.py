@@ -220,7 +220,9 @@ def test_replay_pruning_uses_the_logged_preview_nfe_and_keeps_reasoning_time():
     rec.meta = {"preview_nfe": 12, "s_per_nfe": 0.01}
     conf, prev = conf_from_judge(rec)
     prev[(0, 0, 512)] = 0.0
-    out = replay_record(rec, PolicyConfig(prune_threshold=0.2), conf, budget=2, reasoning_tokens=512, preview=prev)
+    out = replay_record(
+        rec, PolicyConfig(prune_threshold=0.2), conf, budget=2, reasoning_tokens=512, preview=prev
+    )
     assert out.nfe == 12 + NFE
     # the pruned attempt paid its reasoning (1.512 s in all, 0.28 s of it denoising) minus the skipped steps
     assert out.seconds == pytest.approx((1.512 - (NFE - 12) * 0.01) + 1.512)

@@ -36,7 +36,9 @@ def load_backbone(name: str, model: str | None = None, device: str = "cpu", **kw
         return FluxKontextBackbone.from_pretrained(model or DEFAULT_MODELS[name], device=device, **kwargs)
     if name == "diffusers":
         if not model:
-            raise InputError("--backbone diffusers needs --model (a diffusers image-edit pipeline id or path)")
+            raise InputError(
+                "--backbone diffusers needs --model (a diffusers image-edit pipeline id or path)"
+            )
         from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone
 
         return DiffusersEditBackbone.from_pretrained(model, device=device, **kwargs)

@@ -47,7 +47,13 @@ class Judge:
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.extra)
-        out.update({"score": float(self.score), "pass": bool(self.passed), "flaws": [f.to_json() for f in self.flaws]})
+        out.update(
+            {
+                "score": float(self.score),
+                "pass": bool(self.passed),
+                "flaws": [f.to_json() for f in self.flaws],
+            }
+        )
         return out
 
     @classmethod
