@@ -9,15 +9,15 @@ writes to a temp file in the same directory, fsyncs and ``os.replace``s it (afte
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ade_runtime.artifacts import atomic_write_bytes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,17 +32,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(buf.getbuffer())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def checkpoint_epoch(path: str | os.PathLike) -> int:

@@ -9,7 +9,7 @@ import pytest
 from predictor_helpers import calibrator, card
 
 from ade_runtime.cli import collect, edit, replay
-from ade_runtime.policy import PolicyConfig
+from ade_runtime.policy import POLICY_NAMES, PolicyConfig
 from ade_runtime.testbed import World, save_png
 from ade_runtime.testbed.imageio import make_image
 from ade_runtime.traces import TraceDataset
@@ -189,17 +189,7 @@ def test_ade_replay_compares_every_policy(export, tmp_path, capsys):
     assert rc == 0
     res = last_json(capsys)
     pol = res["policies"]
-    assert set(pol) == {
-        "single",
-        "best_of_4",
-        "best_of_8",
-        "best_of_8_oracle",
-        "fixed_chain",
-        "confidence_stop",
-        "card_only",
-        "ade",
-        "oracle",
-    }
+    assert set(pol) == set(POLICY_NAMES)
     for name in ("mean_score", "pass_rate", "nfe_per_request", "gpu_seconds_per_request", "by_category"):
         assert name in pol["ade"]
     nfe1 = pol["single"]["nfe_per_request"]
