@@ -190,3 +190,28 @@ def test_inputs_are_validated(image, text, match):
         AdaptiveEditor(SyntheticBackbone(), Predictors(calibrator=calibrator(0.0))).edit(
             EditRequest(image, text)
         )
+
+
+def test_logged_testbed_traffic_can_be_judged_exactly(requests_, tmp_path):
+    """PNG text chunks survive the trace writer, so the testbed judge can label logged requests."""
+    from ade_runtime.testbed import judge_attempt
+    from ade_runtime.traces import load_records
+
+    res = AdaptiveEditor(
+        SyntheticBackbone(),
+        Predictors(calibrator=calibrator(0.0, 8.0)),
+        policy="best_of_4",
+        scorer=online_scores,
+    ).edit(requests_[1])
+    with TraceWriter(tmp_path) as w:
+        log_request(w, res.request, res, "testbed:bagel")
+    (rec,), _ = load_records(tmp_path, images="decode")
+    src = Image.open(rec.resolve(rec.source_image))
+    for a in rec.attempts:
+        j = judge_attempt(src, Image.open(rec.resolve(a.image)), rec.instruction)
+        live = judge_attempt(
+            res.request.image,
+            next(e for e in res.attempts if e.step.key == a.key).output.image,
+            rec.instruction,
+        )
+        assert j == live

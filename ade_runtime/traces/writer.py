@@ -250,7 +250,18 @@ def _encode(image: Any, fmt: str, rel_path: str) -> bytes:
     if fmt == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # JPEG has no alpha channel
     buf = io.BytesIO()
-    image.save(buf, format=fmt)
+    texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    if fmt == "PNG" and texts:
+        # PIL drops an image's text chunks on save unless they are passed back; keep them (provenance,
+        # the testbed's scene) so a logged image carries what the original did.
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        for key, value in texts.items():
+            info.add_text(key, value, zip=len(value) > 256)
+        image.save(buf, format=fmt, pnginfo=info)
+    else:
+        image.save(buf, format=fmt)
     return buf.getvalue()
 
 
