@@ -226,3 +226,18 @@ def test_replay_pruning_uses_the_logged_preview_nfe_and_keeps_reasoning_time():
     assert out.nfe == 12 + NFE
     # the pruned attempt paid its reasoning (1.512 s in all, 0.28 s of it denoising) minus the skipped steps
     assert out.seconds == pytest.approx((1.512 - (NFE - 12) * 0.01) + 1.512)
+
+
+def test_logged_runtime_scores_are_not_calibration_inputs():
+    from ade_runtime.policy.signals import attempt_features
+
+    a = Attempt(
+        0,
+        0,
+        0,
+        "p",
+        Cost(nfe=1),
+        scores={"clip_t": 0.3, "preview_clip_t": 0.2, "confidence": 0.9, "critique": 0.8},
+    )
+    assert attempt_features(a) == {"clip_t": 0.3}
+    assert attempt_features(a, critique_p=0.4) == {"clip_t": 0.3, "critique": 0.4}

@@ -20,9 +20,10 @@ from ade_runtime.policy.session import Key
 from ade_runtime.traces.records import Attempt, EditRecord
 
 PREVIEW_PREFIX = "preview_"
-# Scores the runtime itself adds to a logged attempt; they are outputs, never calibration inputs.
-DERIVED_SCORES = ("confidence",)
 CRITIQUE_FEATURE = "critique"
+# What the runtime itself logs beside the cheap scores: its confidence (an output) and the critique
+# probability of the model that served the request (replaced by the current critique's, when any).
+DERIVED_SCORES = ("confidence", CRITIQUE_FEATURE)
 
 
 def attempt_features(attempt: Attempt, critique_p: float | None = None) -> dict[str, float]:
