@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,10 @@ def live_loop(predictors: Predictors, n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     reqs = [world.sample_request(rng) for _ in range(n)]
     out = {}
-    for policy in ("best_of_8", "ade"):
+    # "ade_no_refine": the calibrated policy with S_max = 1, i.e. fresh candidates instead of critique-led
+    # refinement rounds; it isolates what the critique's feedback buys (or costs) live.
+    policies = {"best_of_8": "best_of_8", "ade": "ade", "ade_no_refine": replace(predictors.policy, s_max=1)}
+    for name, policy in policies.items():
         backbone = SyntheticBackbone()
         editor = AdaptiveEditor(backbone, predictors, policy=policy, scorer=online_scores, seed=seed)
         scores, passed, nfe, secs, overhead = [], [], [], [], []
@@ -80,7 +84,7 @@ def live_loop(predictors: Predictors, n: int, seed: int) -> dict:
             nfe.append(res.nfe)
             secs.append(res.backbone_seconds)
             overhead.append(res.overhead_seconds)
-        out[policy] = {
+        out[name] = {
             "requests": n,
             "mean_score": float(np.mean(scores)),
             "pass_rate": float(np.mean(passed)),
