@@ -8,7 +8,7 @@ adaptive policy over that split to choose tau_high, tau_low, S_max, the CARD qua
 pruning threshold (``calibrate_search``), writes the candidates table and plots into OUT, logs to
 W&B, and merges the ``calibration`` artifact into ``OUT/export`` (``ade_train.export``).
 
-    ade-train calibrate --data PATH --out DIR [--target-fraction 1.0] [--config YAML] [--no-wandb]
+    ade-train calibrate --data PATH --out DIR [--target-fraction 1.0] [--split auto|all] [--config YAML] [--no-wandb]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class CalibrateConfig:
     target_fraction: float = 1.0  # chosen policy's mean judge score >= this x the reference's
     reference_policy: str = "best_of_8"  # the baseline the quality target is taken from
     seed: int = 0  # salt of the request-id splits inside the calibration split
+    split: str = "auto"  # auto: OUT/splits.json or split_ids; all: every judged request of data (a set
+    # collected for calibration alone, e.g. ade-collect with this export's critique writing the refinements)
     score_names: list[str] | None = None  # cheap signals; None = those every judged attempt has
     use_critique: bool = True  # use the exported critique's p_pass when OUT/export has one
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # methods compared on held-out data
@@ -127,7 +129,7 @@ class CalibrationSplit:
     source_of_split: str
 
 
-def calibration_split(data: str | Path, out: Path, seed: int = 0) -> CalibrationSplit:
+def calibration_split(data: str | Path, out: Path, seed: int = 0, split: str = "auto") -> CalibrationSplit:
     """The calibration requests: the ids CARD's run wrote to ``OUT/splits.json`` when present (the same
     split the exported models were tuned around), else ``ade_train.data.split_ids`` with ``seed``."""
     from ade_runtime.traces import TraceDataset
@@ -140,7 +142,12 @@ def calibration_split(data: str | Path, out: Path, seed: int = 0) -> Calibration
     records = [r for r in ds if any(a.judge is not None for a in r.attempts)]
     if not records:
         raise TraceError(f"{data}: no judged record ({len(ds.rejects)} rejected lines); run ade-judge first")
-    if (out / SPLITS_FILE).is_file():
+    if split not in ("auto", "all"):
+        raise InputError(f"split={split!r}: use 'auto' (the training run's calibration split) or 'all'")
+    if split == "all":
+        splits = {"calibration": [r.id for r in records]}
+        where = f"every judged request of {data} (split: all)"
+    elif (out / SPLITS_FILE).is_file():
         splits = load_splits(out)
         where = f"{out / SPLITS_FILE} (written by ade-train card)"
     else:
@@ -233,7 +240,7 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if not cfg.data or not cfg.out:
         raise InputError("calibrate needs --data (trace dataset) and --out (training output directory)")
-    split = calibration_split(cfg.data, out, seed=cfg.seed)
+    split = calibration_split(cfg.data, out, seed=cfg.seed, split=cfg.split)
     records = split.records
     export_dir = out / "export"
     card, critique, notes = _load_predictors(export_dir, cfg.use_critique)
@@ -448,10 +455,22 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default=None, help=f"YAML config (default {DEFAULT_CONFIG.name})")
     p.add_argument("--seed", type=int, default=None, help="split seed when OUT has no splits.json")
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+    p.add_argument(
+        "--split",
+        choices=("auto", "all"),
+        default=None,
+        help="auto: the training run's calibration split; all: every judged request of --data (a set "
+        "collected for calibration, e.g. with ade-collect --predictors OUT/export)",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         cfg = load_config(
-            args.config, data=args.data, out=args.out, target_fraction=args.target_fraction, seed=args.seed
+            args.config,
+            data=args.data,
+            out=args.out,
+            target_fraction=args.target_fraction,
+            seed=args.seed,
+            split=args.split,
         )
         if args.no_wandb:
             cfg.wandb = False
