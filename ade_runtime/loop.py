@@ -158,9 +158,7 @@ class AdaptiveEditor:
             return cfg.default_budget, 0
 
     # -- confidence -------------------------------------------------------------------------------
-    def _judge_online(
-        self, request: EditRequest, entry: AttemptLog, failures: list[dict], want_critique: bool
-    ) -> None:
+    def _judge_online(self, request: EditRequest, entry: AttemptLog, failures: list[dict]) -> None:
         out = entry.output
         assert out is not None and out.image is not None
         t0 = time.perf_counter()
@@ -172,7 +170,7 @@ class AdaptiveEditor:
             except Exception as exc:
                 failures.append({"stage": "score", "key": list(entry.step.key), "error": repr(exc)})
         crit = self.predictors.critique
-        if crit is not None and want_critique:
+        if crit is not None:
             try:
                 c = crit.predict(
                     request.image, out.image, request.instruction, attention_mask=out.attention_mask
@@ -278,8 +276,8 @@ class AdaptiveEditor:
             if out.pruned or out.image is None:
                 session.observe(step, None, pruned=True)
                 continue
-            # the critique is needed for the confidence when the calibrator reads it, and for feedback
-            self._judge_online(request, entry, failures, want_critique=True)
+            # scores + critique -> calibrated confidence; the critique also writes the refinement prompt
+            self._judge_online(request, entry, failures)
             session.observe(step, entry.confidence)
         chosen = session.best()
         if chosen is None:
