@@ -44,39 +44,26 @@ def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None 
     """The issue's targets, each with the measured value, whether it is met and by how much."""
     pol = replay["policies"]
     out = []
-    if live and "ade" in live and "best_of_8" in live:
-        a, b = live["ade"], live["best_of_8"]
+    live_rows = (
+        ("ade", "live loop: ade mean judge score >= best_of_8 (critique feedback)"),
+        ("ade_closed_loop", "live loop, ADE calibrated on critique-led traces >= best_of_8"),
+        ("ade_no_refine", "live loop, ADE without refinement (S_max = 1) >= best_of_8"),
+    )
+    b = (live or {}).get("best_of_8")
+    for name, target in live_rows if b else ():
+        if name not in live:
+            continue
+        c = live[name]
+        share = 100 * c["nfe_per_request"] / b["nfe_per_request"]
         out.append(
             {
-                "target": "live loop: ade mean judge score >= best_of_8 (critique feedback)",
-                "value": f"{a['mean_score']:.3f} vs {b['mean_score']:.3f} at {100 * a['nfe_per_request'] / b['nfe_per_request']:.0f}% of its NFE",
-                "met": a["mean_score"] >= b["mean_score"],
-                "gap": a["mean_score"] - b["mean_score"],
+                "target": target,
+                "value": f"{c['mean_score']:.3f} vs {b['mean_score']:.3f} at {share:.0f}% of its NFE",
+                "met": c["mean_score"] >= b["mean_score"],
+                "gap": c["mean_score"] - b["mean_score"],
                 "why": "live",
             }
         )
-        if "ade_closed_loop" in live:
-            c = live["ade_closed_loop"]
-            out.append(
-                {
-                    "target": "live loop, ADE calibrated on critique-led traces >= best_of_8",
-                    "value": f"{c['mean_score']:.3f} vs {b['mean_score']:.3f} at {100 * c['nfe_per_request'] / b['nfe_per_request']:.0f}% of its NFE",
-                    "met": c["mean_score"] >= b["mean_score"],
-                    "gap": c["mean_score"] - b["mean_score"],
-                    "why": "live",
-                }
-            )
-        if "ade_no_refine" in live:
-            c = live["ade_no_refine"]
-            out.append(
-                {
-                    "target": "live loop, ADE without refinement (S_max = 1) >= best_of_8",
-                    "value": f"{c['mean_score']:.3f} vs {b['mean_score']:.3f} at {100 * c['nfe_per_request'] / b['nfe_per_request']:.0f}% of its NFE",
-                    "met": c["mean_score"] >= b["mean_score"],
-                    "gap": c["mean_score"] - b["mean_score"],
-                    "why": "live",
-                }
-            )
     ade, b8, orc = pol.get("ade", {}), pol.get("best_of_8", {}), pol.get("oracle", {})
     if "mean_score" in ade and "mean_score" in b8:
         out.append(
