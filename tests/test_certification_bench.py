@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from predictor_helpers import calibrator, card
 
 from ade_runtime.policy import preset, replay_policy
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records
 from ade_train.bench import certification
-from predictor_helpers import calibrator, card
 
 FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"
 

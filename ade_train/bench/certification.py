@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+
 import numpy as np
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe
