@@ -94,7 +94,9 @@ def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
     if m:
         cfg = preset(m.group(1), base)
         if cfg.use_card:
-            raise ValueError(f"{name!r}: '@T' fixes reasoning tokens, but {m.group(1)!r} takes them from CARD")
+            raise ValueError(
+                f"{name!r}: '@T' fixes reasoning tokens, but {m.group(1)!r} takes them from CARD"
+            )
         return replace(cfg, reasoning_tokens=int(m.group(2)))
     off = dict(use_card=False, early_stop=False, refine=False, prune_threshold=None, use_mask=False)
     m = re.fullmatch(r"best_of_(\d+)(_oracle)?", name)
