@@ -75,7 +75,9 @@ def _request(seed=3, cat=None, size=64):
 
 def test_backbone_protocol_and_determinism():
     bb = SyntheticBackbone("flux-kontext")
-    assert isinstance(bb, Backbone) and type(load_backbone("testbed", model="flux-kontext")) is SyntheticBackbone
+    assert (
+        isinstance(bb, Backbone) and type(load_backbone("testbed", model="flux-kontext")) is SyntheticBackbone
+    )
     assert (
         bb.supports_preview
         and bb.supports_mask
