@@ -41,6 +41,9 @@ KONTEXT_KWARGS = (
     "negative_prompt",
     "true_cfg_scale",
     "max_sequence_length",
+    "resolution",
+    "max_area",
+    "preview_step",
 )
 
 
