@@ -389,3 +389,24 @@ def test_ade_edit_records_the_backbone_options_in_the_trace(saved_kontext, expor
     assert edit.main([*base, "--pipeline-kwargs", "{not json"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--pipeline-kwargs is not valid JSON" in err.strip().splitlines()[-1]
+
+
+def test_ade_collect_records_the_backbone_options(tmp_path, capsys):
+    from ade_runtime.cli import collect
+    from ade_runtime.testbed import World, save_png
+    from ade_runtime.testbed.imageio import make_image
+    from ade_runtime.traces import TraceDataset
+
+    world = World(seed=11)
+    r = world.sample_request(np.random.default_rng(0))
+    save_png(make_image(r.source, r.source, world.size), tmp_path / "src.png")
+    line = {"id": "q0", "image": "src.png", "instruction": r.instruction, "category": r.category}
+    (tmp_path / "requests.jsonl").write_text(json.dumps(line) + "\n")
+    args = ["--backbone", "testbed", "--requests", str(tmp_path / "requests.jsonl"), "--out", str(tmp_path / "o"),
+            "--candidates", "1", "--rounds", "1"]  # fmt: skip
+    assert collect.main(args) == 0
+    assert "ade-collect: --device not given, using" in capsys.readouterr().err
+    (rec,) = list(TraceDataset(tmp_path / "o", images="none"))
+    assert rec.meta["backbone_options"] == {"device": "cpu"}
+    assert collect.main([*args, "--pipeline-kwargs", '{"x": 1}']) == 2
+    assert "x not accepted by --backbone testbed" in capsys.readouterr().err

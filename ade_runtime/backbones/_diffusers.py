@@ -253,3 +253,14 @@ def composite(output: Image.Image, source: Image.Image, mask: np.ndarray) -> Ima
     m = mask[..., None]
     mixed = out * m + src * (1.0 - m)
     return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB")
+
+
+def decode_flux_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
+    """Decode packed FLUX-family latents exactly as FluxPipeline / FluxKontextPipeline do."""
+    import torch
+
+    with torch.no_grad():
+        x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+        img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(img, output_type="pil")[0]

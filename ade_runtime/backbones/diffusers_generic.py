@@ -34,6 +34,7 @@ from ade_runtime.backbones._diffusers import (
     SchedulerStepCapture,
     check_mask,
     composite,
+    decode_flux_packed,
     has_flow_sigmas,
     load_pipeline,
     require_diffusers,
@@ -42,17 +43,6 @@ from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.errors import InputError
 
 DecodeFn = Callable[[Any, Any, int, int], Image.Image]
-
-
-def decode_flux_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
-    """Decode packed FLUX-family latents exactly as FluxPipeline / FluxKontextPipeline do."""
-    import torch
-
-    with torch.no_grad():
-        x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
-    return pipe.image_processor.postprocess(img, output_type="pil")[0]
 
 
 def decode_qwenimage_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:

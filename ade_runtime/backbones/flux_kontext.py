@@ -30,6 +30,7 @@ from ade_runtime.backbones._diffusers import (
     SchedulerStepCapture,
     check_mask,
     composite,
+    decode_flux_packed,
     image_key,
     load_pipeline,
     mask_to_tokens,
@@ -202,15 +203,7 @@ class FluxKontextBackbone:
         return state
 
     def _decode(self, latents: Any, size: tuple[int, int]) -> Image.Image:
-        import torch
-
-        w, h = size
-        pipe = self.pipe
-        with torch.no_grad():
-            x = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
-            x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-            img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(img, output_type="pil")[0]
+        return decode_flux_packed(self.pipe, latents, size[1], size[0])
 
     # ---- one attempt -------------------------------------------------------------------------
     def _pipeline_kwargs(self, state: KontextState, spec: AttemptSpec, image_latents: Any) -> dict[str, Any]:
