@@ -131,9 +131,7 @@ def test_chronoedit_runs_in_the_generic_adapter_and_returns_the_last_frame():
     ).frames[0]  # fmt: skip
     assert out.image.size == img.size and np.array_equal(np.asarray(out.image), np.asarray(frames[-1]))
     with pytest.raises(InputError, match="cannot preview"):
-        bb.run(
-            img and EditRequest(img, "x"), AttemptSpec(0, 0, 0, "x", seed=0, preview_fn=lambda im, k: True)
-        )
+        bb.run(EditRequest(img, "x"), AttemptSpec(0, 0, 0, "x", seed=0, preview_fn=lambda im, k: True))
 
 
 # ---- 4. Qwen-Image-Edit: true CFG with a negative prompt, upstream's 50 steps -----------------
@@ -162,7 +160,7 @@ def test_qwen_image_edit_runs_true_cfg_by_default(qwen):
     diff = np.abs(np.asarray(out.image, np.int16) - np.asarray(plain, np.int16))
     assert diff.max() <= 1
     no_cfg = DiffusersEditBackbone(qwen, num_inference_steps=3, call_kwargs={"true_cfg_scale": 1.0})
-    assert no_cfg.run(img and EditRequest(img, "x"), spec).nfe == 3
+    assert no_cfg.run(EditRequest(img, "x"), spec).nfe == 3
     pruned = bb.run(
         EditRequest(img, "x"),
         AttemptSpec(0, 0, 0, "x", seed=5, preview_step=1, preview_fn=lambda im, k: False),
