@@ -15,6 +15,7 @@ Public API::
 from __future__ import annotations
 
 import copy
+import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ import yaml
 
 from ade_runtime.errors import ADEError, InputError
 
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 TRAINER_PRESETS = ("cpu", "ddp")  # ade_train/configs/trainer/<name>.yaml, shared by every job
 
 
@@ -84,6 +86,8 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[list[str], Any]]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise InputError(f"override --{key}: value {raw!r} is not valid YAML ({exc})") from None
+        if isinstance(value, str) and _EXP_FLOAT.match(value):  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
         out.append((key.split("."), value))
     return out
 
