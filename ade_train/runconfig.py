@@ -130,6 +130,27 @@ def dump_yaml(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
 
 
+def job_parser(command: str, description: str, run_dir: str, example: str) -> Any:
+    """The argparse parser of a Lightning job with the shared flags (``add_common_args``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog=f"ade-train {command}",
+        description=description,
+        epilog=f"Further overrides in LightningCLI style: {example} (see ade_train/configs/{command}.yaml "
+        "and ade_train/configs/trainer/).",
+    )
+    add_common_args(p, run_dir=run_dir, config=command)
+    return p
+
+
+def parse_job_args(command: str, parser: Any, argv: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """(merged config, parsed flags): packaged config + --config + dotted overrides + shared flags."""
+    args, rest = parser.parse_known_args(list(argv))
+    cfg = load_run_config(command, args.config, rest, trainer=args.trainer)
+    return apply_common_args(cfg, args), args
+
+
 def add_common_args(p: Any, run_dir: str, config: str) -> None:
     """The flags every Lightning job of ``ade-train`` shares (``run_dir``: where its checkpoints go)."""
     p.add_argument("--data", required=True, help="trace dataset directory (*.jsonl shards + images)")
@@ -207,9 +228,10 @@ def run_cli(
     command: str,
     build_config: Callable[[Sequence[str]], dict],
     train: Callable[[dict], Any],
-    argv: Sequence[str],
+    argv: Sequence[str] | None = None,
 ) -> int:
     """The body of every Lightning ``ade-train COMMAND`` (``guarded``: exit 0, 2 or 130)."""
+    argv = sys.argv[1:] if argv is None else argv
 
     def body() -> None:
         cfg = build_config(list(argv))

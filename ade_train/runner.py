@@ -145,6 +145,16 @@ def _callbacks(cfg: dict[str, Any], job: TrainJob, ckpt_dir: Path) -> tuple[Mode
     return best, callbacks
 
 
+def setup_data(cfg: dict[str, Any], datamodule_cls: type, **kwargs: Any) -> tuple[Path, Any]:
+    """(OUT, the job's DataModule after ``setup("fit")``): seeds everything from ``seed_everything``
+    first, so the splits, the init and the shuffling follow the config."""
+    out, seed = Path(cfg["out"]), int(cfg.get("seed_everything", 0))
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = datamodule_cls(cfg["data_path"], out_dir=str(out), seed=seed, **kwargs, **cfg["data"])
+    dm.setup("fit")
+    return out, dm
+
+
 def fit_and_export(cfg: dict[str, Any], job: TrainJob) -> dict[str, float]:
     """Train (or resume, or re-export) ``job`` as ``cfg`` says; returns the final metrics.
 

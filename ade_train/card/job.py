@@ -10,13 +10,11 @@ CARD does not beat them (which one is exported is the CARD issue's decision: CAR
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from ade_runtime.artifacts import CARD_NAME
@@ -28,8 +26,8 @@ from ade_train.card.module import CardModule
 from ade_train.card.report import plot_coverage
 from ade_train.export import PredictorSection, export_predictors
 from ade_train.quality import card_warning
-from ade_train.runconfig import add_common_args, apply_common_args, load_run_config, run_cli
-from ade_train.runner import TrainJob, fit_and_export
+from ade_train.runconfig import job_parser, parse_job_args, run_cli
+from ade_train.runner import TrainJob, fit_and_export, setup_data
 from ade_train.splits import dataset_fingerprint
 
 INTENDED_USE = (
@@ -111,51 +109,27 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
 
     ``cfg``: the card.yaml layout plus ``data_path``, ``out``, ``resume`` ("auto" | "must"), ``force``.
     """
-    out = Path(cfg["out"])
-    seed = int(cfg.get("seed_everything", 0))
-    L.seed_everything(seed, workers=True, verbose=False)
-    dm = TraceDataModule(cfg["data_path"], out_dir=str(out), seed=seed, **cfg["data"])
-    dm.setup("fit")
-    job = TrainJob(
-        name="card",
-        title="CARD",
-        out=out,
-        run_dir=out,
-        monitor="val/nll",
-        module_cls=CardModule,
-        module_args=dict(
-            input_dim=dm.input_dim, levels=dm.levels, token_levels=dm.token_levels, **cfg["model"]
-        ),
-        datamodule=dm,
-        fingerprint=dataset_fingerprint(dm.all_records),
-        export=lambda module, metrics, warnings: _export(out, dm, module, metrics, warnings),
-        report=_report(out, dm),
-        notes={"data": f"{dm.data_info().n_records} requests ({len(dm.rejects)} rejected lines)"},
-    )
+    out, dm = setup_data(cfg, TraceDataModule)
+    module_args = dict(input_dim=dm.input_dim, levels=dm.levels, token_levels=dm.token_levels, **cfg["model"])
+    data_note = f"{dm.data_info().n_records} requests ({len(dm.rejects)} rejected lines)"
+    job = TrainJob("card", "CARD", out, out, "val/nll", CardModule, module_args, dm,
+                   dataset_fingerprint(dm.all_records), partial(_export, out, dm), _report(out, dm),
+                   notes={"data": data_note})  # fmt: skip
     return fit_and_export(cfg, job)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ade-train card",
-        description="Train CARD on an edit-trace v1 dataset and export it to OUT/export.",
-        epilog="Further overrides in LightningCLI style: --model.hidden=[64,32] --data.batch_size=32 "
-        "--trainer.max_epochs=10 (see ade_train/configs/card.yaml and configs/trainer/).",
+    return job_parser(
+        "card",
+        "Train CARD on an edit-trace v1 dataset and export it to OUT/export.",
+        run_dir="OUT",
+        example="--model.hidden=[64,32] --data.batch_size=32 --trainer.max_epochs=10",
     )
-    add_common_args(p, run_dir="OUT", config="card")
-    return p
 
 
 def build_config(argv: Sequence[str]) -> dict[str, Any]:
-    args, rest = _parser().parse_known_args(list(argv))
-    cfg = load_run_config("card", args.config, rest, trainer=args.trainer)
-    return apply_common_args(cfg, args)
+    return parse_job_args("card", _parser(), argv)[0]
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("card", build_config, train, sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(cli_main())
+    return run_cli("card", build_config, train, argv)

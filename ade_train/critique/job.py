@@ -10,13 +10,10 @@ OUT), its W&B run under ``OUT/wandb`` with every other job's. Its report gives t
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import lightning as L
 
 from ade_runtime.artifacts import CRITIQUE_NAME
 from ade_runtime.errors import InputError
@@ -25,8 +22,8 @@ from ade_train.critique.data import CritiqueDataModule
 from ade_train.critique.module import CritiqueModule
 from ade_train.export import PredictorSection, export_predictors
 from ade_train.quality import auroc_interval, critique_warning
-from ade_train.runconfig import add_common_args, apply_common_args, load_run_config, run_cli
-from ade_train.runner import TrainJob, fit_and_export
+from ade_train.runconfig import job_parser, parse_job_args, run_cli
+from ade_train.runner import TrainJob, fit_and_export, setup_data
 from ade_train.splits import dataset_fingerprint
 
 RUN_SUBDIR = "critique"  # OUT/critique holds this job's checkpoints, W&B run id and result (CARD uses OUT)
@@ -111,29 +108,26 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
 
     ``cfg``: the critique.yaml layout plus ``data_path``, ``out``, ``resume`` ("auto" | "must"), ``force``.
     """
-    out = Path(cfg["out"])
-    seed = int(cfg.get("seed_everything", 0))
-    L.seed_everything(seed, workers=True, verbose=False)
     mode = cfg["model"].get("encoder_mode", "frozen")
-    dm = CritiqueDataModule(cfg["data_path"], out_dir=str(out), seed=seed, encoder_mode=mode, **cfg["data"])
-    dm.setup("fit")
+    out, dm = setup_data(cfg, CritiqueDataModule, encoder_mode=mode)
+    notes = {
+        "data": f"{sum(len(v) for v in dm.examples.values())} judged attempts "
+        f"(skipped {dict(dm.skipped) or 'none'}; {len(dm.rejects)} rejected lines)",
+        "head": f"kinds {list(dm.kinds)}, grid {dm.grid[0]}x{dm.grid[1]}, encoder {mode}",
+    }
     job = TrainJob(
         name="critique",
         title="critique",
         out=out,
-        run_dir=out / RUN_SUBDIR,
+        run_dir=out / RUN_SUBDIR,  # CARD's run is OUT itself
         monitor="val/loss",
         module_cls=CritiqueModule,
         module_args=_module_args(cfg, dm),
         datamodule=dm,
         fingerprint=dataset_fingerprint(dm.records_used),
-        export=lambda module, metrics, warnings: _export(out, dm, module, metrics, warnings),
+        export=partial(_export, out, dm),
         report=_report(dm),
-        notes={
-            "data": f"{sum(len(v) for v in dm.examples.values())} judged attempts "
-            f"(skipped {dict(dm.skipped) or 'none'}; {len(dm.rejects)} rejected lines)",
-            "head": f"kinds {list(dm.kinds)}, grid {dm.grid[0]}x{dm.grid[1]}, encoder {mode}",
-        },
+        notes=notes,
     )
     return fit_and_export(cfg, job)
 
@@ -143,13 +137,12 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ade-train critique",
-        description="Train the DINOv2 critique head on an edit-trace v1 dataset and export it to OUT/export.",
-        epilog="Further overrides in LightningCLI style: --model.lr=0.001 --data.max_train_attempts=500 "
-        "--trainer.max_epochs=3 (see ade_train/configs/critique.yaml and configs/trainer/).",
+    p = job_parser(
+        "critique",
+        "Train the DINOv2 critique head on an edit-trace v1 dataset and export it to OUT/export.",
+        run_dir="OUT/critique",
+        example="--model.lr=0.001 --data.max_train_attempts=500 --trainer.max_epochs=3",
     )
-    add_common_args(p, run_dir="OUT/critique", config="critique")
     p.add_argument(
         "--encoder",
         help="'scratch_tiny' (tiny DINOv2 trained end to end, the testbed default) or a DINOv2 hub id / "
@@ -161,8 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_config(argv: Sequence[str]) -> dict[str, Any]:
-    args, rest = _parser().parse_known_args(list(argv))
-    cfg = load_run_config("critique", args.config, rest, trainer=args.trainer)
+    cfg, args = parse_job_args("critique", _parser(), argv)
     if args.encoder and args.encoder != "scratch_tiny":
         cfg["data"]["image_encoder"] = {
             "kind": "dinov2",
@@ -176,13 +168,8 @@ def build_config(argv: Sequence[str]) -> dict[str, Any]:
         if cfg["model"]["encoder_mode"] == "scratch_tiny":
             raise InputError("--finetune-last-n needs a pretrained --encoder (id or path), not scratch_tiny")
         cfg["model"].update(encoder_mode="finetune_last_n", finetune_last_n=args.finetune_last_n)
-    return apply_common_args(cfg, args)
+    return cfg
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("critique", build_config, train, sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(cli_main())
+    return run_cli("critique", build_config, train, argv)
