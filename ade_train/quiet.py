@@ -2,8 +2,9 @@
 
 - Lightning's "Tip: ... try installing litlogger" line (logged at INFO on every Trainer).
 - Lightning's pytree ``isinstance(treespec, LeafSpec)`` deprecation warning (torch >= 2.9).
-- The "Total Flops 0" line of Lightning's model summary: ADE's modules are not FLOP-counted, so the
-  count is always 0; ``ModelSummaryWithoutZeroFlops`` prints the same table without that line.
+- The "Total Flops 0" line and the all-zero FLOPs column of Lightning's model summary: ADE's
+  modules are not FLOP-counted; ``ModelSummaryWithoutZeroFlops`` prints the same table without them
+  (and Lightning's note that it replaced the default summary is dropped).
 - W&B's "The anonymous setting has no effect" warning is avoided in ``tracking.make_logger``.
 """
 
@@ -19,9 +20,14 @@ from lightning.pytorch.utilities.model_summary.model_summary import _format_summ
 _log = logging.getLogger("lightning.pytorch.callbacks.model_summary")
 
 
+# substrings of the Lightning INFO lines dropped: the litlogger advert, and the note that our own
+# model summary callback replaced Lightning's default one
+_DROPPED = ("try installing [litlogger]", "Skipping setting a default `ModelSummary` callback")
+
+
 class _DropLitLoggerTip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
+        return not any(d in str(record.msg) for d in _DROPPED)
 
 
 def install() -> None:
@@ -45,6 +51,8 @@ class ModelSummaryWithoutZeroFlops(ModelSummary):
         total_flops: int,
         **summarize_kwargs: Any,
     ) -> None:
+        if not total_flops:  # the per-layer FLOPs column is all zeros too
+            summary_data = [col for col in summary_data if col[0] != "FLOPs"]
         table = _format_summary_table(
             total_parameters,
             trainable_parameters,

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from ade_train.calibrate.fit import (
     split_by_group,
     to_tensors,
 )
-from ade_train.calibrate.report import export_calibration, job_metrics, track, write_json
+from ade_train.calibrate.report import build_report, export_calibration, job_metrics, track, write_json
 from ade_train.calibrate.search import search_thresholds
 from ade_train.export import DataInfo, data_source
 from ade_train.quality import calibration_warning
@@ -233,28 +233,7 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     metrics = job_metrics(primary, fallback, result, table, split)
     if map_warning:
         metrics.update(rejected_ece_after=fitted["ece_after"], rejected_brier_after=fitted["brier_after"])
-    report = {
-        "metrics": metrics,
-        "chosen_policy": result.chosen.to_dict(),
-        "feasible": result.feasible,
-        "reference": result.reference,
-        "target_score": result.target_score,
-        "guarantee": result.guarantee,
-        "warnings": warnings + result.warnings,
-        "notes": notes,
-        "method": {
-            "primary": {"method": primary["choice"].method, "reason": primary["choice"].reason},
-            "fallback": None
-            if not fallback
-            else {"method": fallback["choice"].method, "reason": fallback["choice"].reason},
-            "candidates": {
-                "primary": primary["choice"].candidates,
-                "fallback": fallback["choice"].candidates if fallback else None,
-            },
-        },
-        "features": {"primary": list(primary["names"]), "fallback": list(cheap) if fallback else []},
-        "config": {k: v for k, v in asdict(cfg).items()},
-    }
+    report = build_report(cfg, metrics, result, primary, fallback, list(cheap), notes, warnings)
     write_json(out / f"{PREFIX}report.json", report)
     export = export_calibration(
         out, calibrator, metrics, result, split, primary, notes + result.warnings, warnings

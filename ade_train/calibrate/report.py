@@ -54,6 +54,41 @@ def job_metrics(
     return m
 
 
+def build_report(
+    cfg: CalibrateConfig,
+    metrics: dict[str, Any],
+    result: SearchResult,
+    primary: dict,
+    fallback: dict | None,
+    cheap: list[str],
+    notes: list[str],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """``OUT/calibration_report.json``: metrics, the chosen policy, the method choice, the config."""
+    return {
+        "metrics": metrics,
+        "chosen_policy": result.chosen.to_dict(),
+        "feasible": result.feasible,
+        "reference": result.reference,
+        "target_score": result.target_score,
+        "guarantee": result.guarantee,
+        "warnings": list(warnings) + result.warnings,
+        "notes": notes,
+        "method": {
+            "primary": {"method": primary["choice"].method, "reason": primary["choice"].reason},
+            "fallback": None
+            if not fallback
+            else {"method": fallback["choice"].method, "reason": fallback["choice"].reason},
+            "candidates": {
+                "primary": primary["choice"].candidates,
+                "fallback": fallback["choice"].candidates if fallback else None,
+            },
+        },
+        "features": {"primary": list(primary["names"]), "fallback": list(cheap) if fallback else []},
+        "config": dict(asdict(cfg)),
+    }
+
+
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
@@ -122,7 +157,8 @@ def track(cfg: CalibrateConfig, out: Path, metrics: dict, pngs: list[Path], expo
         return None
     try:
         logger.log_metrics({f"calibration/{k}": v for k, v in numeric(metrics).items()})
-        log_images(logger, "calibration/plots", pngs)
+        for png in pngs:  # one panel each: W&B warns on a panel of images of different sizes
+            log_images(logger, f"calibration/{png.stem.removeprefix('calibration_')}", [png])
         log_export_artifact(logger, export)
         where = run_dir(logger)
     finally:
