@@ -38,6 +38,14 @@ class CalibrateConfig:
     preview_s: float = 0.0  # modelled GPU-seconds of decoding and scoring one preview
     grid: dict[str, list] = field(default_factory=dict)  # overrides of SearchGrid's value lists
     base_policy: dict[str, Any] = field(default_factory=dict)  # PolicyConfig fields not searched
+    risk: str = (
+        "relative"  # relative: mean score >= target_fraction x reference; absolute: pass rate >= pass_rate
+    )
+    pass_rate: float | None = None  # the absolute target (risk: absolute)
+    delta: float = 0.1  # the certificate fails with probability at most delta (Learn-then-Test)
+    p_value: str = "wsr"  # wsr (Waudby-Smith--Ramdas betting) or hb (Hoeffding-Bentkus, MAPIE)
+    certify_fraction: float = 0.5  # share of the calibration requests kept apart to certify on
+    allow_uncertified: bool = False  # export the uncertified cheapest choice when nothing certifies
     wandb: bool = True  # log to W&B (offline unless WANDB_MODE says otherwise)
     project: str = "ade"  # W&B project
 
@@ -52,6 +60,18 @@ class CalibrateConfig:
         for name in ("score_s", "critique_s", "preview_s", "C"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.risk not in ("relative", "absolute"):
+            raise InputError(
+                f"risk={self.risk!r}: use 'relative' (x reference score) or 'absolute' (pass rate)"
+            )
+        if self.risk == "absolute" and not (self.pass_rate is not None and 0.0 < self.pass_rate < 1.0):
+            raise InputError("risk=absolute needs --pass-rate in (0, 1), e.g. 0.7")
+        if not 0.0 < self.delta < 1.0:
+            raise InputError(f"delta={self.delta}: use a failure probability in (0, 1), e.g. 0.1")
+        if self.p_value not in ("wsr", "hb"):
+            raise InputError(f"p_value={self.p_value!r}: use 'wsr' or 'hb'")
+        if not 0.0 < self.certify_fraction < 1.0:
+            raise InputError(f"certify_fraction={self.certify_fraction}: use a value in (0, 1), e.g. 0.5")
         unknown = set(self.grid) - {f.name for f in fields(SearchGrid)}
         if unknown:
             raise InputError(

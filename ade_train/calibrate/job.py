@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ade_runtime.errors import InputError, TraceError
 from ade_runtime.policy import Overhead, cost_unit
 from ade_runtime.predictors.calibration import CRITIQUE_FEATURE, CalibrationConfig, Calibrator
 from ade_runtime.traces.records import EditRecord
+from ade_train.calibrate.certified import certificate_metrics, certify_mask, run_certification
 from ade_train.calibrate.config import DEFAULT_CONFIG, CalibrateConfig, load_config
 from ade_train.calibrate.features import SignalTable, build_signal_table
 from ade_train.calibrate.fit import (
@@ -56,6 +57,7 @@ class CalibrationSplit:
     records: list[EditRecord]
     data: DataInfo
     source_of_split: str
+    test_records: list[EditRecord] = field(default_factory=list)  # read once, for the held-out slack
 
 
 def calibration_split(data: str | Path, out: Path, seed: int = 0, split: str = "auto") -> CalibrationSplit:
@@ -100,7 +102,8 @@ def calibration_split(data: str | Path, out: Path, seed: int = 0, split: str = "
         backbones=sorted({r.backbone for r in records}),
         categories=sorted({str(r.category) for r in records if r.category is not None}),
     )
-    return CalibrationSplit(chosen, info, where)
+    test_ids = set(splits.get("test", []))
+    return CalibrationSplit(chosen, info, where, [r for r in records if r.id in test_ids])
 
 
 def _load_predictors(export_dir: Path, use_critique: bool) -> tuple[Any, Any, list[str]]:
@@ -194,9 +197,13 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     notes += table.notes
     cheap = table.score_names
     primary_names = [*cheap, CRITIQUE_FEATURE] if critique is not None else list(cheap)
-    fitted = _fit_head(table, primary_names, cfg)
+    # split discipline: the map is fitted on the fit part; the certify part only certifies thresholds
+    cert_mask = certify_mask([r.id for r in records], cfg.certify_fraction, cfg.seed)
+    certify_ids = {r.id for r, m in zip(records, cert_mask, strict=True) if m}
+    fit_table = table.subset({r.id for r in records} - certify_ids)
+    fitted = _fit_head(fit_table, primary_names, cfg)
     # the cheap-score fallback answers when the critique is missing (no image, pruned, failed)
-    cheap_fit = _fit_head(table, cheap, cfg) if critique is not None and cheap else None
+    cheap_fit = _fit_head(fit_table, cheap, cfg) if critique is not None and cheap else None
     primary, fallback, map_warning = _choose_map(fitted, cheap_fit, list(cheap))
     warnings = [map_warning] if map_warning else []
     base_config = CalibrationConfig(
@@ -206,7 +213,20 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
         fallback_method=fallback["choice"].method if fallback else "logistic",
     )
     calibrator = Calibrator(base_config, primary["tensors"], fallback["tensors"] if fallback else None)
-    result = _search(cfg, records, table, calibrator, card, critique if map_warning is None else None, notes)
+    used_critique = critique if map_warning is None else None
+    result = _search(cfg, records, table, calibrator, card, used_critique, notes)
+    decision, heldout = run_certification(
+        cfg,
+        result,
+        certify_ids,
+        split.test_records,
+        calibrator,
+        card,
+        used_critique,
+        _overhead(cfg, used_critique),
+        list(cheap),
+    )
+    (warnings if decision.status != "certified" else notes).append(decision.text)
     final_config = CalibrationConfig(**{**base_config.to_dict(), "policy": result.chosen})
     calibrator = Calibrator(final_config, primary["tensors"], fallback["tensors"] if fallback else None)
 
@@ -231,9 +251,11 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
         ),
     ]
     metrics = job_metrics(primary, fallback, result, table, split)
+    metrics.update(certificate_metrics(decision, heldout, len(certify_ids)))
     if map_warning:
         metrics.update(rejected_ece_after=fitted["ece_after"], rejected_brier_after=fitted["brier_after"])
     report = build_report(cfg, metrics, result, primary, fallback, list(cheap), notes, warnings)
+    report["certificate"] = {**decision.to_dict(), "heldout": heldout}
     write_json(out / f"{PREFIX}report.json", report)
     export = export_calibration(
         out, calibrator, metrics, result, split, primary, notes + result.warnings, warnings
@@ -256,11 +278,7 @@ def _search(cfg: CalibrateConfig, records, table: SignalTable, calibrator, card,
         notes.append(
             "traces have no latency_s: compute is NFE, the modelled scoring/critique/preview seconds are not counted"
         )
-    overhead = Overhead(
-        score_s=cfg.score_s,
-        critique_s=cfg.critique_s if critique is not None else 0.0,
-        preview_s=cfg.preview_s,
-    )
+    overhead = _overhead(cfg, critique)
     result = search_thresholds(
         records,
         table.signals(calibrator),
@@ -279,6 +297,14 @@ def _search(cfg: CalibrateConfig, records, table: SignalTable, calibrator, card,
     for w in result.warnings:
         log.warning(w)
     return result
+
+
+def _overhead(cfg: CalibrateConfig, critique) -> Overhead:
+    return Overhead(
+        score_s=cfg.score_s,
+        critique_s=cfg.critique_s if critique is not None else 0.0,
+        preview_s=cfg.preview_s,
+    )
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
@@ -301,6 +327,26 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         help="auto: the training run's calibration split; all: every judged request of --data (a set "
         "collected for calibration, e.g. with ade-collect with --predictors OUT/export)",
     )
+    g = p.add_argument_group("certification (Learn-then-Test; docs/calibration.md)")
+    g.add_argument("--delta", type=float, default=None, help="certificate failure probability (default 0.1)")
+    g.add_argument(
+        "--risk",
+        choices=("relative", "absolute"),
+        default=None,
+        help="relative: mean score >= target-fraction x reference (default); absolute: pass rate >= --pass-rate",
+    )
+    g.add_argument("--pass-rate", type=float, default=None, help="the absolute target, e.g. 0.7")
+    g.add_argument("--p-value", choices=("wsr", "hb"), default=None, help="wsr (default) or hb")
+    g.add_argument(
+        "--certify-fraction", type=float, default=None, help="calibration requests kept to certify (0.5)"
+    )
+    g.add_argument(
+        "--allow-uncertified",
+        action="store_true",
+        default=None,
+        help="when nothing certifies, export the cheapest setting meeting the target on the calibration "
+        "requests (flagged) instead of the conservative reference policy",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     def run() -> None:
@@ -311,6 +357,12 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             target_fraction=args.target_fraction,
             seed=args.seed,
             split=args.split,
+            delta=args.delta,
+            risk=args.risk,
+            pass_rate=args.pass_rate,
+            p_value=args.p_value,
+            certify_fraction=args.certify_fraction,
+            allow_uncertified=args.allow_uncertified,
         )
         if args.no_wandb:
             cfg.wandb = False

@@ -22,7 +22,8 @@ RUN_SUBDIR = "calibrate"  # OUT/calibrate/wandb_run.json: calibration's own W&B 
 def job_metrics(
     primary: dict, fallback: dict | None, result: SearchResult, table: SignalTable, split
 ) -> dict[str, Any]:
-    chosen = next(r for r in result.candidates if r["chosen"])
+    # the conservative export (the reference policy) is no grid row: its figures are the reference's
+    chosen = next((r for r in result.candidates if r["chosen"]), None) or result.reference
     m: dict[str, Any] = {
         "n_requests": len(split.records),
         "n_attempts": int(sum(len(v) for v in table.labels.values())),

@@ -113,6 +113,16 @@ class SearchResult:
     candidates: list[dict[str, Any]]
     guarantee: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    # the replay itself, for certification: setting k's outcome on every request, and the reference's
+    configs: list[PolicyConfig] = field(default_factory=list, repr=False)
+    outcomes: list[list[Outcome]] = field(default_factory=list, repr=False)
+    reference_outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    def choose(self, index: int | None, policy: PolicyConfig) -> None:
+        """Make ``policy`` (grid setting ``index``, None for one outside the grid) the chosen one."""
+        self.chosen = policy
+        for i, row in enumerate(self.candidates):
+            row["chosen"] = i == index
 
     def table_csv(self) -> str:
         """The candidates table as CSV text (one row per candidate, the chosen one flagged)."""
@@ -227,6 +237,9 @@ def search_thresholds(
         candidates=rows,
         guarantee=guarantee,
         warnings=warnings,
+        configs=configs,
+        outcomes=outcomes,
+        reference_outcomes=ref_out,
     )
 
 
