@@ -30,6 +30,7 @@ from PIL import Image
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, Backbone, EditRequest
 from ade_runtime.errors import InputError
 from ade_runtime.policy import Key, PolicyConfig, PolicySession, Step, preset
+from ade_runtime.policy.replay import DEFAULT_PREVIEW_STEP
 from ade_runtime.policy.signals import CRITIQUE_FEATURE, preview_confidence
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces.records import EditRecord
@@ -304,4 +305,5 @@ class AdaptiveEditor:
         )
 
     def _preview_step(self) -> int:
-        return int(getattr(self.backbone, "preview_step", 4))
+        # the backbone's own preview step, the one its traces log (replay charges the same NFE)
+        return int(getattr(self.backbone, "preview_step", None) or DEFAULT_PREVIEW_STEP)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.policy.config import PolicyConfig, preset
 from ade_runtime.policy.session import Key, PolicySession
 from ade_runtime.traces.records import Attempt, EditRecord
@@ -109,7 +110,7 @@ def replay_record(
         if prune and step.round == 0:
             seconds += overhead.preview_s
             if session.should_prune(preview.get(step.key)):  # type: ignore[union-attr]
-                spent = min(preview_nfe, a.cost.nfe)
+                spent = pruned_nfe(a.cost.nfe, preview_nfe)
                 nfe += spent
                 if isinstance(s_per_nfe, (int, float)):
                     # reasoning happens before denoising, so a pruned attempt still paid for it
