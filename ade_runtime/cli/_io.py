@@ -63,12 +63,12 @@ def prepare_out_file(path: str | os.PathLike, option: str = "--out", suffixes: d
     """Check an output file path before any work: known suffix, parent folders created and writable."""
     out = Path(path)
     suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
+    if out.is_dir():
+        raise InputError(f"{option} {out}: is a folder; give a file name such as {out / 'edited.png'}")
     if suffixes and out.suffix.lower() not in suffixes:
         raise InputError(
             f"{option} {out}: unknown image type {out.suffix!r}; end the name in {', '.join(suffixes)}"
         )
-    if out.is_dir():
-        raise InputError(f"{option} {out}: is a folder; give a file name such as {out / 'edited.png'}")
     _check_writable_dir(out.parent if str(out.parent) else Path("."), option)
     return out
 

@@ -255,6 +255,7 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
     failed = 0
     done: set[str] = set()
     if any(out.rglob("*.jsonl")):
+        # ids only: a record whose image went bad still counts as collected (no duplicate ids)
         records, rejects = load_records(out, images="none")
         done = {r.id for r in records}
         for line in reject_lines(rejects, "in --out ignored"):
@@ -281,16 +282,21 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
     written = 0
     with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
         for _, request in progress(todo_checked, desc="ade-collect"):
-            logs = run_grid(
-                backbone,
-                request,
-                candidates=args.candidates,
-                rounds=args.rounds,
-                levels=levels,
-                seed=args.seed,
-                critique=critique,
-                scorer=scorer,
-            )
+            try:
+                logs = run_grid(
+                    backbone,
+                    request,
+                    candidates=args.candidates,
+                    rounds=args.rounds,
+                    levels=levels,
+                    seed=args.seed,
+                    critique=critique,
+                    scorer=scorer,
+                )
+            except InputError as exc:  # the backbone refuses this request (e.g. prepare): skip it
+                print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
             errors = [{"key": list(e.step.key), "error": e.error} for e in logs if e.error]
             record = build_record(
                 request,
