@@ -431,7 +431,7 @@ def test_public_names_are_importable():
 def test_readme_snippet_runs_as_written_on_the_testbed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     full_export(tmp_path / "checkpoints" / "card" / "export")  # stands for `make train`'s export
-    assert testbed_cli.main(["request", "--out", "/tmp/ade-req", "--seed", "3"]) == 0
+    assert testbed_cli.main(["request", "--out", "req", "--seed", "3"]) == 0
     # ---- the README snippet, verbatim ----
     import json
 
@@ -447,15 +447,13 @@ def test_readme_snippet_runs_as_written_on_the_testbed(tmp_path, monkeypatch):
         testbed_scorer,
     )
 
-    req = json.load(
-        open("/tmp/ade-req/request.json")
-    )  # written by: ade-testbed request --out /tmp/ade-req --seed 3
+    req = json.load(open("req/request.json"))  # written by: ade-testbed request --out req --seed 3
     editor = AdaptiveEditor(
         load_backbone("testbed"),  # GPU: load_backbone("flux-kontext", device="cuda")
         Predictors.load("checkpoints/card/export"),  # the export of `make train`
         scorer=testbed_scorer,  # GPU: ClipScorer.from_pretrained("openai/clip-vit-large-patch14", device="cuda")
     )
-    result = editor.edit(EditRequest(Image.open("/tmp/ade-req/source.png"), req["instruction"]))
+    result = editor.edit(EditRequest(Image.open("req/source.png"), req["instruction"]))
     print(f"confidence {result.confidence:.3f}, {len(result.attempts)} attempts, NFE {result.nfe}")
     with TraceWriter("traces/mine") as w:  # served requests become training data
         log_request(w, result.request, result, "testbed")
@@ -463,3 +461,16 @@ def test_readme_snippet_runs_as_written_on_the_testbed(tmp_path, monkeypatch):
     assert result.image is not None and [r.instruction for r in TraceDataset("traces/mine")] == [
         req["instruction"]
     ]
+
+
+def test_rejects_file_is_written_0644_like_shards(dirty, tmp_path):
+    from ade_runtime.traces.cli import main as traces_main
+
+    rejects = tmp_path / "rejects.jsonl"
+    old = os.umask(0o022)
+    try:
+        assert traces_main(["validate", str(dirty), "--rejects", str(rejects), "--quiet"]) == 1
+    finally:
+        os.umask(old)
+    assert len(rejects.read_text().splitlines()) == 2
+    assert stat.S_IMODE(rejects.stat().st_mode) == 0o644
