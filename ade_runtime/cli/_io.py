@@ -92,10 +92,16 @@ def add_predictor_args(p: argparse.ArgumentParser, *, required: bool, help: str)
     )
 
 
-def load_predictors(args: argparse.Namespace, prog: str, device: str = "cpu") -> Any:
-    """``Predictors.load`` for a CLI: strict unless --allow-fallback; prints the OUT/export note and fallbacks."""
+def load_predictors(args: argparse.Namespace, prog: str) -> Any:
+    """``Predictors.load`` for a CLI: strict unless --allow-fallback, on the backbone's --device (if any);
+    prints the OUT/export note and the fallbacks."""
     from ade_runtime.predictors.bundle import Predictors
 
+    device = getattr(args, "device", None) or "cpu"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     predictors = Predictors.load(args.predictors, strict=not args.allow_fallback, device=device)
     if predictors.note:
         print(f"{prog}: {predictors.note}", file=sys.stderr)
