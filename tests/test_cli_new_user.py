@@ -302,6 +302,13 @@ def test_collect_requests_format_missing_file_append_and_lock(export, tmp_path, 
         assert collect.main([*base, "--requests", str(reqs), "--out", str(out), "--shard", "1/2"]) == 0
     assert collect.main([*base, "--requests", str(reqs), "--out", str(out)]) == 0
     assert sorted(r.id for r in TraceDataset(out)) == ["testbed-1", "testbed-2"]
+    nested = tmp_path / "a" / "b" / "c"
+    assert collect.main([*base, "--requests", str(reqs), "--out", str(nested)]) == 0
+    assert len(list(TraceDataset(nested))) == 2
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert collect.main([*base, "--requests", str(reqs), "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 # -- the same dirty dataset through every tool ---------------------------------------------------------
@@ -324,7 +331,7 @@ def test_dirty_dataset_through_judge_replay_and_collect(dirty, export, tmp_path,
     from ade_train.judge.cli import main as judge_main
 
     d = dirty
-    out = tmp_path / "judged"
+    out = tmp_path / "new" / "judged"  # parent folders are created
     assert judge_main(["--traces", str(d), "--out", str(out), "--judge", "testbed", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "2 rejected records" in err and "traces-00000.jsonl:1 id=req-000000" in err
