@@ -200,9 +200,9 @@ def test_plots_and_export_exist(calibrated):
     cfg, metrics = calibrated
     out = Path(cfg.out)
     for name in ("calibration_reliability.png", "calibration_compute_quality.png"):
-        data = (out / name).read_bytes()
+        data = (out / "plots" / name).read_bytes()  # every job's plots under OUT/plots
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-        with Image.open(out / name) as im:
+        with Image.open(out / "plots" / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     export = out / "export"
     names = sorted(p.name for p in export.iterdir())

@@ -97,11 +97,11 @@ def load_predictors(args: argparse.Namespace, prog: str) -> Any:
     prints the OUT/export note and the fallbacks."""
     from ade_runtime.predictors.bundle import Predictors
 
-    device = getattr(args, "device", None) or "cpu"
-    if device == "auto":
-        import torch
+    device = "cpu"
+    if "device" in vars(args):  # a CLI with backbone options: the predictors follow --device
+        from ade_runtime.cli._common import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(args, prog)
     predictors = Predictors.load(args.predictors, strict=not args.allow_fallback, device=device)
     if predictors.note:
         print(f"{prog}: {predictors.note}", file=sys.stderr)

@@ -24,7 +24,13 @@ from pathlib import Path
 from PIL import Image
 
 from ade_runtime.backbones.base import AttemptSpec, EditRequest
-from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer
+from ade_runtime.cli._common import (
+    add_backbone_args,
+    backbone_meta,
+    build_backbone,
+    build_scorer,
+    pipeline_kwargs,
+)
 from ade_runtime.cli._io import (
     add_predictor_args,
     check_backbone_name,
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     check_backbone_name(args.backbone)
+    pipeline_kwargs(args)  # a JSON typo is refused before anything loads
     k, n = parse_shard(args.shard)
     try:
         levels = sorted({int(x) for x in args.reasoning.split(",") if x.strip()})
@@ -277,11 +284,12 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
         file=sys.stderr,
     )
     critique = load_predictors(args, "ade-collect").critique if args.predictors else None
-    backbone = build_backbone(args)
+    backbone = build_backbone(args, "ade-collect")
     scorer = build_scorer(args, args.backbone)
     written = 0
     with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
         for _, request in progress(todo_checked, desc="ade-collect"):
+            request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
             try:
                 logs = run_grid(
                     backbone,

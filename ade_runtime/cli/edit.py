@@ -14,7 +14,13 @@ from PIL import Image
 
 from ade_runtime.artifacts import atomic_write_bytes
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer
+from ade_runtime.cli._common import (
+    add_backbone_args,
+    backbone_meta,
+    build_backbone,
+    build_scorer,
+    pipeline_kwargs,
+)
 from ade_runtime.cli._io import (
     IMAGE_SUFFIXES,
     add_predictor_args,
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # everything cheap first: output paths, the image and the instruction, then predictors and backbone
     check_backbone_name(args.backbone)
+    pipeline_kwargs(args)  # a JSON typo is refused before anything loads
     out = prepare_out_file(args.out)
     if args.trace_dir:
         prepare_out_dir(args.trace_dir, "--trace-dir")
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         option = "--instruction" if "instruction" in str(exc) else f"--image {args.image}"
         raise InputError(f"{option}: {str(exc).removeprefix('the request: ')}") from None
     predictors = load_predictors(args, "ade-edit")
-    backbone = build_backbone(args)
+    backbone = build_backbone(args, "ade-edit")
+    request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
     scorer = build_scorer(args, args.backbone)
     editor = AdaptiveEditor(backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed)
     result = editor.edit(request)

@@ -4,7 +4,7 @@ Every setting of the calibration grid is replayed once over a judged pool of req
 never saw (the bench's held-out shifted set), with the exported calibrator, critique and CARD: a matrix
 of judge scores and GPU-seconds, requests x settings, plus the reference (Best-of-8 with the same
 calibrated selector). Each of ``n_splits`` random re-splits then draws a calibration part, certifies on
-it (Pareto front on one half, fixed-sequence Learn-then-Test on the other, ``ade_train.certify``) and
+it (Pareto front on one half, fixed-sequence Learn-then-Test on the other, ``ade_train.calibrate.certify``) and
 scores the chosen setting on the untouched rest; today's search (the cheapest setting meeting the target
 on the whole calibration part) is scored beside it. The certificate should meet its target on the
 untouched part in at least 1 - delta of the re-splits; the search carries no such promise.
@@ -25,7 +25,7 @@ from ade_runtime.policy.signals import critique_probabilities, record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
-from ade_train.certify import RiskSpec, resplit_coverage
+from ade_train.calibrate.certify import RiskSpec, resplit_coverage
 
 
 def _card_predictions(records: Sequence[EditRecord], card) -> dict:
@@ -82,7 +82,7 @@ def policy_matrix(
 
 def grid_configs(records: Sequence[EditRecord], predictors: Predictors) -> list[PolicyConfig]:
     """The settings ``ade-train calibrate`` searches, for the export at hand (CARD quantiles or fixed budgets)."""
-    from ade_train.calibrate_search import SearchGrid
+    from ade_train.calibrate.search import SearchGrid
 
     base = predictors.policy or PolicyConfig()
     has_previews = any(k.startswith("preview_") for r in records[:50] for a in r.attempts for k in a.scores)

@@ -214,22 +214,49 @@ def search_thresholds(
         best = max(range(len(rows)), key=lambda i: (rows[i]["mean_score"], -rows[i]["compute"], -i))
     rows[best]["chosen"] = True
     guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction)
-    warnings = []
-    n = len(records)
+    warnings = _search_warnings(
+        len(records), ref_sum, rows[best], bool(feasible), guarantee, target, target_fraction,
+        reference_policy, min_requests,
+    )  # fmt: skip
+    return SearchResult(
+        chosen=configs[best],
+        feasible=bool(feasible),
+        target_score=target,
+        reference=reference,
+        compute_key=compute_key,
+        candidates=rows,
+        guarantee=guarantee,
+        warnings=warnings,
+    )
+
+
+def _search_warnings(
+    n: int,
+    ref_sum: Mapping[str, Any],
+    chosen: Mapping[str, Any],
+    feasible: bool,
+    guarantee: Mapping[str, float],
+    target: float,
+    target_fraction: float,
+    reference_policy: str,
+    min_requests: int,
+) -> list[str]:
+    """What the search result cannot promise: incomplete replays, no feasible candidate, small n."""
+    warnings: list[str] = []
     if ref_sum.get("incomplete"):
         warnings.append(
             f"reference {reference_policy} asked for attempts the traces do not have in {ref_sum['incomplete']} of "
             f"{n} requests (it stopped there): the target is that of the grid the traces offer"
         )
-    if rows[best].get("incomplete"):
+    if chosen.get("incomplete"):
         warnings.append(
-            f"the chosen policy asked for attempts the traces do not have in {rows[best]['incomplete']} of {n} "
+            f"the chosen policy asked for attempts the traces do not have in {chosen['incomplete']} of {n} "
             "requests (its budget goes beyond the logged grid); its figures count what was logged"
         )
     if not feasible:
         warnings.append(
             f"no candidate reaches {target_fraction:g} x {reference_policy} mean score ({target:.4f}) on the "
-            f"{n} calibration requests; chose the highest-scoring one ({rows[best]['mean_score']:.4f}); "
+            f"{n} calibration requests; chose the highest-scoring one ({chosen['mean_score']:.4f}); "
             "widen the grid or lower --target-fraction"
         )
     if n < min_requests:
@@ -243,16 +270,7 @@ def search_thresholds(
             f"the chosen policy meets the target with slack {guarantee['slack']:.4f}, below the 95% margin "
             f"{guarantee['se_margin']:.4f} for n={n}: the guarantee is not supported beyond these requests"
         )
-    return SearchResult(
-        chosen=configs[best],
-        feasible=bool(feasible),
-        target_score=target,
-        reference=reference,
-        compute_key=compute_key,
-        candidates=rows,
-        guarantee=guarantee,
-        warnings=warnings,
-    )
+    return warnings
 
 
 def _card_at(cards: Mapping[str, Any], q: float) -> CardFn:

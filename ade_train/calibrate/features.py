@@ -5,7 +5,7 @@ head's ``p_pass`` on its image (missing when the attempt has no image or the cri
 calibrator's fallback then answers), its preview scores (``preview_<name>``) and its judge label.
 Features, previews and confidences come from ``ade_runtime.policy.signals``, the functions the live
 loop and ``ade-replay`` use, so the thresholds are chosen on exactly the confidences the loop will
-compute. ``SignalTable`` adds the training matrices for ``calibrate_fit``.
+compute. ``SignalTable`` adds the training matrices for ``calibrate.fit``.
 """
 
 from __future__ import annotations
