@@ -88,27 +88,30 @@ def attempt_seed(base: int, candidate: int, round_: int) -> int:
     return base + 1000 * candidate + round_
 
 
+def _named(request: EditRequest) -> str:
+    """How messages name a request: its id, or "the request" when it has none of its own."""
+    return f"request {request.id!r}" if request.id and request.id != "request" else "the request"
+
+
 def validate_request(request: EditRequest) -> EditRequest:
     """Check the inputs with errors that say the fix; converts the image to RGB."""
     img = request.image
     if not isinstance(img, Image.Image):
-        raise InputError(f"request {request.id!r}: image must be a PIL.Image, got {type(img).__name__}")
+        raise InputError(f"{_named(request)}: image must be a PIL.Image, got {type(img).__name__}")
     w, h = img.size
     if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE:
         raise InputError(
-            f"request {request.id!r}: image is {w}x{h}; each side must be between {MIN_SIDE} and {MAX_SIDE} px"
+            f"{_named(request)}: image is {w}x{h}; each side must be between {MIN_SIDE} and {MAX_SIDE} px"
             " (resize it first)"
         )
     if img.mode not in ("RGB", "RGBA", "L", "P", "LA"):
-        raise InputError(
-            f"request {request.id!r}: image mode {img.mode!r} is not supported; convert it to RGB"
-        )
+        raise InputError(f"{_named(request)}: image mode {img.mode!r} is not supported; convert it to RGB")
     text = (request.instruction or "").strip()
     if not text:
-        raise InputError(f"request {request.id!r}: the instruction is empty; say what to edit")
+        raise InputError(f"{_named(request)}: the instruction is empty; say what to edit")
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise InputError(
-            f"request {request.id!r}: the instruction has {len(text)} characters; the limit is "
+            f"{_named(request)}: the instruction has {len(text)} characters; the limit is "
             f"{MAX_INSTRUCTION_CHARS} (shorten it or split it into several requests)"
         )
     rgb = img.convert("RGB") if img.mode != "RGB" else img
@@ -220,7 +223,7 @@ class AdaptiveEditor:
     # -- the loop ---------------------------------------------------------------------------------
     def edit(self, request: EditRequest) -> EditResult:
         request = validate_request(request)
-        failures: list[dict] = []
+        failures: list[dict] = self.predictors.fallbacks()  # recorded in every trace (meta.ade)
         t_overhead = time.perf_counter()
         budget, tokens = self._budget(request, failures)
         session = PolicySession(self.config, budget, tokens)

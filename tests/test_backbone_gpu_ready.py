@@ -376,7 +376,7 @@ def test_ade_edit_records_the_backbone_options_in_the_trace(saved_kontext, expor
     kw = {"num_inference_steps": 2, "resolution": "input", "max_sequence_length": 32}
     base = ["--backbone", "flux-kontext", "--model", str(saved_kontext), "--predictors", str(export),
             "--image", str(src), "--instruction", "add a hat", "--out", str(tmp_path / "out.png"),
-            "--scorer", "none", "--dtype", "float32"]  # fmt: skip
+            "--scorer", "none", "--dtype", "float32", "--allow-fallback"]  # fmt: skip
     rc = edit.main([*base, "--pipeline-kwargs", json.dumps(kw), "--trace-dir", str(tmp_path / "t")])
     err = capsys.readouterr().err
     assert rc == 0 and "--device not given, using" in err, err

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
+
+from ade_runtime.predictors.config_base import ArtifactConfig, config_field
 
 POLICY_NAMES = (
     "single",
@@ -27,23 +28,39 @@ POLICY_NAMES = (
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(ArtifactConfig):
     """Decision rules of one policy. Thresholds apply to the calibrated confidence P(pass)."""
 
-    tau_high: float = 0.8  # stop the request as soon as an attempt's confidence reaches this
-    tau_low: float = 0.15  # below this an attempt is not worth refining: start a fresh candidate
-    s_max: int = 3  # rounds per candidate at most (round 0 plus s_max - 1 refinements)
-    card_quantile: float = 0.8  # quantile of CARD's budget distribution used as the attempt budget
-    prune_threshold: float | None = None  # preview confidence below which a candidate is pruned
-    default_budget: int = 8  # attempt budget when CARD is off, missing or failed
-    max_candidates: int = 8  # candidates at most, whatever the budget
-    use_card: bool = True  # take the attempt budget and reasoning tokens from CARD
-    early_stop: bool = True  # stop at tau_high
-    refine: bool = True  # refinement rounds with critique feedback (False: fresh samples only)
-    use_mask: bool = True  # confine refinement rounds to the critique / SRM region
-    select: str = "confidence"  # how the answer is picked: "confidence" or "judge" (offline oracle)
-    fixed_rounds: bool = False  # run every candidate to s_max rounds regardless of confidence
-    reasoning_tokens: int | None = None  # thinking budget when CARD does not choose it (None: no thinking)
+    tau_high: float = config_field(
+        "stop the request as soon as an attempt's confidence reaches this", default=0.8
+    )
+    tau_low: float = config_field(
+        "below this an attempt is not worth refining: start a fresh candidate", default=0.15
+    )
+    s_max: int = config_field("rounds per candidate at most (round 0 plus s_max - 1 refinements)", default=3)
+    card_quantile: float = config_field(
+        "quantile of CARD's budget distribution used as the attempt budget", default=0.8
+    )
+    prune_threshold: float | None = config_field(
+        "preview confidence below which a candidate is pruned (None: no pruning)", default=None
+    )
+    default_budget: int = config_field("attempt budget when CARD is off, missing or failed", default=8)
+    max_candidates: int = config_field("candidates at most, whatever the budget", default=8)
+    use_card: bool = config_field("take the attempt budget and reasoning tokens from CARD", default=True)
+    early_stop: bool = config_field("stop at tau_high", default=True)
+    refine: bool = config_field(
+        "refinement rounds with critique feedback (False: fresh samples only)", default=True
+    )
+    use_mask: bool = config_field("confine refinement rounds to the critique / SRM region", default=True)
+    select: str = config_field(
+        "how the answer is picked: 'confidence' or 'judge' (offline oracle)", default="confidence"
+    )
+    fixed_rounds: bool = config_field(
+        "run every candidate to s_max rounds regardless of confidence", default=False
+    )
+    reasoning_tokens: int | None = config_field(
+        "thinking budget when CARD does not choose it (None: no thinking)", default=None
+    )
 
     def __post_init__(self) -> None:
         for name in ("tau_high", "tau_low", "card_quantile"):
@@ -69,15 +86,6 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.reasoning_tokens must be an int >= 0 or None, got {rt!r}")
         if self.select not in ("confidence", "judge"):
             raise ValueError(f"PolicyConfig.select must be 'confidence' or 'judge', got {self.select!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
-        """Build from a saved dict; unknown keys are ignored so newer configs still load."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
