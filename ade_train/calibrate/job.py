@@ -41,6 +41,7 @@ from ade_train.calibrate.fit import (
 from ade_train.calibrate.report import build_report, export_calibration, job_metrics, track, write_json
 from ade_train.calibrate.search import search_thresholds
 from ade_train.export import DataInfo, data_source
+from ade_train.loaders import require_dataset
 from ade_train.quality import calibration_warning
 from ade_train.splits import SPLITS_FILE, dataset_fingerprint, display_path, load_splits, split_ids
 from ade_train.summary import report_rejects
@@ -65,8 +66,7 @@ def calibration_split(data: str | Path, out: Path, seed: int = 0, split: str = "
     from ade_runtime.traces import TraceDataset
 
     data = Path(data)
-    if not data.is_dir():
-        raise TraceError(f"trace dataset {data} is not a directory; pass --data DIR of *.jsonl shards")
+    require_dataset(data)
     ds = TraceDataset(data, images="header")
     records = [r for r in ds if any(a.judge is not None for a in r.attempts)]
     report_rejects("calibrate", data, ds.rejects)
