@@ -199,6 +199,10 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     cheap_fit = _fit_head(table, cheap, cfg) if critique is not None and cheap else None
     primary, fallback, map_warning = _choose_map(fitted, cheap_fit, list(cheap))
     warnings = [map_warning] if map_warning else []
+    if map_warning:  # the exported map reads no critique: its "critique missing -> fallback" note is moot
+        notes = [n for n in notes if not n.startswith("critique missing")] + [
+            "the critique's p_pass is not a calibration input (the cheap-score map is exported)"
+        ]
     base_config = CalibrationConfig(
         feature_names=tuple(primary["names"]),
         method=primary["choice"].method,
