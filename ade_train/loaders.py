@@ -7,8 +7,25 @@ so a tiny dataset still trains and reports. The train loader shuffles with a see
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Generator
 from torch.utils.data import DataLoader, Dataset
+
+
+def run_paths(data: str, out_dir: str | None, cache_dir: str | None) -> tuple[Path, Path | None, Path | None]:
+    """(dataset dir, run dir, feature cache dir) of a DataModule: the cache defaults to OUT/features,
+    none without an OUT."""
+    out = Path(out_dir) if out_dir else None
+    return Path(data), out, Path(cache_dir) if cache_dir else (out / "features" if out else None)
+
+
+def require_dataset(data_dir: Path) -> None:
+    """A trace dataset must be a directory (checked in ``setup``, where the data is read)."""
+    if not Path(data_dir).is_dir():
+        from ade_runtime.errors import TraceError
+
+        raise TraceError(f"trace dataset {data_dir} is not a directory; pass --data DIR of *.jsonl shards")
 
 
 class SplitLoaders:

@@ -106,7 +106,7 @@ def check_resume(last: Path, job: TrainJob) -> int:
     return int(ckpt.get("epoch", 0))
 
 
-def _reexport(cfg: dict[str, Any], job: TrainJob, result_path: Path) -> dict[str, float]:
+def _reexport(job: TrainJob, result_path: Path) -> dict[str, float]:
     """An already finished run: rebuild the export from its best checkpoint, no retraining."""
     result = json.loads(result_path.read_text())
     if result.get("data_fingerprint", job.fingerprint) != job.fingerprint:
@@ -168,7 +168,7 @@ def fit_and_export(cfg: dict[str, Any], job: TrainJob) -> dict[str, float]:
     if cfg.get("resume") == "must" and not last.is_file():
         raise InputError(f"--resume: no checkpoint at {last}; run without --resume to start training")
     if result_path.is_file() and json.loads(result_path.read_text()).get("finished"):
-        return _reexport(cfg, job, result_path)
+        return _reexport(job, result_path)
     quiet.install()
     module = job.module_cls(**job.module_args)
     run.mkdir(parents=True, exist_ok=True)

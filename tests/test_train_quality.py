@@ -137,3 +137,17 @@ def test_ctrl_c_prints_one_line_and_exits_130_then_resumes(tmp_path):
     assert err.strip().splitlines()[-1] == "ade-train card: interrupted; rerun the same command to resume"
     assert "Traceback" not in err
     assert checkpoint_epoch(last) >= 0  # the checkpoint the rerun resumes from is intact
+
+
+def test_category_prior_leans_on_each_category_and_falls_back_to_the_constant_prior():
+    import torch
+
+    from ade_train.card.metrics import category_prior_probs, prior_probs
+
+    level = torch.tensor([0] * 30 + [2] * 30)
+    censored = torch.zeros(60, dtype=torch.bool)
+    cats = ["easy"] * 30 + ["hard"] * 30
+    rows = category_prior_probs(level, censored, cats, ["easy", "hard", "unseen"], n_classes=4)
+    assert torch.allclose(rows.sum(-1), torch.ones(3))
+    assert rows[0].argmax() == 0 and rows[1].argmax() == 2
+    assert torch.allclose(rows[2], prior_probs(level, censored, 4, 1)[0])

@@ -42,6 +42,7 @@ from ade_train.calibrate.fit import (
 from ade_train.calibrate.report import build_report, export_calibration, job_metrics, track, write_json
 from ade_train.calibrate.search import search_thresholds
 from ade_train.export import DataInfo, data_source
+from ade_train.loaders import require_dataset
 from ade_train.quality import calibration_warning
 from ade_train.splits import SPLITS_FILE, dataset_fingerprint, display_path, load_splits, split_ids
 from ade_train.summary import report_rejects
@@ -67,8 +68,7 @@ def calibration_split(data: str | Path, out: Path, seed: int = 0, split: str = "
     from ade_runtime.traces import TraceDataset
 
     data = Path(data)
-    if not data.is_dir():
-        raise TraceError(f"trace dataset {data} is not a directory; pass --data DIR of *.jsonl shards")
+    require_dataset(data)
     ds = TraceDataset(data, images="header")
     records = [r for r in ds if any(a.judge is not None for a in r.attempts)]
     report_rejects("calibrate", data, ds.rejects)
@@ -206,6 +206,10 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     cheap_fit = _fit_head(fit_table, cheap, cfg) if critique is not None and cheap else None
     primary, fallback, map_warning = _choose_map(fitted, cheap_fit, list(cheap))
     warnings = [map_warning] if map_warning else []
+    if map_warning:  # the exported map reads no critique: its "critique missing -> fallback" note is moot
+        notes = [n for n in notes if not n.startswith("critique missing")] + [
+            "the critique's p_pass is not a calibration input (the cheap-score map is exported)"
+        ]
     base_config = CalibrationConfig(
         feature_names=tuple(primary["names"]),
         method=primary["choice"].method,

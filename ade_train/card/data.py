@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from ade_runtime.policy import budget
 from ade_runtime.predictors.features import RequestFeaturizer
 from ade_runtime.traces import EditRecord, TraceDataset
 from ade_train.export import DataInfo, data_source
-from ade_train.loaders import SplitLoaders
+from ade_train.loaders import SplitLoaders, require_dataset, run_paths
 from ade_train.splits import SPLITS, dataset_fingerprint, display_path, split_ids, write_splits
 from ade_train.summary import report_rejects
 
@@ -71,11 +70,7 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.data_dir = Path(data)
-        self.out_dir = Path(out_dir) if out_dir else None
-        self.cache_dir = (
-            Path(cache_dir) if cache_dir else (self.out_dir / "features" if self.out_dir else None)
-        )
+        self.data_dir, self.out_dir, self.cache_dir = run_paths(data, out_dir, cache_dir)
         self.text_spec = dict(text_encoder or {"kind": "hashing", "dim": 512})
         self.image_spec = dict(image_encoder or {"kind": "pixels"})
         self.split_fractions = tuple(float(f) for f in split_fractions)
@@ -99,10 +94,7 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        if not self.data_dir.is_dir():
-            raise TraceError(
-                f"trace dataset {self.data_dir} is not a directory; pass --data DIR of *.jsonl shards"
-            )
+        require_dataset(self.data_dir)
         ds = TraceDataset(self.data_dir, images=self.image_check)
         records = list(ds)
         self.rejects = list(ds.rejects)

@@ -30,7 +30,7 @@ from ade_runtime.predictors.critique import crop_window, to_view
 from ade_runtime.traces import TraceDataset
 from ade_runtime.traces.records import EditRecord, Flaw
 from ade_train.export import DataInfo, data_source
-from ade_train.loaders import SplitLoaders
+from ade_train.loaders import SplitLoaders, require_dataset, run_paths
 from ade_train.splits import (
     SPLITS,
     dataset_fingerprint,
@@ -227,11 +227,7 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.data_dir = Path(data)
-        self.out_dir = Path(out_dir) if out_dir else None
-        self.cache_dir = (
-            Path(cache_dir) if cache_dir else (self.out_dir / "features" if self.out_dir else None)
-        )
+        self.data_dir, self.out_dir, self.cache_dir = run_paths(data, out_dir, cache_dir)
         self.image_spec = dict(image_encoder)
         self.text_spec = dict(text_encoder or {"kind": "hashing", "dim": 256})
         self.encoder_mode = encoder_mode
@@ -259,10 +255,7 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
             return
         from ade_runtime.encoders import build_image_encoder, build_text_encoder
 
-        if not self.data_dir.is_dir():
-            raise TraceError(
-                f"trace dataset {self.data_dir} is not a directory; pass --data DIR of *.jsonl shards"
-            )
+        require_dataset(self.data_dir)
         ds = TraceDataset(self.data_dir, images="header")
         records = list(ds)
         self.rejects = list(ds.rejects)
