@@ -170,6 +170,9 @@ def run_certification(
         cert, result.configs, search_choice, cfg.policy_base, cfg.reference_policy, cfg.allow_uncertified
     )
     result.choose(decision.index, decision.policy)
+    if decision.status != "uncertified" and result.choice_warnings:
+        # the search's remarks on its own choice do not apply to the policy exported instead
+        result.warnings = result.warnings[: len(result.warnings) - result.choice_warnings]
     for i, row in enumerate(result.candidates):
         row["certified"] = i in cert.certified
     heldout = None

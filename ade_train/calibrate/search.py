@@ -113,6 +113,7 @@ class SearchResult:
     candidates: list[dict[str, Any]]
     guarantee: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    choice_warnings: int = 0  # the last this-many warnings are about the search's own choice
     # the replay itself, for certification: setting k's outcome on every request, and the reference's
     configs: list[PolicyConfig] = field(default_factory=list, repr=False)
     outcomes: list[list[Outcome]] = field(default_factory=list, repr=False)
@@ -224,7 +225,7 @@ def search_thresholds(
         best = max(range(len(rows)), key=lambda i: (rows[i]["mean_score"], -rows[i]["compute"], -i))
     rows[best]["chosen"] = True
     guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction)
-    warnings = _search_warnings(
+    warnings, n_choice = _search_warnings(
         len(records), ref_sum, rows[best], bool(feasible), guarantee, target, target_fraction,
         reference_policy, min_requests,
     )  # fmt: skip
@@ -237,6 +238,7 @@ def search_thresholds(
         candidates=rows,
         guarantee=guarantee,
         warnings=warnings,
+        choice_warnings=n_choice,
         configs=configs,
         outcomes=outcomes,
         reference_outcomes=ref_out,
@@ -253,8 +255,12 @@ def _search_warnings(
     target_fraction: float,
     reference_policy: str,
     min_requests: int,
-) -> list[str]:
-    """What the search result cannot promise: incomplete replays, no feasible candidate, small n."""
+) -> tuple[list[str], int]:
+    """What the search result cannot promise: incomplete replays, no feasible candidate, small n.
+
+    The first two are about the data; the rest about the search's own (uncertified) choice, which
+    ``SearchResult.choice_warnings`` counts so certification can drop them when it exports another policy.
+    """
     warnings: list[str] = []
     if ref_sum.get("incomplete"):
         warnings.append(
@@ -266,6 +272,7 @@ def _search_warnings(
             f"the chosen policy asked for attempts the traces do not have in {chosen['incomplete']} of {n} "
             "requests (its budget goes beyond the logged grid); its figures count what was logged"
         )
+    n_data = len(warnings)
     if not feasible:
         warnings.append(
             f"no candidate reaches {target_fraction:g} x {reference_policy} mean score ({target:.4f}) on the "
@@ -283,7 +290,7 @@ def _search_warnings(
             f"the chosen policy meets the target with slack {guarantee['slack']:.4f}, below the 95% margin "
             f"{guarantee['se_margin']:.4f} for n={n}: the guarantee is not supported beyond these requests"
         )
-    return warnings
+    return warnings, len(warnings) - n_data
 
 
 def _card_at(cards: Mapping[str, Any], q: float) -> CardFn:
