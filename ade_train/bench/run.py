@@ -29,8 +29,9 @@ import numpy as np
 from ade_runtime.overhead import analytic_overhead
 from ade_runtime.policy import POLICY_NAMES
 from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.progress import progress
 from ade_runtime.traces import load_records
-from ade_train.bench.report import WHY, check_targets, write_report
+from ade_train.bench.report import WHY, certification_targets, check_targets, write_report
 
 BIN = Path(sys.executable).parent
 
@@ -68,7 +69,7 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
     from ade_runtime.testbed import World, save_png
     from ade_runtime.testbed.imageio import make_image
 
-    loop_out = pred_dir.parent / f"{pred_dir.name}-loop"
+    loop_out = pred_dir.parent / f"{pred_dir.name}-loop-{n}"
     if (loop_out / "export" / "calibration.json").exists():
         return loop_out / "export"
     req_dir, collected, judged = work / "requests", work / "collected", work / "judged"
@@ -123,15 +124,23 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
 
 
 def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predictors] | None = None) -> dict:
-    """ADE and Best-of-8 on the same fresh requests from a shifted world, judged exactly."""
+    """ADE and Best-of-8 on the same fresh requests from a shifted world, judged exactly, paired.
+
+    GPU-seconds are the backbone's modelled seconds plus the modelled cost of every check the loop made
+    (scores and critique of each finished attempt, each preview), the same ``Overhead`` replay charges.
+    """
     from ade_runtime.backbones.base import EditRequest
     from ade_runtime.loop import AdaptiveEditor
+    from ade_runtime.overhead import overhead_for
+    from ade_runtime.policy.stats import paired_difference
     from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
+    from ade_runtime.testbed.costs import get_cost
     from ade_runtime.testbed.imageio import make_image
 
     world = World(seed=seed, clutter=(2, 8))
     rng = np.random.default_rng(seed)
     reqs = [world.sample_request(rng) for _ in range(n)]
+    cost = get_cost("bagel")
     out = {}
     # "ade_no_refine": the calibrated policy with S_max = 1, i.e. fresh candidates instead of critique-led
     # refinement rounds; it isolates what the critique's feedback buys (or costs) live.
@@ -142,19 +151,27 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
     }
     for name, preds in (extra or {}).items():
         runs[name] = (preds, "ade")
+    per_request: dict[str, list[float]] = {}
     for name, (preds, policy) in runs.items():
         backbone = SyntheticBackbone()
+        ov = overhead_for("bagel", critique=preds.critique is not None, seconds_per_nfe=cost.s_per_nfe)
         editor = AdaptiveEditor(backbone, preds, policy=policy, scorer=online_scores, seed=seed)
         scores, passed, nfe, secs, overhead = [], [], [], [], []
-        for i, r in enumerate(reqs):
+        for i, r in enumerate(progress(reqs, desc=f"live {name}")):
             src = make_image(r.source, r.source, world.size)
             res = editor.edit(EditRequest(src, r.instruction, f"live-{i}", r.category))
             j = judge_attempt(src, res.image, r.instruction) if res.image is not None else None
             scores.append(j.score if j else 0.0)
             passed.append(bool(j and j.passed))
             nfe.append(res.nfe)
-            secs.append(res.backbone_seconds)
+            done = [a for a in res.attempts if a.output is not None and a.output.image is not None]
+            previews = [
+                a for a in res.attempts if a.output is not None and a.output.preview_image is not None
+            ]
+            checks = len(done) * (ov.score_s + ov.critique_s) + len(previews) * ov.preview_s
+            secs.append(res.backbone_seconds + checks)
             overhead.append(res.overhead_seconds)
+        per_request[name] = scores
         out[name] = {
             "requests": n,
             "mean_score": float(np.mean(scores)),
@@ -163,6 +180,12 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
             "modelled_gpu_seconds_per_request": float(np.mean(secs)),
             "controller_cpu_ms_per_request": 1000 * float(np.mean(overhead)),
         }
+    for name, scores in per_request.items():
+        out[name]["vs_best_of_8"] = paired_difference(scores, per_request["best_of_8"]).to_dict()
+        out[name]["gpu_seconds_share_of_best_of_8"] = (
+            out[name]["modelled_gpu_seconds_per_request"]
+            / out["best_of_8"]["modelled_gpu_seconds_per_request"]
+        )
     out["speedup_nfe"] = out["best_of_8"]["nfe_per_request"] / max(out["ade"]["nfe_per_request"], 1e-9)
     return out
 
@@ -209,6 +232,26 @@ def flux_mechanics() -> dict:
     return fm.measure(size=32, steps=8, preview_step=2)
 
 
+def certificate_of(export_dir: Path) -> dict:
+    """What calibration certified for an export: read from the training OUT's calibration report."""
+    report = export_dir.parent / "calibration_report.json"
+    if not report.is_file():
+        return {"status": "unknown", "text": f"no {report}"}
+    cert = json.loads(report.read_text()).get("certificate") or {}
+    c = cert.get("certificate", {})
+    return {
+        "status": cert.get("status", "none"),
+        "text": cert.get("text", ""),
+        "claim": c.get("claim"),
+        "n_certify": c.get("n_certify"),
+        "n_fit": c.get("n_select"),
+        "p_value": c.get("p_value"),
+        "strongest_target": c.get("strongest_target"),
+        "n_needed": c.get("n_needed"),
+        "policy": cert.get("policy"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ade-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/sample", help="training traces (generated when missing)")
@@ -220,8 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         "--predictors", default="checkpoints/bench", help="export directory (trained when missing)"
     )
     p.add_argument("--out", default="docs/results", help="report directory")
-    p.add_argument("--live-requests", type=int, default=120)
-    p.add_argument("--closed-loop-requests", type=int, default=300, help="requests collected to recalibrate")
+    p.add_argument("--live-requests", type=int, default=500)
+    p.add_argument(
+        "--closed-loop-requests",
+        type=int,
+        default=800,
+        help="requests collected to (re)calibrate and certify",
+    )
+    p.add_argument("--resplits", type=int, default=200, help="re-splits of the certification coverage check")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     data, heldout, pred_dir, out = Path(args.data), Path(args.heldout), Path(args.predictors), Path(args.out)
@@ -233,11 +282,18 @@ def main(argv: list[str] | None = None) -> int:
         heldout,
         ["--seed", str(args.seed + 1001), "--requests", str(args.heldout_requests), "--clutter", "2:8"],
     )
-    predictors = Predictors.load(pred_dir / "export")
+    default_preds = Predictors.load(pred_dir / "export")
+    n_loop = args.closed_loop_requests
+    loop_export = closed_loop(pred_dir, data.parent / f"bench-closed-loop-{n_loop}", n_loop, args.seed + 3003)
+    predictors = Predictors.load(loop_export)  # ADE as deployed: thresholds certified on critique-led traces
     records, rejects = load_records(heldout, images="none")
     from ade_runtime.cli.replay import evaluate
 
-    replay = evaluate(records, predictors, list(POLICY_NAMES), desc="bench replay")
+    replay = evaluate(records, predictors, list(POLICY_NAMES), desc="bench replay", ci=0.9)
+    default_row = evaluate(
+        records, default_preds, ["best_of_8", "ade"], desc="bench replay (make train)", ci=0.9
+    )
+    replay["policies"]["ade_make_train"] = default_row["policies"]["ade"]
     results: dict = {
         "meta": {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -249,32 +305,39 @@ def main(argv: list[str] | None = None) -> int:
             "replay_note": (
                 f"{len(records)} requests from a shifted testbed world (seed {args.seed + 1001}, clutter 2-8) "
                 "that the predictors never saw; every policy replayed exactly over the same logged attempts, "
-                "selected by the calibrated confidence (except the two oracles, selected by the judge). "
-                "GPU-seconds are modelled from published per-NFE figures and include the controller's scoring "
-                "and critique (analytic FLOPs)."
+                "selected by the calibrated confidence (except the two oracles, selected by the judge), with "
+                "the thresholds certified on critique-led calibration traces (`ade` row; `ade_make_train` is "
+                "the export of plain `make train`). GPU-seconds are modelled from published per-NFE figures "
+                "and include the controller's scoring and critique (analytic FLOPs). Intervals: paired 90% "
+                "bootstrap of the mean score minus Best-of-8's on the same requests."
             ),
         },
         "training": training,
         "replay": replay,
     }
-    loop_export = closed_loop(
-        pred_dir, data.parent / "bench-closed-loop", args.closed_loop_requests, args.seed + 3003
-    )
-    loop_preds = Predictors.load(loop_export)
+    results["certificates"] = {
+        "make_train": certificate_of(pred_dir / "export"),
+        "closed_loop": certificate_of(loop_export),
+    }
     results["closed_loop"] = {
         "requests": args.closed_loop_requests,
-        "policy": loop_preds.policy.to_dict(),
-        "note": "calibration refit on traces whose refinements the critique wrote (ade-collect --predictors, "
-        "ade-judge --judge testbed, ade-train calibrate --split all); CARD and critique unchanged",
+        "policy": predictors.policy.to_dict(),
+        "note": "calibration refit and certified on traces whose refinements the critique wrote "
+        "(ade-collect --predictors, ade-judge --judge testbed, ade-train calibrate --split all); CARD and "
+        "critique unchanged",
     }
+    from ade_train.bench import certification
+
+    results["certification"] = certification.run(records, predictors, n_splits=args.resplits, seed=args.seed)
     results["live"] = live_loop(
-        predictors, args.live_requests, args.seed + 2002, {"ade_closed_loop": loop_preds}
+        predictors, args.live_requests, args.seed + 2002, {"ade_make_train": default_preds}
     )
     results["controller"] = controller_timing(predictors, data)
     ana = analytic_overhead("flux-kontext")
     results["analytic"] = ana.to_dict()
     results["flux"] = flux_mechanics()
     results["targets"] = check_targets(replay, ana.ratio_to_attempt, results["live"])
+    results["targets"] += certification_targets(results["certification"])
     results["misses"] = [
         f"{t['target']}: measured {t['value']} (short by {abs(t['gap']):.3g}). {WHY.get(t.get('why'), '')}".strip()
         for t in results["targets"]
