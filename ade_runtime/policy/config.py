@@ -130,10 +130,17 @@ def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
             max_candidates=1,
             fixed_rounds=True,
         )
+    # the switches that define a baseline are set, not inherited: a conservative export (Best-of-8 as
+    # the policy) must not turn confidence_stop into another Best-of-8
     if name == "confidence_stop":
-        return replace(base, use_card=False)
+        return replace(
+            base, use_card=False, early_stop=True, refine=True, fixed_rounds=False, select="confidence"
+        )
     if name == "card_only":
-        return replace(base, early_stop=False, prune_threshold=None, fixed_rounds=True)
+        return replace(
+            base, use_card=True, early_stop=False, refine=True, prune_threshold=None, fixed_rounds=True,
+            select="confidence",
+        )  # fmt: skip
     if name == "ade":
         return base
     if name == "oracle":

@@ -9,7 +9,7 @@ curves (the strongest baseline a user would pick, at the compute they would pick
 * the same with the reasoning budget fixed at each logged level (``best_of_N@512``) on a reasoning
   backbone;
 * ``confidence_stop`` (ADE-CoT-like) across tau_high and ``card_only`` (PhysEdit-like) across CARD
-  quantiles, and ADE itself at its calibrated setting.
+  quantiles, each around ``PolicyConfig()``'s defaults, and ADE itself at its calibrated setting.
 
 Every point carries the paired bootstrap interval (``ade_runtime.policy.stats``) of its mean judge
 score minus the reference's (Best-of-8 selected by the calibrated confidence) on the same requests.
@@ -134,13 +134,14 @@ def compute_curves(
                     _point(curve, f"best_of_{n}{suffix}", outs, n=n, selector=sel, reasoning_tokens=t)
                 )
     if signals is not None:
+        sweep = PolicyConfig()  # the sweeps vary one knob around the defaults, whatever was exported
         for th in TAU_HIGH_SWEEP:
-            cfg = replace(preset("confidence_stop", base), tau_high=th, tau_low=min(base.tau_low, th))
+            cfg = replace(preset("confidence_stop", sweep), tau_high=th, tau_low=min(sweep.tau_low, th))
             outs = _replay(records, cfg, signals, overhead, card)
             points.append(_point("confidence_stop", f"confidence_stop tau_high={th:g}", outs, tau_high=th))
         if card is not None:
             for q in QUANTILE_SWEEP:
-                cfg = replace(preset("card_only", base), card_quantile=q)
+                cfg = replace(preset("card_only", sweep), card_quantile=q)
                 outs = _replay(records, cfg, signals, overhead, card)
                 points.append(_point("card_only", f"card_only q={q:g}", outs, card_quantile=q))
             outs = _replay(records, preset("ade", base), signals, overhead, card)
