@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         def on_sigterm(signum, frame):
             # set LitServe's shutdown event from another thread: the main thread is blocked on it
             # through the same manager connection, which a signal handler must not reuse
+            signal.signal(
+                signal.SIGTERM, signal.SIG_IGN
+            )  # once is enough; a second one must not kill the drain
             ev = server._shutdown_event
             if ev is not None:
                 threading.Thread(target=ev.set, daemon=True).start()
