@@ -56,6 +56,8 @@ class EditAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         a = self.args
         self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+        if str(a.device).startswith("cuda:"):
+            device = a.device  # the user pinned a GPU; LitServe numbers its devices from 0
         ns = argparse.Namespace(**{**vars(a), "device": device})
         self.watcher = ExportWatcher(a.predictors, loader=lambda d: load_strict(d, device=device))
         self.watcher.load()

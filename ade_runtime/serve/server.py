@@ -221,12 +221,12 @@ def build_server(args: argparse.Namespace):
     device = args.device or "cpu"
     accelerator, devices = "cpu", 1
     if device.startswith("cuda"):
-        accelerator = "cuda"
-        devices = [int(device.split(":", 1)[1])] if ":" in device else "auto"
+        # "cuda": one worker group per visible GPU; "cuda:N": one group, pinned to GPU N in EditAPI.setup
+        accelerator, devices = "cuda", (1 if ":" in device else "auto")
     server = ls.LitServer(
         EditAPI(args),
         accelerator=accelerator,
-        devices=devices if isinstance(devices, (int, str)) else len(devices),
+        devices=devices,
         workers_per_device=args.workers_per_device,
         timeout=args.queue_timeout,
         healthcheck_path="/ready",
