@@ -61,7 +61,8 @@ calibrate: install
 # CARD (docs/training.md): trains on $(DATA) into $(OUT), exports to $(OUT)/export; the default DATA
 # (the testbed sample) is generated first when missing. Rerun = resume / re-export; FORCE=1 retrains.
 CARD_DATA_DEP = $(if $(filter data/sample,$(DATA)),sample-data)
-TRAIN_FLAGS = $(if $(FORCE),--force)
+# TRAINER=ddp (or a YAML file) picks the shared Lightning Trainer config, ade_train/configs/trainer/.
+TRAIN_FLAGS = $(if $(FORCE),--force) $(if $(TRAINER),--trainer-config $(TRAINER))
 train-card: install $(CARD_DATA_DEP)
 	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
 
@@ -75,4 +76,11 @@ train: install $(CARD_DATA_DEP)
 # attempt images (any DINOv2 id/path frozen: ENCODER=facebook/dinov2-small); exports into $(OUT)/export.
 CRITIQUE_FLAGS = $(if $(ENCODER),--encoder $(ENCODER))
 train-critique: install $(if $(filter data/sample,$(DATA)),sample-data)
-	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(CRITIQUE_FLAGS) $(if $(FORCE),--force)
+	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(CRITIQUE_FLAGS) $(TRAIN_FLAGS)
+
+# GPU smoke (docs/backbones.md): FLUX.1 Kontext with real weights on a CUDA host, one JSON line (parity,
+# ADE vs Best-of-4 NFE and time, peak GPU memory, calls saved by pruning, preview error, SRM overhead).
+# Prints "skipped: no CUDA device" and exits 0 elsewhere. MODEL=dir-or-id, PREDICTORS=$(OUT)/export.
+.PHONY: gpu-smoke
+gpu-smoke: install
+	$(PY) -m ade_train.bench.gpu_smoke $(if $(MODEL),--model $(MODEL)) $(if $(PREDICTORS),--predictors $(PREDICTORS))

@@ -30,9 +30,10 @@ import torch
 from ade_runtime import __version__
 from ade_runtime.errors import ArtifactError
 
-CARD_NAME = "card"
-CRITIQUE_NAME = "critique"
-CALIBRATION_NAME = "calibration"
+# File names and artifact kinds, defined once (the kind is stamped in the JSON and the safetensors).
+CARD_NAME = CARD_KIND = "card"
+CRITIQUE_NAME = CRITIQUE_KIND = "critique"
+CALIBRATION_NAME = CALIBRATION_KIND = "calibration"
 ARTIFACT_FORMAT = "ade-artifact"
 ARTIFACT_FORMAT_VERSION = 1
 

@@ -30,6 +30,7 @@ from PIL import Image
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, Backbone, EditRequest
 from ade_runtime.errors import InputError
 from ade_runtime.policy import Key, PolicyConfig, PolicySession, Step, preset
+from ade_runtime.policy.replay import DEFAULT_PREVIEW_STEP
 from ade_runtime.policy.signals import CRITIQUE_FEATURE, preview_confidence
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces.records import EditRecord
@@ -87,27 +88,30 @@ def attempt_seed(base: int, candidate: int, round_: int) -> int:
     return base + 1000 * candidate + round_
 
 
+def _named(request: EditRequest) -> str:
+    """How messages name a request: its id, or "the request" when it has none of its own."""
+    return f"request {request.id!r}" if request.id and request.id != "request" else "the request"
+
+
 def validate_request(request: EditRequest) -> EditRequest:
     """Check the inputs with errors that say the fix; converts the image to RGB."""
     img = request.image
     if not isinstance(img, Image.Image):
-        raise InputError(f"request {request.id!r}: image must be a PIL.Image, got {type(img).__name__}")
+        raise InputError(f"{_named(request)}: image must be a PIL.Image, got {type(img).__name__}")
     w, h = img.size
     if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE:
         raise InputError(
-            f"request {request.id!r}: image is {w}x{h}; each side must be between {MIN_SIDE} and {MAX_SIDE} px"
+            f"{_named(request)}: image is {w}x{h}; each side must be between {MIN_SIDE} and {MAX_SIDE} px"
             " (resize it first)"
         )
     if img.mode not in ("RGB", "RGBA", "L", "P", "LA"):
-        raise InputError(
-            f"request {request.id!r}: image mode {img.mode!r} is not supported; convert it to RGB"
-        )
+        raise InputError(f"{_named(request)}: image mode {img.mode!r} is not supported; convert it to RGB")
     text = (request.instruction or "").strip()
     if not text:
-        raise InputError(f"request {request.id!r}: the instruction is empty; say what to edit")
+        raise InputError(f"{_named(request)}: the instruction is empty; say what to edit")
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise InputError(
-            f"request {request.id!r}: the instruction has {len(text)} characters; the limit is "
+            f"{_named(request)}: the instruction has {len(text)} characters; the limit is "
             f"{MAX_INSTRUCTION_CHARS} (shorten it or split it into several requests)"
         )
     rgb = img.convert("RGB") if img.mode != "RGB" else img
@@ -140,13 +144,14 @@ class AdaptiveEditor:
     def _budget(self, request: EditRequest, failures: list[dict]) -> tuple[int, int]:
         cfg = self.config
         card = self.predictors.card
+        fixed_tokens = (cfg.reasoning_tokens or 0) if self.backbone.supports_reasoning else 0
         if not cfg.use_card:
-            return cfg.default_budget, 0
+            return cfg.default_budget, fixed_tokens
         if card is None:
             failures.append(
                 {"stage": "card", "error": "no CARD predictor loaded", "fallback": "default_budget"}
             )
-            return cfg.default_budget, 0
+            return cfg.default_budget, fixed_tokens
         try:
             pred = card.predict(request.instruction, request.image)
             budget = int(pred.quantile(cfg.card_quantile))
@@ -157,7 +162,7 @@ class AdaptiveEditor:
             log.warning(
                 "CARD failed on %s (%r); using the fixed budget %d", request.id, exc, cfg.default_budget
             )
-            return cfg.default_budget, 0
+            return cfg.default_budget, fixed_tokens
 
     # -- confidence -------------------------------------------------------------------------------
     def _judge_online(self, request: EditRequest, entry: AttemptLog, failures: list[dict]) -> None:
@@ -224,7 +229,7 @@ class AdaptiveEditor:
         returned with stop reason ``deadline``."""
         request = validate_request(request)
         deadline = max_seconds if max_seconds is not None else self.max_seconds
-        failures: list[dict] = []
+        failures: list[dict] = self.predictors.fallbacks()  # recorded in every trace (meta.ade)
         t_overhead = time.perf_counter()
         budget, tokens = self._budget(request, failures)
         session = PolicySession(self.config, budget, tokens, max_seconds=deadline)
@@ -310,4 +315,5 @@ class AdaptiveEditor:
         )
 
     def _preview_step(self) -> int:
-        return int(getattr(self.backbone, "preview_step", 4))
+        # the backbone's own preview step, the one its traces log (replay charges the same NFE)
+        return int(getattr(self.backbone, "preview_step", None) or DEFAULT_PREVIEW_STEP)

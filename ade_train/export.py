@@ -88,6 +88,7 @@ class PredictorSection:
     intended_use: str = ""
     limitations: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (config, seed)
+    warnings: list[str] = field(default_factory=list)  # weak-model findings, shown first in the card
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -151,6 +152,9 @@ def render_model_card(manifest: Mapping[str, Any]) -> str:
                 "> real backbone's traces: use it to test the pipeline, retrain on real traces to deploy.",
                 "",
             ]
+        lines += [f"> **Warning:** {w}" for w in sec.get("warnings", [])]
+        if sec.get("warnings"):
+            lines.append("")
         lines += [
             f"- data: `{data.get('path')}` ({source}), {data.get('n_records')} requests, "
             f"{data.get('n_rejected', 0)} rejected lines; splits {data.get('splits', {})}",

@@ -15,6 +15,8 @@ Public API::
 from __future__ import annotations
 
 import copy
+import re
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -25,13 +27,30 @@ import yaml
 
 from ade_runtime.errors import ADEError, InputError
 
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+TRAINER_PRESETS = ("cpu", "ddp")  # ade_train/configs/trainer/<name>.yaml, shared by every job
+
 
 def default_config(name: str) -> dict[str, Any]:
-    """The packaged ``ade_train/configs/<name>.yaml``."""
+    """The packaged ``ade_train/configs/<name>.yaml`` (``name`` may be ``trainer/cpu``)."""
     res = resources.files("ade_train").joinpath("configs", f"{name}.yaml")
     if not res.is_file():
         raise InputError(f"no packaged config ade_train/configs/{name}.yaml")
     return yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+
+
+def trainer_config(preset: str | None) -> dict[str, Any]:
+    """The shared trainer config: ``configs/trainer/{cpu,ddp}.yaml`` by name, or a YAML file path."""
+    preset = preset or "cpu"
+    if preset in TRAINER_PRESETS:
+        return dict(default_config(f"trainer/{preset}"))
+    path = Path(preset)
+    if not path.is_file():
+        raise InputError(f"--trainer-config {preset}: use one of {TRAINER_PRESETS} or an existing YAML file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, Mapping):
+        raise InputError(f"--trainer-config {path}: expected a mapping of lightning.Trainer arguments")
+    return dict(data)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any], where: str, path: str = "") -> dict[str, Any]:
@@ -67,15 +86,23 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[list[str], Any]]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise InputError(f"override --{key}: value {raw!r} is not valid YAML ({exc})") from None
+        if isinstance(value, str) and _EXP_FLOAT.match(value):  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
         out.append((key.split("."), value))
     return out
 
 
 def load_run_config(
-    name: str, config_file: str | Path | None = None, overrides: Sequence[str] = ()
+    name: str,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    trainer: str | None = None,
 ) -> dict[str, Any]:
-    """Default config, then ``config_file``, then overrides; every key must exist in the default."""
+    """Shared trainer config (``trainer``: cpu | ddp | YAML), the job's default config over it, then
+    ``config_file``, then overrides; every key must exist in the default (``trainer.*`` takes any)."""
     cfg = default_config(name)
+    if "trainer" in cfg:  # the job's own trainer keys (max_epochs, ...) over the shared preset
+        cfg["trainer"] = {**trainer_config(trainer), **(cfg["trainer"] or {})}
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -103,6 +130,52 @@ def dump_yaml(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
 
 
+def job_parser(command: str, description: str, run_dir: str, example: str) -> Any:
+    """The argparse parser of a Lightning job with the shared flags (``add_common_args``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog=f"ade-train {command}",
+        description=description,
+        epilog=f"Further overrides in LightningCLI style: {example} (see ade_train/configs/{command}.yaml "
+        "and ade_train/configs/trainer/).",
+    )
+    add_common_args(p, run_dir=run_dir, config=command)
+    return p
+
+
+def parse_job_args(command: str, parser: Any, argv: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """(merged config, parsed flags): packaged config + --config + dotted overrides + shared flags."""
+    args, rest = parser.parse_known_args(list(argv))
+    cfg = load_run_config(command, args.config, rest, trainer=args.trainer)
+    return apply_common_args(cfg, args), args
+
+
+def add_common_args(p: Any, run_dir: str, config: str) -> None:
+    """The flags every Lightning job of ``ade-train`` shares (``run_dir``: where its checkpoints go)."""
+    p.add_argument("--data", required=True, help="trace dataset directory (*.jsonl shards + images)")
+    p.add_argument(
+        "--out", required=True, help="run directory shared by every job; export goes to OUT/export"
+    )
+    p.add_argument("--config", help=f"YAML merged over ade_train/configs/{config}.yaml")
+    p.add_argument(
+        "--trainer-config",
+        dest="trainer",
+        help=f"shared Lightning Trainer config: {' | '.join(TRAINER_PRESETS)} (ade_train/configs/trainer/) "
+        "or a YAML file (default cpu)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the splits, init and shuffling (seed_everything)")
+    p.add_argument("--max-epochs", type=int, help="shortcut for --trainer.max_epochs")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B logger (same as logger: false)")
+    p.add_argument(
+        "--resume", action="store_true", help=f"require {run_dir}/checkpoints/last.ckpt and resume from it"
+    )
+    p.add_argument("--force", action="store_true", help="retrain from scratch even if OUT holds a run")
+    p.add_argument(
+        "--print-config", "--print_config", action="store_true", help="print the merged config and exit"
+    )
+
+
 def apply_common_args(cfg: dict[str, Any], args: Any) -> dict[str, Any]:
     """Fold the flags every ``ade-train`` job shares (seed, epochs, W&B, data, out, resume) into ``cfg``."""
     if args.seed is not None:
@@ -116,26 +189,59 @@ def apply_common_args(cfg: dict[str, Any], args: Any) -> dict[str, Any]:
     return cfg
 
 
+class Interrupted(BaseException):
+    """Raised by ``guarded``'s SIGINT handler; not a KeyboardInterrupt, so Lightning's own Ctrl-C
+    handling (a log line, then ``sys.exit(1)``) does not run and the job exits 130 with one line."""
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
+def guarded(command: str, body: Callable[[], Any]) -> int:
+    """Run ``body`` as ``ade-train COMMAND``: 0 on success, 2 with one line on stderr for bad input,
+    130 with one line on Ctrl-C (checkpoints are atomic, the same command resumes)."""
+    previous = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
+    try:
+        body()
+    except SystemExit as exc:  # argparse usage errors
+        return int(exc.code or 0)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"ade-train {command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ADEError, FileNotFoundError, ValueError) as exc:
+        print(f"ade-train {command}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def run_cli(
     command: str,
     build_config: Callable[[Sequence[str]], dict],
     train: Callable[[dict], Any],
-    argv: Sequence[str],
+    argv: Sequence[str] | None = None,
 ) -> int:
-    """The body of every ``ade-train COMMAND``: 0 on success, 2 with one line on stderr for bad input."""
-    try:
+    """The body of every Lightning ``ade-train COMMAND`` (``guarded``: exit 0, 2 or 130)."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    def body() -> None:
         cfg = build_config(list(argv))
         if cfg.pop("print_config"):
             print(dump_yaml(cfg))
-            return 0
+            return
         if not Path(cfg["data_path"]).is_dir():
             raise InputError(
                 f"--data {cfg['data_path']}: not a directory; pass a trace dataset (e.g. data/sample)"
             )
         train(cfg)
-    except SystemExit as exc:  # argparse usage errors
-        return int(exc.code or 0)
-    except (ADEError, FileNotFoundError, ValueError) as exc:
-        print(f"ade-train {command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(command, body)

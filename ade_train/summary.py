@@ -7,13 +7,15 @@ Public API::
 
     text = print_summary("CARD", {"test/spearman": 0.61, ...}, export_dir=..., notes={"resumed": "epoch 3"})
     text = format_summary(...)   # the same, as plain text, without printing
+    report_rejects("card", data_dir, dataset.rejects)   # the skipped bad records, one line each
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -81,4 +83,20 @@ def print_summary(
                 console.print(f"exported predictors: [bold]{Path(export_dir).resolve()}[/bold]")
             return text
     print(text, file=stream, flush=True)
+    return text
+
+
+def report_rejects(command: str, data_dir: str | Path, rejects: Sequence[Any], limit: int = 20) -> str:
+    """Print the bad records a job skipped, one line each (shard, line, id, reason), on rank 0 only;
+    the job carries on with the valid ones. Returns the text (empty when nothing was rejected)."""
+    if not rejects:
+        return ""
+    lines = [f"ade-train {command}: skipped {len(rejects)} bad record(s) of {data_dir} (not trained on):"]
+    for r in list(rejects)[:limit]:
+        lines.append(f"  {r.shard}:{r.line} id={r.id or '?'} {r.reason}: {r.message}")
+    if len(rejects) > limit:
+        lines.append(f"  ... and {len(rejects) - limit} more (ade-traces validate {data_dir} lists them all)")
+    text = "\n".join(lines)
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+        print(text, file=sys.stderr, flush=True)
     return text

@@ -4,7 +4,9 @@ Shared by ``ade-train card|critique|calibrate``. Follows Lightning's ``loggers/w
 users' asks in ``shared/USERS-ASK.md``: the run is created on rank 0 only (Lightning #11380), its
 id is stored in ``OUT/wandb_run.json`` and in every checkpoint so that a resumed job continues the
 same run (wandb #3841, #5979), offline runs never reach the network (media and artifacts are
-written under ``OUT/wandb`` and can be pushed later with ``wandb sync``).
+written under ``OUT/wandb`` and can be pushed later with ``wandb sync``). Each job keeps its own
+run id file: CARD ``OUT/wandb_run.json``, the critique ``OUT/critique/wandb_run.json``, calibration
+``OUT/calibrate/wandb_run.json``; all three runs are written under the same ``OUT/wandb``.
 
 Public API::
 
@@ -84,8 +86,13 @@ def make_logger(
     run_id: str | None = None,
     config: dict[str, Any] | None = None,
     tags: Sequence[str] = (),
+    save_dir: str | Path | None = None,
 ) -> WandbLogger | None:
-    """A WandbLogger writing under ``OUT/wandb``, or None when ``enabled`` is False (``--no-wandb``).
+    """A WandbLogger writing under ``SAVE_DIR/wandb``, or None when ``enabled`` is False (``--no-wandb``).
+
+    ``out_dir`` holds this job's ``wandb_run.json``; ``save_dir`` (default ``out_dir``) is where W&B's
+    ``wandb/`` folder goes: every ``ade-train`` job passes the top-level OUT, so all runs of one OUT
+    sit in ``OUT/wandb/offline-run-*`` (one ``wandb sync`` finds them), each with its own run id.
 
     The run id comes from ``run_id``, else from ``OUT/wandb_run.json`` (a resumed job), else is new;
     it is written back to ``OUT/wandb_run.json`` on rank 0 so the next attempt continues the run.
@@ -100,9 +107,9 @@ def make_logger(
         out.mkdir(parents=True, exist_ok=True)
         _write_run_file(out, {"id": run_id, "project": project, "name": name, "mode": mode})
     # mode is passed to wandb.init rather than offline=True, which would overwrite WANDB_MODE globally
-    return WandbLogger(
+    logger = WandbLogger(
         name=name,
-        save_dir=str(out),  # wandb adds its own "wandb/" folder
+        save_dir=str(save_dir or out),  # wandb adds its own "wandb/" folder
         id=run_id,
         project=project,
         offline=False,
@@ -112,6 +119,9 @@ def make_logger(
         tags=list(tags) or None,
         settings={"silent": True, "console": "off"} if mode != "online" else None,
     )
+    # Lightning always passes anonymous=None, which W&B answers with "The anonymous setting has no effect"
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class RunIdCallback(Callback):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.calibration import CalibrationConfig, CalibrationHead, Calibrator
-from ade_train.calibrate_fit import choose_method, ece, fit_estimator, sklearn_proba, to_tensors
+from ade_train.calibrate.fit import choose_method, ece, fit_estimator, sklearn_proba, to_tensors
 
 FEATURES = ("clip_t", "clip_i", "critique")
 

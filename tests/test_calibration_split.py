@@ -9,7 +9,7 @@ import pytest
 
 from ade_runtime.errors import InputError
 from ade_train.calibrate import calibration_split
-from ade_train.data import SPLITS_FILE, split_ids
+from ade_train.splits import SPLITS_FILE, split_ids
 
 FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"
 

@@ -121,8 +121,14 @@ def dataset(tmp_path_factory):
 def calibrated(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     _export_tiny_card(out)
+    # allow_uncertified: these tests pin the threshold search itself (the cheapest setting meeting the
+    # target on the calibration requests); the certified default is tested below
     cfg = CalibrateConfig(
-        data=str(dataset), out=str(out), grid={**GRID, "prune_threshold": [None, 0.2]}, wandb=False
+        data=str(dataset),
+        out=str(out),
+        grid={**GRID, "prune_threshold": [None, 0.2]},
+        wandb=False,
+        allow_uncertified=True,
     )
     return cfg, train(cfg)
 
@@ -200,9 +206,9 @@ def test_plots_and_export_exist(calibrated):
     cfg, metrics = calibrated
     out = Path(cfg.out)
     for name in ("calibration_reliability.png", "calibration_compute_quality.png"):
-        data = (out / name).read_bytes()
+        data = (out / "plots" / name).read_bytes()  # every job's plots under OUT/plots
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-        with Image.open(out / name) as im:
+        with Image.open(out / "plots" / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     export = out / "export"
     names = sorted(p.name for p in export.iterdir())
@@ -244,7 +250,9 @@ def test_without_card_or_previews_the_quantile_and_pruning_are_not_searched(tmp_
 
 def test_cli_runs_from_a_yaml_config_and_reports_bad_input(tmp_path, dataset, capsys):
     config = tmp_path / "cal.yaml"
-    config.write_text(yaml.safe_dump({"grid": {**GRID, "s_max": [2]}, "min_requests": 5}))
+    config.write_text(
+        yaml.safe_dump({"grid": {**GRID, "s_max": [2]}, "min_requests": 5, "allow_uncertified": True})
+    )
     out = tmp_path / "out"
     assert (
         cli_main(
@@ -346,7 +354,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"
 @pytest.mark.skipif(not (FIXTURE / ".complete").exists(), reason="testbed fixture not generated")
 def test_on_the_testbed_fixture_the_choice_meets_the_target_and_the_table_is_written(tmp_path):
     grid = {"tau_high": [0.6, 0.9], "tau_low": [0.0, 0.2], "s_max": [1, 3], "prune_threshold": [None, 0.1]}
-    cfg = CalibrateConfig(data=str(FIXTURE), out=str(tmp_path), grid=grid, wandb=False)
+    cfg = CalibrateConfig(
+        data=str(FIXTURE), out=str(tmp_path), grid=grid, wandb=False, allow_uncertified=True
+    )
     metrics = train(cfg)
     rows = json.loads((tmp_path / "calibration_candidates.json").read_text())
     chosen = next(r for r in rows if r["chosen"])
@@ -354,3 +364,60 @@ def test_on_the_testbed_fixture_the_choice_meets_the_target_and_the_table_is_wri
     assert chosen["compute"] == min(r["compute"] for r in rows if r["feasible"])
     assert (tmp_path / "calibration_candidates.csv").read_text().count("\n") == len(rows) + 1
     assert any("n=" in w for w in metrics["warnings"])  # a 40-request fixture cannot support a guarantee
+
+
+# -- certification (Learn-then-Test over the Pareto front) -------------------------------------------
+
+
+def test_by_default_an_uncertifiable_target_exports_the_reference_policy_and_says_why(tmp_path, dataset):
+    out = tmp_path / "out"
+    _export_tiny_card(out)
+    cfg = CalibrateConfig(data=str(dataset), out=str(out), grid=GRID, wandb=False, target_fraction=1.2)
+    metrics = train(cfg)
+    assert metrics["certificate"] == "conservative"
+    policy = Calibrator.from_pretrained(out / "export").policy
+    assert (policy.default_budget, policy.s_max, policy.use_card, policy.early_stop) == (8, 1, False, False)
+    text = " ".join(metrics["warnings"])
+    assert "NOT certified" in text and "conservative policy" in text and "--allow-uncertified" in text
+    report = json.loads((out / "calibration_report.json").read_text())
+    cert = report["certificate"]["certificate"]
+    assert cert["certified_any"] is False and cert["spec"]["target"] == 1.2 and cert["order"]
+    assert cert["n_select"] + cert["n_certify"] == metrics["n_requests"]
+    assert "NOT certified" in (out / "export" / "README.md").read_text()
+    assert not any(r["chosen"] for r in json.loads((out / "calibration_candidates.json").read_text()))
+
+
+def test_a_certifiable_target_exports_the_cheapest_certified_setting(tmp_path, dataset):
+    out = tmp_path / "out"
+    _export_tiny_card(out)
+    cfg = CalibrateConfig(data=str(dataset), out=str(out), grid=GRID, wandb=False, target_fraction=0.5)
+    metrics = train(cfg)
+    assert metrics["certificate"] == "certified"
+    assert metrics["certificate_p_value"] <= cfg.delta
+    report = json.loads((out / "calibration_report.json").read_text())
+    cert = report["certificate"]["certificate"]
+    rows = json.loads((out / "calibration_candidates.json").read_text())
+    chosen = [i for i, r in enumerate(rows) if r["chosen"]]
+    assert chosen == [cert["chosen"]] and rows[chosen[0]]["certified"]
+    assert cert["chosen"] == cert["certified"][-1]  # the cheapest of the certified prefix of the front
+    # split discipline: the map was fitted on the fit part only, the certify part is disjoint
+    assert cert["n_select"] + cert["n_certify"] == metrics["n_requests"] and cert["n_certify"] > 0
+    assert metrics["n_fit_primary"] < metrics["n_attempts"]
+    # the held-out paired slack comes from the test split, which no choice saw
+    held = report["certificate"]["heldout"]
+    assert held["split"] == "test" and held["n"] > 0 and held["lo"] <= held["diff"] <= held["hi"]
+    assert "certified" in (out / "export" / "README.md").read_text()
+
+
+def test_the_absolute_form_certifies_a_pass_rate(tmp_path, dataset):
+    out = tmp_path / "out"
+    cfg = CalibrateConfig(
+        data=str(dataset), out=str(out), grid=GRID, wandb=False, risk="absolute", pass_rate=0.3
+    )
+    metrics = train(cfg)
+    assert metrics["certified_claim"].startswith("pass rate >= 0.3")
+    assert metrics["certificate"] in ("certified", "conservative")
+    with pytest.raises(ValueError, match="pass-rate"):
+        CalibrateConfig(risk="absolute")
+    with pytest.raises(ValueError, match="delta"):
+        CalibrateConfig(delta=1.5)

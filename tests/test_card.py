@@ -9,14 +9,16 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from predictor_helpers import card
 
 from ade_runtime.encoders import build_image_encoder, build_text_encoder
 from ade_runtime.errors import ArtifactError, InputError
-from ade_runtime.predictors.card import BudgetPrediction, CardConfig, CardModel, CardPredictor
+from ade_runtime.predictors.card import BudgetPrediction, CardConfig, CardPredictor
 from ade_runtime.predictors.features import RequestFeaturizer
 
 
-def _featurizer(dim: int = 64) -> RequestFeaturizer:
+def _other_featurizer(dim: int = 32) -> RequestFeaturizer:
+    """A featurizer the helper's CARD was not built with (other text dim, other image size)."""
     return RequestFeaturizer(
         build_text_encoder({"kind": "hashing", "dim": dim}),
         build_image_encoder({"kind": "pixels", "size": 32}),
@@ -24,11 +26,10 @@ def _featurizer(dim: int = 64) -> RequestFeaturizer:
 
 
 def _predictor(seed: int = 0) -> CardPredictor:
-    fz = _featurizer()
-    torch.manual_seed(seed)
-    model = CardModel(CardConfig(input_dim=fz.dim, levels=[1, 2, 4, 8], token_levels=[0, 256], hidden=[16]))
-    model.set_feature_stats(torch.randn(20, fz.dim) * 3 + 1)
-    return CardPredictor(model, fz)
+    """tests/predictor_helpers.card with non-trivial feature statistics (they must round-trip)."""
+    predictor = card(seed=seed)
+    predictor.model.set_feature_stats(torch.randn(20, predictor.featurizer.dim) * 3 + 1)
+    return predictor
 
 
 def test_config_checks_name_the_field():
@@ -91,7 +92,7 @@ def test_save_load_round_trip_every_tensor_and_file_set(tmp_path):
 def test_from_pretrained_refuses_other_encoders_and_bad_weights(tmp_path):
     _predictor().save_pretrained(tmp_path)
     with pytest.raises(ArtifactError, match="encoder mismatch"):
-        CardPredictor.from_pretrained(tmp_path, featurizer=_featurizer(dim=32))
+        CardPredictor.from_pretrained(tmp_path, featurizer=_other_featurizer(dim=32))
     (tmp_path / "card.safetensors").write_bytes((tmp_path / "card.safetensors").read_bytes()[:-10])
     with pytest.raises(ArtifactError, match="card.safetensors"):
         CardPredictor.from_pretrained(tmp_path)

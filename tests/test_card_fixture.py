@@ -10,8 +10,8 @@ from ade_runtime.policy import budget
 from ade_runtime.predictors.card import CardPredictor
 from ade_runtime.traces import load_records
 from ade_train.card import build_config, train
-from ade_train.card_metrics import card_metrics, prior_probs
-from ade_train.data import TraceDataModule
+from ade_train.card.data import TraceDataModule
+from ade_train.card.metrics import card_metrics, prior_probs
 from ade_train.export import read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ade_train.certify import (
+from ade_train.calibrate.certify import (
     RiskSpec,
     certify,
     cheapest_meeting_target,

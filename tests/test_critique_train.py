@@ -21,7 +21,7 @@ from ade_runtime.artifacts import save_artifact  # noqa: E402
 from ade_runtime.predictors.critique import CritiquePredictor  # noqa: E402
 from ade_runtime.traces import load_records  # noqa: E402
 from ade_train.critique import auroc, build_config, cli_main, train  # noqa: E402
-from ade_train.critique_data import CritiqueDataModule, collect_examples, flaw_cover, patch_targets  # noqa: E402
+from ade_train.critique.data import CritiqueDataModule, collect_examples, flaw_cover, patch_targets  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"
 TINY_DINO = dict(

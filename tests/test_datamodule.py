@@ -10,7 +10,8 @@ from test_card_data import write_foreign_traces
 
 from ade_runtime.errors import TraceError
 from ade_runtime.policy import budget
-from ade_train.data import SPLITS, TraceDataModule, load_splits, split_ids
+from ade_train.card.data import TraceDataModule
+from ade_train.splits import SPLITS, load_splits, split_ids
 
 
 @pytest.fixture(scope="module")

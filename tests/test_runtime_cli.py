@@ -62,15 +62,20 @@ def test_ade_edit_writes_the_image_and_a_valid_trace(export, sources, tmp_path, 
             "--id",
             "q0",
             "--json",
+            "--allow-fallback",  # the export has no critique
         ]
     )
     assert rc == 0 and out.exists()
-    summary = last_json(capsys)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "critique not loaded" in captured.err and f"image written to {out}" in captured.out
     assert 1 <= summary["attempts"] <= summary["budget"] * 1 + 8 and summary["nfe"] > 0
     ds = TraceDataset(tmp_path / "traces", images="decode")
     recs = list(ds)
     assert ds.rejects == [] and [r.id for r in recs] == ["q0"]
     assert recs[0].meta["ade"]["chosen"] == summary["chosen"]
+    # the fallback the user allowed is recorded in the trace
+    assert {"stage": "load", "predictor": "critique"}.items() <= recs[0].meta["ade"]["failures"][0].items()
 
 
 def test_ade_edit_reports_bad_input_without_traceback(export, tmp_path, capsys):
@@ -185,7 +190,7 @@ def test_ade_replay_compares_every_policy(export, tmp_path, capsys):
         image_size=64,
         workers=1,
     )
-    rc = replay.main(["--traces", str(data), "--predictors", str(export), "--json"])
+    rc = replay.main(["--traces", str(data), "--predictors", str(export), "--json", "--allow-fallback"])
     assert rc == 0
     res = last_json(capsys)
     pol = res["policies"]

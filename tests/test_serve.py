@@ -73,7 +73,8 @@ class Server:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ade_runtime.serve.server", "--backbone", "testbed"]
-            + ["--predictors", str(export), "--trace-dir", str(traces), "--port", str(self.port), *extra],
+            + ["--predictors", str(export), "--allow-fallback"]  # the test exports have no critique
+            + ["--trace-dir", str(traces), "--port", str(self.port), *extra],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -16,7 +16,7 @@ from ade_runtime.artifacts import atomic_export_dir
 from ade_runtime.policy import PolicyConfig
 from ade_runtime.serve import server
 from ade_runtime.serve.api import EditAPI
-from ade_runtime.serve.exports import ExportWatcher, export_fingerprint
+from ade_runtime.serve.exports import ExportWatcher, export_fingerprint, load_strict
 from ade_runtime.testbed import World, save_png
 from ade_runtime.testbed.imageio import make_image
 from ade_runtime.trace_log import FAILED_LOG
@@ -39,7 +39,8 @@ def source(tmp_path):
 
 def api_for(tmp_path, export) -> EditAPI:
     args = server.build_parser().parse_args(
-        ["--backbone", "testbed", "--predictors", str(export), "--trace-dir", str(tmp_path / "traces")]
+        ["--backbone", "testbed", "--predictors", str(export), "--allow-fallback"]
+        + ["--trace-dir", str(tmp_path / "traces"), "--device", "cpu"]
     )
     api = EditAPI(args)
     api.setup("cpu")
@@ -85,7 +86,7 @@ def test_decode_request_maps_bad_input_to_its_status(tmp_path, source):
 
 def test_watcher_swaps_a_good_export_and_refuses_a_corrupt_one(tmp_path):
     export = write_export(tmp_path / "export")
-    w = ExportWatcher(export)
+    w = ExportWatcher(export, loader=lambda d: load_strict(d, allow_fallback=True))  # no critique exported
     w.load()
     first = w.fingerprint
     assert w.check() is None  # nothing changed
@@ -122,9 +123,12 @@ def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys):
     assert server.main(["--backbone", "testbed", "--predictors", str(tmp_path / "none")]) == 2
     assert "export directory not found" in capsys.readouterr().err
     export = write_export(tmp_path / "export")
-    assert server.main(["--backbone", "testbed", "--predictors", str(export), "--policy", "nope"]) == 2
+    assert server.main(["--backbone", "testbed", "--predictors", str(export)]) == 2
+    assert "critique.json: not exported" in capsys.readouterr().err  # strict unless --allow-fallback
+    fb = ["--backbone", "testbed", "--predictors", str(export), "--allow-fallback", "--device", "cpu"]
+    assert server.main([*fb, "--policy", "nope"]) == 2
     assert "unknown policy" in capsys.readouterr().err
-    assert server.main(["--backbone", "testbed", "--predictors", str(export), "--host", "10.0.0.1"]) == 2
+    assert server.main([*fb, "--host", "10.0.0.1"]) == 2
     assert "--host" in capsys.readouterr().err
     assert isinstance(
         server.build_parser().parse_args(["--backbone", "testbed", "--predictors", "x"]), argparse.Namespace

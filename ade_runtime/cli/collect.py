@@ -8,14 +8,15 @@ output is a v1 trace dataset with ``judge`` empty (label it with ``ade-judge``).
 ``--shard k/n`` takes every n-th request starting at k, so a scheduler can fan a request
 file out over many GPUs into one directory; a rerun skips requests already written.
 
-Request file: JSON lines ``{"id": str, "image": path relative to the file,
-"instruction": str, "category": str (optional)}``.
+Two runs of the same shard into one ``--out`` are refused (a lock per shard), so ids are never
+written twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,37 @@ from pathlib import Path
 from PIL import Image
 
 from ade_runtime.backbones.base import AttemptSpec, EditRequest
-from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer
-from ade_runtime.errors import ADEError, InputError
+from ade_runtime.cli._common import (
+    add_backbone_args,
+    backbone_meta,
+    build_backbone,
+    build_scorer,
+    pipeline_kwargs,
+)
+from ade_runtime.cli._io import (
+    add_predictor_args,
+    check_backbone_name,
+    cli_main,
+    load_predictors,
+    prepare_out_dir,
+    reject_lines,
+)
+from ade_runtime.errors import InputError
 from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
 from ade_runtime.trace_log import build_record
 from ade_runtime.traces import TraceWriter, load_records
+
+REQUESTS_FORMAT = """\
+requests file (--requests): JSON lines, one request per line:
+  {"id": "q0", "image": "src/q0.png", "instruction": "Turn the red circle blue", "category": "recolor"}
+  id           unique non-empty string (the trace record's id)
+  image        path of the source image, relative to the requests file (PNG/JPEG/WebP)
+  instruction  the edit instruction, non-empty
+  category     optional label kept in the trace
+Bad lines are reported (file:line and the field) and skipped. Build one with
+`ade-testbed request --append FILE` or any script that writes these lines."""
 
 
 @dataclass
@@ -150,56 +175,122 @@ def run_grid(
     return logs
 
 
+class ShardLock:
+    """An exclusive ``flock`` on OUT/.collect-sKofN.lock: a second writer of the same shard is refused.
+
+    The kernel drops the lock when the process dies, so a killed run never blocks the rerun.
+    """
+
+    def __init__(self, out: Path, k: int, n: int) -> None:
+        self.path = out / f".collect-s{k}of{n}.lock"
+        self.fh = None
+
+    def __enter__(self) -> ShardLock:
+        import fcntl
+
+        self.fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            pid = self.fh.read().strip() or "?"
+            self.fh.close()
+            raise InputError(
+                f"--out {self.path.parent}: another ade-collect (pid {pid}) is writing shard "
+                f"{self.path.stem.removeprefix('.collect-s').replace('of', '/')} there; wait for it to finish "
+                "or choose another --out"
+            ) from None
+        self.fh.truncate(0)
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.close()  # closing releases the lock
+
+
+@cli_main("ade-collect")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ade-collect", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="ade-collect",
+        description=__doc__.split("\n\n")[0],
+        epilog=REQUESTS_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_backbone_args(p)
-    p.add_argument("--requests", required=True, help="JSON-lines file of requests (see --help text)")
-    p.add_argument("--out", required=True, help="output trace dataset directory")
+    p.add_argument("--requests", required=True, help="JSON-lines file of requests (format below)")
+    p.add_argument("--out", required=True, help="output trace dataset directory (created)")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reasoning", default="0", help="comma-separated reasoning-token budgets, e.g. 0,512")
-    p.add_argument(
-        "--predictors", default=None, help="export directory whose critique writes the refinement prompts"
+    add_predictor_args(
+        p, required=False, help="export directory whose critique writes the refinement prompts (OUT/export)"
     )
     p.add_argument("--shard", default="0/1", help="k/n: take requests k, k+n, k+2n, ...")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_backbone_name(args.backbone)
+    pipeline_kwargs(args)  # a JSON typo is refused before anything loads
+    k, n = parse_shard(args.shard)
     try:
-        k, n = parse_shard(args.shard)
         levels = sorted({int(x) for x in args.reasoning.split(",") if x.strip()})
-        if args.candidates < 1 or args.rounds < 1 or not levels or min(levels) < 0:
-            raise InputError("--candidates and --rounds must be >= 1 and --reasoning non-negative integers")
-        reqs, bad = read_requests(Path(args.requests))
-        for msg in bad:
-            print(f"ade-collect: rejected {msg}", file=sys.stderr)
-        mine = [r for i, r in enumerate(reqs) if i % n == k]
-        out = Path(args.out)
-        done: set[str] = set()
-        if out.is_dir() and any(out.rglob("*.jsonl")):
-            done = {r.id for r in load_records(out, images="none")[0]}
-        todo = [r for r in mine if r.id not in done]
-        print(
-            f"ade-collect: shard {k}/{n}: {len(mine)} requests, {len(mine) - len(todo)} already collected",
-            file=sys.stderr,
+    except ValueError:
+        levels = []
+    if args.candidates < 1 or args.rounds < 1 or not levels or min(levels) < 0:
+        raise InputError("--candidates and --rounds must be >= 1 and --reasoning non-negative integers")
+    requests_path = Path(args.requests)
+    if not requests_path.is_file():
+        raise InputError(
+            f"--requests {requests_path}: no such file; write one request per line ({REQUESTS_HINT})"
         )
-        critique = None
-        if args.predictors:
-            from ade_runtime.predictors.bundle import Predictors
+    reqs, bad = read_requests(requests_path)
+    for msg in bad:
+        print(f"ade-collect: rejected {msg}", file=sys.stderr)
+    out = prepare_out_dir(args.out)
+    with ShardLock(out, k, n):
+        return _collect(args, reqs, bad, out, k, n, levels)
 
-            critique = Predictors.load(args.predictors).critique
-        backbone = build_backbone(args)
-        scorer = build_scorer(args, args.backbone)
-        written = failed = 0
-        with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
-            for line in progress(todo, desc="ade-collect"):
-                try:
-                    with Image.open(line.image) as im:
-                        image = im.copy()
-                    request = validate_request(EditRequest(image, line.instruction, line.id, line.category))
-                except (OSError, InputError) as exc:
-                    print(f"ade-collect: rejected {line.id}: {exc}", file=sys.stderr)
-                    failed += 1
-                    continue
+
+REQUESTS_HINT = '{"id": ..., "image": ..., "instruction": ...}, see ade-collect --help'
+
+
+def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> int:
+    mine = [r for i, r in enumerate(reqs) if i % n == k]
+    # validate every request of this shard before the backbone loads
+    todo_checked: list[tuple[RequestLine, EditRequest]] = []
+    failed = 0
+    done: set[str] = set()
+    if any(out.rglob("*.jsonl")):
+        # ids only: a record whose image went bad still counts as collected (no duplicate ids)
+        records, rejects = load_records(out, images="none")
+        done = {r.id for r in records}
+        for line in reject_lines(rejects, "in --out ignored"):
+            print(f"ade-collect: {line}", file=sys.stderr)
+    for line in mine:
+        if line.id in done:
+            continue
+        try:
+            with Image.open(line.image) as im:
+                image = im.copy()
+            request = validate_request(EditRequest(image, line.instruction, line.id, line.category))
+        except (OSError, InputError) as exc:
+            print(f"ade-collect: rejected {line.id}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        todo_checked.append((line, request))
+    print(
+        f"ade-collect: shard {k}/{n}: {len(mine)} requests, {len(done & {r.id for r in mine})} already collected",
+        file=sys.stderr,
+    )
+    critique = load_predictors(args, "ade-collect").critique if args.predictors else None
+    backbone = build_backbone(args, "ade-collect")
+    scorer = build_scorer(args, args.backbone)
+    written = 0
+    with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
+        for _, request in progress(todo_checked, desc="ade-collect"):
+            request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
+            try:
                 logs = run_grid(
                     backbone,
                     request,
@@ -210,28 +301,29 @@ def main(argv: list[str] | None = None) -> int:
                     critique=critique,
                     scorer=scorer,
                 )
-                errors = [{"key": list(e.step.key), "error": e.error} for e in logs if e.error]
-                record = build_record(
-                    request,
-                    logs,
-                    backbone.name,
-                    ade_meta={"collect": True, "failures": errors},
-                    writer=writer,
-                )
-                if record.attempts:
-                    writer.write(record)
-                    written += 1
-                else:
-                    failed += 1
-    except ADEError as exc:
-        print(f"ade-collect: {exc}", file=sys.stderr)
-        return 2
+            except InputError as exc:  # the backbone refuses this request (e.g. prepare): skip it
+                print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            errors = [{"key": list(e.step.key), "error": e.error} for e in logs if e.error]
+            record = build_record(
+                request,
+                logs,
+                backbone.name,
+                ade_meta={"collect": True, "failures": errors},
+                writer=writer,
+            )
+            if record.attempts:
+                writer.write(record)
+                written += 1
+            else:
+                failed += 1
     print(
         json.dumps(
             {
                 "shard": f"{k}/{n}",
                 "written": written,
-                "skipped": len(mine) - len(todo),
+                "skipped": len(done & {r.id for r in mine}),
                 "failed": failed,
                 "rejected_lines": len(bad),
             }

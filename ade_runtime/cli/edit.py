@@ -9,17 +9,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from PIL import Image
 
 from ade_runtime.artifacts import atomic_write_bytes
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer
-from ade_runtime.errors import ADEError
-from ade_runtime.loop import AdaptiveEditor, EditResult
+from ade_runtime.cli._common import (
+    add_backbone_args,
+    backbone_meta,
+    build_backbone,
+    build_scorer,
+    pipeline_kwargs,
+)
+from ade_runtime.cli._io import (
+    IMAGE_SUFFIXES,
+    add_predictor_args,
+    check_backbone_name,
+    cli_main,
+    load_predictors,
+    prepare_out_dir,
+    prepare_out_file,
+)
+from ade_runtime.errors import InputError
+from ade_runtime.loop import AdaptiveEditor, EditResult, validate_request
 from ade_runtime.policy import POLICY_NAMES
-from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.traces.writer import file_mode
 
 
 def summary(result: EditResult) -> dict:
@@ -38,7 +52,7 @@ def summary(result: EditResult) -> dict:
     }
 
 
-def _png(img: Image.Image, fmt: str) -> bytes:
+def _encode(img: Image.Image, fmt: str) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -46,13 +60,20 @@ def _png(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+@cli_main("ade-edit")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ade-edit", description=__doc__.split("\n\n")[0])
     add_backbone_args(p)
-    p.add_argument("--predictors", required=True, help="export directory of `make train`")
+    add_predictor_args(
+        p, required=True, help="export directory of `make train` (OUT/export; OUT itself works too)"
+    )
     p.add_argument("--image", required=True, help="source image (PNG/JPEG/WebP)")
     p.add_argument("--instruction", required=True, help="the edit instruction")
-    p.add_argument("--out", required=True, help="where to write the edited image")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="where to write the edited image (.png, .jpg, .webp); folders are created",
+    )
     p.add_argument("--trace-dir", default=None, help="append this request as a v1 trace here")
     p.add_argument(
         "--policy", default="ade", help=f"ade (default) or a baseline: {', '.join(POLICY_NAMES[:-1])}"
@@ -62,46 +83,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     args = p.parse_args(argv)
+    # everything cheap first: output paths, the image and the instruction, then predictors and backbone
+    check_backbone_name(args.backbone)
+    pipeline_kwargs(args)  # a JSON typo is refused before anything loads
+    out = prepare_out_file(args.out)
+    if args.trace_dir:
+        prepare_out_dir(args.trace_dir, "--trace-dir")
     try:
-        predictors = Predictors.load(args.predictors)
-        for what, why in predictors.load_failures.items():
-            print(f"ade-edit: {what} not loaded, using its fallback ({why})", file=sys.stderr)
-        backbone = build_backbone(args)
-        scorer = build_scorer(args, args.backbone)
-        try:
-            with Image.open(args.image) as im:
-                image = im.copy()
-        except (OSError, ValueError) as exc:
-            print(f"ade-edit: {args.image}: cannot read the image ({exc})", file=sys.stderr)
-            return 2
-        request = EditRequest(
-            image=image, instruction=args.instruction, id=args.id or "request", category=args.category
-        )
-        editor = AdaptiveEditor(backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed)
-        result = editor.edit(request)
-        if result.image is None:
-            print(
-                "ade-edit: every attempt failed; nothing to write (see the failures below)", file=sys.stderr
+        with Image.open(args.image) as im:
+            image = im.copy()
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{args.image}: cannot read the image ({exc}); pass a PNG, JPEG or WebP file"
+        ) from None
+    try:
+        request = validate_request(
+            EditRequest(
+                image=image, instruction=args.instruction, id=args.id or "request", category=args.category
             )
-        else:
-            out = Path(args.out)
-            fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
-            atomic_write_bytes(out, _png(result.image, fmt))
-        if args.trace_dir:
-            from ade_runtime.trace_log import log_request
-            from ade_runtime.traces import TraceWriter
+        )
+    except InputError as exc:  # "the request: ..." -> name the option the user typed
+        option = "--instruction" if "instruction" in str(exc) else f"--image {args.image}"
+        raise InputError(f"{option}: {str(exc).removeprefix('the request: ')}") from None
+    predictors = load_predictors(args, "ade-edit")
+    backbone = build_backbone(args, "ade-edit")
+    request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
+    scorer = build_scorer(args, args.backbone)
+    editor = AdaptiveEditor(backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed)
+    result = editor.edit(request)
+    if result.image is None:
+        print("ade-edit: every attempt failed; nothing to write (see the failures below)", file=sys.stderr)
+    else:
+        atomic_write_bytes(out, _encode(result.image, IMAGE_SUFFIXES[out.suffix.lower()]))
+        out.chmod(file_mode())
+    trace_id = None
+    if args.trace_dir:
+        from ade_runtime.trace_log import log_request
+        from ade_runtime.traces import TraceWriter
 
-            with TraceWriter(args.trace_dir) as writer:
-                log_request(writer, result.request, result, backbone.name)
-    except ADEError as exc:
-        print(f"ade-edit: {exc}", file=sys.stderr)
-        return 2
+        with TraceWriter(args.trace_dir) as writer:
+            record = log_request(writer, result.request, result, backbone.name)
+        trace_id = record.id if record is not None else None
     s = summary(result)
+    conf = "n/a" if s["confidence"] is None else f"{s['confidence']:.3f}"
     print(
         f"budget {s['budget']} attempts, {s['attempts']} run ({s['pruned']} pruned), stopped: {s['stop_reason']}, "
-        f"chosen {s['chosen']} with confidence {s['confidence']}, NFE {s['nfe']}"
+        f"chosen {s['chosen']} with confidence {conf}, NFE {s['nfe']}"
     )
+    if result.image is not None:
+        print(f"image written to {out}")
+    if args.trace_dir:
+        where = f"record {trace_id!r}" if trace_id else f"{args.trace_dir}/failed-requests.log"
+        print(f"trace written to {args.trace_dir} ({where})")
     if args.json:
+        s.update(
+            out=str(out) if result.image is not None else None, trace_dir=args.trace_dir, trace_id=trace_id
+        )
         print(json.dumps(s, sort_keys=True, default=float))
     return 0 if result.image is not None else 1
 

@@ -8,6 +8,7 @@ from ade_runtime.policy.budget import (
     cost_unit,
     grid_points,
     level_index,
+    pruned_nfe,
     quantile_level,
 )
 from ade_runtime.policy.config import POLICY_NAMES, PolicyConfig, preset
@@ -42,6 +43,7 @@ __all__ = [
     "level_index",
     "outcome_dict",
     "preset",
+    "pruned_nfe",
     "quantile_level",
     "replay_oracle",
     "replay_policy",

@@ -53,6 +53,13 @@ class BudgetLabel:
         return None if self.point is None else self.point.reasoning_tokens
 
 
+def pruned_nfe(full_nfe: int | float, preview_nfe: int | float) -> int:
+    """What a candidate pruned at its one-step preview spent: the function evaluations up to the preview
+    (CFG passes counted), never more than the full attempt. The one definition replay, the live loop's
+    backbones and the testbed share, so a pruned attempt costs the same wherever it is counted."""
+    return int(min(int(preview_nfe), int(full_nfe)))
+
+
 def attempt_cost(attempt: Attempt, unit: str = "seconds") -> float:
     """Cost of one attempt: modelled/measured seconds when ``unit == "seconds"``, else NFE."""
     if unit == "seconds":

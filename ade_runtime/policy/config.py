@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
+
+from ade_runtime.predictors.config_base import ArtifactConfig, config_field
 
 POLICY_NAMES = (
     "single",
@@ -27,22 +28,39 @@ POLICY_NAMES = (
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(ArtifactConfig):
     """Decision rules of one policy. Thresholds apply to the calibrated confidence P(pass)."""
 
-    tau_high: float = 0.8  # stop the request as soon as an attempt's confidence reaches this
-    tau_low: float = 0.15  # below this an attempt is not worth refining: start a fresh candidate
-    s_max: int = 3  # rounds per candidate at most (round 0 plus s_max - 1 refinements)
-    card_quantile: float = 0.8  # quantile of CARD's budget distribution used as the attempt budget
-    prune_threshold: float | None = None  # preview confidence below which a candidate is pruned
-    default_budget: int = 8  # attempt budget when CARD is off, missing or failed
-    max_candidates: int = 8  # candidates at most, whatever the budget
-    use_card: bool = True  # take the attempt budget and reasoning tokens from CARD
-    early_stop: bool = True  # stop at tau_high
-    refine: bool = True  # refinement rounds with critique feedback (False: fresh samples only)
-    use_mask: bool = True  # confine refinement rounds to the critique / SRM region
-    select: str = "confidence"  # how the answer is picked: "confidence" or "judge" (offline oracle)
-    fixed_rounds: bool = False  # run every candidate to s_max rounds regardless of confidence
+    tau_high: float = config_field(
+        "stop the request as soon as an attempt's confidence reaches this", default=0.8
+    )
+    tau_low: float = config_field(
+        "below this an attempt is not worth refining: start a fresh candidate", default=0.15
+    )
+    s_max: int = config_field("rounds per candidate at most (round 0 plus s_max - 1 refinements)", default=3)
+    card_quantile: float = config_field(
+        "quantile of CARD's budget distribution used as the attempt budget", default=0.8
+    )
+    prune_threshold: float | None = config_field(
+        "preview confidence below which a candidate is pruned (None: no pruning)", default=None
+    )
+    default_budget: int = config_field("attempt budget when CARD is off, missing or failed", default=8)
+    max_candidates: int = config_field("candidates at most, whatever the budget", default=8)
+    use_card: bool = config_field("take the attempt budget and reasoning tokens from CARD", default=True)
+    early_stop: bool = config_field("stop at tau_high", default=True)
+    refine: bool = config_field(
+        "refinement rounds with critique feedback (False: fresh samples only)", default=True
+    )
+    use_mask: bool = config_field("confine refinement rounds to the critique / SRM region", default=True)
+    select: str = config_field(
+        "how the answer is picked: 'confidence' or 'judge' (offline oracle)", default="confidence"
+    )
+    fixed_rounds: bool = config_field(
+        "run every candidate to s_max rounds regardless of confidence", default=False
+    )
+    reasoning_tokens: int | None = config_field(
+        "thinking budget when CARD does not choose it (None: no thinking)", default=None
+    )
 
     def __post_init__(self) -> None:
         for name in ("tau_high", "tau_low", "card_quantile"):
@@ -63,17 +81,11 @@ class PolicyConfig:
             raise ValueError(
                 f"PolicyConfig.prune_threshold must be in [0, 1] or None, got {self.prune_threshold!r}"
             )
+        rt = self.reasoning_tokens
+        if rt is not None and (not isinstance(rt, int) or isinstance(rt, bool) or rt < 0):
+            raise ValueError(f"PolicyConfig.reasoning_tokens must be an int >= 0 or None, got {rt!r}")
         if self.select not in ("confidence", "judge"):
             raise ValueError(f"PolicyConfig.select must be 'confidence' or 'judge', got {self.select!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
-        """Build from a saved dict; unknown keys are ignored so newer configs still load."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
@@ -82,8 +94,18 @@ def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
     ``best_of_N`` (any N), ``best_of_N_oracle``, ``single``, ``fixed_chain``,
     ``confidence_stop`` (early stop without CARD, ADE-CoT-like), ``card_only`` (CARD budgets
     without early stop, PhysEdit-like) and ``ade`` (everything). ``oracle`` is replay-only.
+    A suffix ``@T`` fixes the reasoning budget of a policy that does not take it from CARD
+    (``single@512``, ``best_of_4@512``: the thinking-mode baselines of a reasoning backbone).
     """
     base = base or PolicyConfig()
+    m = re.fullmatch(r"(.+)@(\d+)", name)
+    if m:
+        cfg = preset(m.group(1), base)
+        if cfg.use_card:
+            raise ValueError(
+                f"{name!r}: '@T' fixes reasoning tokens, but {m.group(1)!r} takes them from CARD"
+            )
+        return replace(cfg, reasoning_tokens=int(m.group(2)))
     off = dict(use_card=False, early_stop=False, refine=False, prune_threshold=None, use_mask=False)
     m = re.fullmatch(r"best_of_(\d+)(_oracle)?", name)
     if m:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.policy.config import PolicyConfig, preset
 from ade_runtime.policy.session import Key, PolicySession
 from ade_runtime.traces.records import Attempt, EditRecord
@@ -89,7 +90,7 @@ def replay_record(
         t = _snap(levels, reasoning_tokens if reasoning_tokens is not None else levels[0])
     else:
         attempts_budget = config.default_budget
-        t = levels[0]
+        t = levels[0] if config.reasoning_tokens is None else _snap(levels, config.reasoning_tokens)
     prune = config.prune_threshold is not None
     if prune and preview is None:
         raise ReplayError("pruning needs preview confidences; the dataset has no preview scores")
@@ -116,7 +117,7 @@ def replay_record(
         if prune and step.round == 0:
             seconds += overhead.preview_s
             if session.should_prune(preview.get(step.key)):  # type: ignore[union-attr]
-                spent = min(preview_nfe, a.cost.nfe)
+                spent = pruned_nfe(a.cost.nfe, preview_nfe)
                 nfe += spent
                 if isinstance(s_per_nfe, (int, float)):
                     # reasoning happens before denoising, so a pruned attempt still paid for it

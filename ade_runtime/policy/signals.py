@@ -107,10 +107,15 @@ def record_signals(
     return conf, (prev or None)
 
 
+def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = None) -> Any:
+    """CARD's prediction (``BudgetPrediction``) for a logged request."""
+    img = image if image is not None else _load(record, record.source_image)
+    return card.predict(record.instruction, img)
+
+
 def card_budget(
     record: EditRecord, card: Any, quantile: float, image: Image.Image | None = None
 ) -> tuple[int, int]:
     """CARD's attempt budget (at ``quantile``) and reasoning tokens for a logged request."""
-    img = image if image is not None else _load(record, record.source_image)
-    pred = card.predict(record.instruction, img)
+    pred = card_prediction(record, card, image)
     return int(pred.quantile(quantile)), int(pred.reasoning_tokens)

@@ -3,6 +3,8 @@
 - ``card``: CARD, the complexity-adaptive budget (attempts and reasoning tokens) per request.
 - ``critique``: the DINOv2 critique head (pass probability, flaw map, feedback text, region).
 - ``calibration``: calibrated confidence P(pass) from online signals, and the policy thresholds.
+- ``bundle``: ``Predictors.load(export_dir)``, the three together (strict; fallbacks on request).
+- ``config_base``: the base of every saved config and the never-saved ``RuntimeOptions``.
 
 Names are imported lazily so that ``import ade_runtime.predictors`` stays cheap.
 """
@@ -22,6 +24,10 @@ _EXPORTS = {
     "Calibrator": "calibration",
     "CalibrationConfig": "calibration",
     "RequestFeaturizer": "features",
+    "Predictors": "bundle",
+    "resolve_export_dir": "bundle",
+    "ArtifactConfig": "config_base",
+    "RuntimeOptions": "config_base",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -32,3 +38,7 @@ def __getattr__(name: str) -> Any:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

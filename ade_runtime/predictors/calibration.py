@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.policy.config import PolicyConfig
 from ade_runtime.policy.signals import CRITIQUE_FEATURE  # noqa: F401  (one name for the loop, replay and here)
+from ade_runtime.predictors.config_base import ArtifactConfig, config_field
 
 METHODS = ("logistic", "isotonic", "logistic+isotonic")
 _HEADS = ("primary", "fallback")
@@ -47,17 +48,14 @@ def _as_policy(policy: Any) -> PolicyConfig | None:
     if policy is None or isinstance(policy, PolicyConfig):
         return policy
     if isinstance(policy, Mapping):
-        try:
-            return PolicyConfig.from_dict(dict(policy))
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"CalibrationConfig.policy: {exc}") from None
+        return PolicyConfig.from_dict(policy, "CalibrationConfig.policy", error=InputError)
     raise InputError(
         f"CalibrationConfig.policy: expected a PolicyConfig or a dict, got {type(policy).__name__}"
     )
 
 
 @dataclass
-class CalibrationConfig:
+class CalibrationConfig(ArtifactConfig):
     """Structure of an exported calibration (saved as ``calibration.json``).
 
     feature_names: online signals the primary map reads, in column order (e.g. clip_t, clip_i, critique).
@@ -70,12 +68,18 @@ class CalibrationConfig:
         card_quantile, prune_threshold, ...) as the runtime's PolicyConfig fields.
     """
 
-    feature_names: tuple[str, ...]
-    method: str = "logistic"
-    fallback_feature_names: tuple[str, ...] = ()
-    fallback_method: str = "logistic"
-    missing_confidence: float = 0.0
-    policy: PolicyConfig | None = None
+    feature_names: tuple[str, ...] = config_field("online signals the primary map reads, in column order")
+    method: str = config_field(
+        "how the primary map turns features into P(pass): one of METHODS", default="logistic"
+    )
+    fallback_feature_names: tuple[str, ...] = config_field(
+        "cheap signals of the fallback map, used when a primary feature is missing", default=()
+    )
+    fallback_method: str = config_field("method of the fallback map", default="logistic")
+    missing_confidence: float = config_field("P(pass) returned when no map can be applied", default=0.0)
+    policy: PolicyConfig | None = config_field(
+        "thresholds chosen by replay with this calibrator", default=None
+    )
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(str(f) for f in self.feature_names)
@@ -122,22 +126,6 @@ class CalibrationConfig:
             "missing_confidence": float(self.missing_confidence),
             "policy": None if self.policy is None else self.policy.to_dict(),
         }
-
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> CalibrationConfig:
-        known = {
-            "feature_names",
-            "method",
-            "fallback_feature_names",
-            "fallback_method",
-            "missing_confidence",
-            "policy",
-        }
-        if "feature_names" not in obj:
-            raise ArtifactError(
-                "calibration config has no 'feature_names'; re-export it with ade-train calibrate"
-            )
-        return cls(**{k: v for k, v in obj.items() if k in known})
 
 
 def interp_clip(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -293,12 +281,12 @@ class Calibrator(nn.Module):
         self, directory: str | Path, *, metrics: dict | None = None, data_fingerprint: str | None = None
     ) -> Path:
         """Write ``calibration.safetensors`` + ``calibration.json`` into ``directory`` (atomic)."""
-        from ade_runtime.artifacts import CALIBRATION_NAME, save_artifact
+        from ade_runtime.artifacts import CALIBRATION_KIND, CALIBRATION_NAME, save_artifact
 
         return save_artifact(
             directory,
             CALIBRATION_NAME,
-            kind="calibration",
+            kind=CALIBRATION_KIND,
             class_name=type(self).__name__,
             config=self.config.to_dict(),
             tensors=self.tensors(),
@@ -313,12 +301,12 @@ class Calibrator(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Calibrator:
         """Load the calibration exported into ``directory``."""
-        from ade_runtime.artifacts import CALIBRATION_NAME, load_artifact
+        from ade_runtime.artifacts import CALIBRATION_KIND, CALIBRATION_NAME, load_artifact
 
         art = load_artifact(
-            directory, CALIBRATION_NAME, kind="calibration", required_config_keys=("feature_names", "method")
+            directory, CALIBRATION_NAME, kind=CALIBRATION_KIND, required_config_keys=("method",)
         )
-        config = CalibrationConfig.from_dict(art.config)
+        config = CalibrationConfig.from_dict(art.config, str(art.path))
         heads: dict[str, dict[str, Tensor]] = {h: {} for h in _HEADS}
         for key, value in art.tensors.items():
             head, _, name = key.partition(".")

@@ -18,24 +18,24 @@ Public API::
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ade_runtime.artifacts import CARD_NAME, load_artifact, save_artifact
+from ade_runtime.artifacts import CARD_KIND, CARD_NAME, load_artifact, save_artifact
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.policy.budget import quantile_level
+from ade_runtime.predictors.config_base import ArtifactConfig
 from ade_runtime.predictors.features import RequestFeaturizer
 
-KIND = "card"
+KIND = CARD_KIND
 
 
 @dataclass
-class CardConfig:
+class CardConfig(ArtifactConfig):
     """Structure of a CARD model; saved in ``card.json`` and checked on load."""
 
     input_dim: int = field(metadata={"help": "request feature size (RequestFeaturizer.dim)"})
@@ -71,22 +71,6 @@ class CardConfig:
     def n_budget_classes(self) -> int:
         """Levels plus the "beyond" class."""
         return len(self.levels) + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> CardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(
-                f"{where}: unknown CardConfig keys {unknown} (newer ade?); ignoring them", stacklevel=2
-            )
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{where}: invalid CARD config: {exc}") from None
 
 
 class CardModel(nn.Module):
@@ -167,6 +151,11 @@ class CardPredictor:
     def config(self) -> CardConfig:
         return self.model.config
 
+    def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> CardPredictor:
+        """Run the MLP on ``device`` (features are computed on CPU and moved); returns self."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Budget probs [N, levels+1] and token probs [N, token levels] for feature rows ``x``."""
@@ -176,8 +165,9 @@ class CardPredictor:
         if not torch.isfinite(x).all():
             raise InputError("features contain NaN or infinity; check the encoders' inputs")
         self.model.eval()
-        b, t = self.model(x)
-        return b.softmax(-1), t.softmax(-1)
+        ref = self.model.feature_mean
+        b, t = self.model(x.to(device=ref.device, dtype=ref.dtype))
+        return b.float().softmax(-1).cpu(), t.float().softmax(-1).cpu()
 
     def predict_features(self, x: torch.Tensor) -> list[BudgetPrediction]:
         probs, tprobs = self.predict_proba(x)
@@ -225,7 +215,6 @@ class CardPredictor:
             directory,
             CARD_NAME,
             kind=KIND,
-            required_config_keys=("input_dim", "levels"),
             encoder_fingerprints=featurizer.fingerprints if featurizer is not None else None,
         )
         where = str(art.path)

@@ -14,10 +14,9 @@ loads it with ``CritiquePredictor.from_pretrained(export_dir)``.
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,18 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from ade_runtime.artifacts import CRITIQUE_KIND
 from ade_runtime.errors import ArtifactError, InputError
+from ade_runtime.predictors.config_base import ArtifactConfig
+from ade_runtime.predictors.config_base import config_field as _arg
 from ade_runtime.traces.records import Flaw
 
 NONE_KIND = "none"  # index 0 of the per-patch classes: "no flaw here"
 COMBINE_MODES = ("union", "intersect")
 
 
-def _arg(help: str, **kw: Any) -> Any:
-    """A dataclass field with its one-line help (peft-style ``metadata={"help": ...}``)."""
-    return field(metadata={"help": help}, **kw)
-
-
 @dataclass
-class CritiqueConfig:
+class CritiqueConfig(ArtifactConfig):
     """Structure of a critique head; saved as the artifact's config (JSON)."""
 
     kinds: tuple[str, ...] = _arg("flaw vocabulary learned from the data (without 'none')")
@@ -86,23 +83,6 @@ class CritiqueConfig:
             raise InputError(
                 f"CritiqueConfig.attention_combine={self.attention_combine!r}: use one of {COMBINE_MODES}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["kinds"], out["grid"] = list(self.kinds), list(self.grid)
-        return out
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any], source: str = "config") -> CritiqueConfig:
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(obj) - known):  # written by a newer ade: forward compatible
-            warnings.warn(f"{source}: ignoring unknown critique config keys {unknown}", stacklevel=2)
-        try:
-            return cls(**{k: v for k, v in obj.items() if k in known})
-        except TypeError as exc:
-            raise ArtifactError(
-                f"{source}: critique config is incomplete ({exc}); re-export the critique"
-            ) from exc
 
 
 class _PatchBlock(nn.Module):
@@ -335,6 +315,11 @@ class CritiquePredictor:
     def config(self) -> CritiqueConfig:
         return self.head.config
 
+    def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> CritiquePredictor:
+        """Run the head on ``device`` (the encoders keep the device of their own spec); returns self."""
+        self.head.to(device=device, dtype=dtype)
+        return self
+
     def predict(
         self, source: Image.Image, output: Image.Image, instruction: str, attention_mask: Any = None
     ) -> Critique:
@@ -360,11 +345,12 @@ class CritiquePredictor:
         for i, text in enumerate(instructions):
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"instructions[{i}] must be a non-empty string")
-        tokens = self.image_encoder.encode_patches(srcs + outs).float()
-        text = self.text_encoder.encode(list(instructions)).float()
+        ref = next(self.head.parameters())
+        tokens = self.image_encoder.encode_patches(srcs + outs).to(device=ref.device, dtype=ref.dtype)
+        text = self.text_encoder.encode(list(instructions)).to(device=ref.device, dtype=ref.dtype)
         pass_logit, flaw_logits = self.head(tokens[n:], tokens[:n], text)
-        p_pass = torch.sigmoid(pass_logit).numpy()
-        probs = torch.softmax(flaw_logits, dim=-1)[..., 1:].numpy()  # drop "none"
+        p_pass = torch.sigmoid(pass_logit.float()).cpu().numpy()
+        probs = torch.softmax(flaw_logits.float(), dim=-1)[..., 1:].cpu().numpy()  # drop "none"
         return [
             self._critique(float(p_pass[i]), probs[i], outs[i], instructions[i], attention_masks[i])
             for i in range(n)
@@ -434,7 +420,7 @@ class CritiquePredictor:
         return save_artifact(
             directory,
             CRITIQUE_NAME,
-            kind="critique",
+            kind=CRITIQUE_KIND,
             class_name=type(self).__name__,
             config=self.config.to_dict(),
             tensors=self.state_tensors(),
@@ -453,20 +439,20 @@ class CritiquePredictor:
         from ade_runtime.artifacts import CRITIQUE_NAME, load_artifact
         from ade_runtime.encoders import build_image_encoder, build_text_encoder
 
-        probe = load_artifact(directory, CRITIQUE_NAME, kind="critique")
+        probe = load_artifact(directory, CRITIQUE_NAME, kind=CRITIQUE_KIND)
         where = str(probe.path)
         encoders = (probe.feature_spec or {}).get("encoders") or {}
         if not all(isinstance(encoders.get(r), dict) and "spec" in encoders[r] for r in ("image", "text")):
             raise ArtifactError(
                 f"{where}: feature_spec.encoders lacks 'image'/'text' specs; re-export the critique"
             )
-        config = CritiqueConfig.from_dict(probe.config, source=where)
+        config = CritiqueConfig.from_dict(probe.config, where)
         image_encoder = build_image_encoder(encoders["image"]["spec"])
         text_encoder = build_text_encoder(encoders["text"]["spec"])
         fingerprints = {"text": text_encoder.fingerprint}
         if not config.encoder_trained:
             fingerprints["image"] = image_encoder.fingerprint
-        art = load_artifact(directory, CRITIQUE_NAME, kind="critique", encoder_fingerprints=fingerprints)
+        art = load_artifact(directory, CRITIQUE_NAME, kind=CRITIQUE_KIND, encoder_fingerprints=fingerprints)
         head = CritiqueHead(config)
         _load_prefixed(head, art.tensors, "head.", where)
         if config.encoder_trained:

@@ -26,7 +26,7 @@ import litserve as ls
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from ade_runtime.cli._common import build_backbone, build_scorer
+from ade_runtime.cli._common import backbone_meta, build_backbone, build_scorer
 from ade_runtime.cli.edit import summary as edit_summary
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor, EditResult
@@ -59,9 +59,12 @@ class EditAPI(ls.LitAPI):
         if str(a.device).startswith("cuda:"):
             device = a.device  # the user pinned a GPU; LitServe numbers its devices from 0
         ns = argparse.Namespace(**{**vars(a), "device": device})
-        self.watcher = ExportWatcher(a.predictors, loader=lambda d: load_strict(d, device=device))
+        self.watcher = ExportWatcher(
+            a.predictors, loader=lambda d: load_strict(d, device=device, allow_fallback=a.allow_fallback)
+        )
         self.watcher.load()
-        self.backbone = build_backbone(ns)
+        self.backbone = build_backbone(ns, "ade-serve")
+        self.backbone_meta = backbone_meta(self.backbone)
         self.scorer = build_scorer(ns, a.backbone)
         self.base_policy = self.watcher.predictors.policy if self.watcher.predictors else None
         self.writer = None
@@ -119,7 +122,7 @@ class EditAPI(ls.LitAPI):
         rid = job.request.id if job.request.id != "request" else f"req-{uuid.uuid4().hex[:16]}"
         if rid in self.served:
             raise HTTPException(409, f"id {rid!r} was already served; send a new id (or none)")
-        request = replace(job.request, id=rid)
+        request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
         fp = self.watcher.fingerprint
         deadline = _min(job.max_seconds, self.args.max_seconds)
         extra = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ade_runtime.artifacts import CALIBRATION_NAME, CARD_NAME, CRITIQUE_NAME
 from ade_runtime.errors import ADEError
-from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.predictors.bundle import Predictors, resolve_export_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def _stamp(directory: Path) -> tuple | None:
     return tuple(out) or None
 
 
-def load_strict(directory: str | Path, device: str = "cpu") -> Predictors:
-    return Predictors.load(directory, strict=True, device=device)
+def load_strict(directory: str | Path, device: str = "cpu", allow_fallback: bool = False) -> Predictors:
+    """A corrupt predictor always raises; a missing one only without ``allow_fallback``."""
+    return Predictors.load(directory, strict=not allow_fallback, device=device)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class ExportWatcher:
     _stamp: tuple | None = None
 
     def __post_init__(self) -> None:
-        self.directory = Path(self.directory)
+        self.directory = resolve_export_dir(self.directory)[0]  # a training OUT dir -> OUT/export
 
     def load(self) -> Predictors:
         """Initial strict load (raises ArtifactError on a corrupt export)."""

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from ade_runtime.backbones import BACKBONE_NAMES
-from ade_runtime.cli._common import add_backbone_args
+from ade_runtime.cli._common import add_backbone_args, resolve_device
+from ade_runtime.cli._io import add_predictor_args
 from ade_runtime.errors import ADEError
 from ade_runtime.serve.inputs import DEFAULT_MAX_IMAGE_BYTES
 
@@ -167,9 +168,7 @@ async def _json_response(send, status: int, obj: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ade-serve", description=__doc__.split("\n\n")[0])
     add_backbone_args(p)
-    p.add_argument(
-        "--predictors", required=True, help="export directory of `make train` (hot-swapped when replaced)"
-    )
+    add_predictor_args(p, required=True, help="export directory of `make train` (hot-swapped when replaced)")
     p.add_argument("--trace-dir", default=None, help="log every served request here as v1 traces")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or ::")
     p.add_argument("--port", type=int, default=8000)
@@ -202,7 +201,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--max-seconds {args.max_seconds}: use a positive number of seconds")
     if args.workers_per_device < 1:
         raise InputError("--workers-per-device must be >= 1")
-    preds = load_strict(args.predictors)  # strict: a corrupt export stops the start, not the first request
+    resolve_device(args, "ade-serve")  # once, here: every worker gets the same concrete device
+    # strict: a corrupt export stops the start, not the first request
+    preds = load_strict(args.predictors, allow_fallback=args.allow_fallback)
+    for line in preds.fallback_lines():
+        print(f"ade-serve: {line}", file=sys.stderr)
     try:
         preset(args.policy, preds.policy)
     except ValueError as exc:

@@ -27,6 +27,7 @@ from PIL import Image
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.errors import InputError
 from ade_runtime.feedback import split_feedback
+from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.testbed.costs import BackboneCost, get_cost
 from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image, read_scenes
 from ade_runtime.testbed.instructions import Edit, candidates, is_ambiguous, parse, resolve
@@ -130,6 +131,11 @@ class SyntheticBackbone:
         self.imitates = backbone
         self.failure = failure or FailureModel()
 
+    @property
+    def preview_step(self) -> int:
+        """The denoising step the loop previews at: the cost model's, as the generator logs it."""
+        return self.cost.preview_step
+
     # ---- difficulty ----------------------------------------------------------------------
 
     def edit_logit(
@@ -201,7 +207,7 @@ class SyntheticBackbone:
             step = spec.preview_step or self.cost.preview_step
             preview = _degrade(pixels, image.info[CHUNK_KEY])
             if not spec.preview_fn(preview, step):
-                nfe = min(nfe, step * self.cost.nfe_per_step)
+                nfe = pruned_nfe(nfe, step * self.cost.nfe_per_step)
                 lat = self.cost.latency(nfe, spec.reasoning_tokens)
                 return AttemptOutput(image=None, nfe=nfe, latency_s=lat, pruned=True, preview_image=preview)
         lat = self.cost.latency(nfe, spec.reasoning_tokens)

@@ -2,7 +2,7 @@
 
     ade-testbed generate --out data/sample --requests 2000 --seed 0
     ade-testbed generate --out data/shifted --seed 1 --clutter 5:10 --categories action,compose,remove
-    ade-testbed request --out /tmp/req --seed 3 --category color
+    ade-testbed request --out /tmp/req --seed 3 --category color [--append requests.jsonl]
     ade-testbed realism --requests 300
 
 Everything this tool writes is testbed data (meta.testbed = true), never results on real models.
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--category", default=None, help="edit category (default: any)")
     r.add_argument("--image-size", type=int, default=96)
+    r.add_argument(
+        "--append",
+        metavar="FILE",
+        default=None,
+        help="also append the request as a line of an ade-collect requests file (image path relative to FILE)",
+    )
+    r.add_argument("--id", default=None, help="request id in the --append line (default: testbed-SEED)")
     m = sub.add_parser("realism", help="measure the realism figures on requests simulated in memory")
     m.add_argument("--requests", type=int, default=300)
     m.add_argument("--seed", type=int, default=0)
@@ -108,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except ADEError as e:
         print(f"ade-testbed: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # finished shards stay; a rerun skips them
+        print("\nade-testbed: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -130,7 +140,29 @@ def _request(args) -> None:
     save_png(make_image(req.source, req.source, args.image_size), out / "source.png")
     info = {"testbed": True, "instruction": req.instruction, "category": req.category, "seed": args.seed}
     _atomic_write(out / "request.json", json.dumps(info, indent=2, sort_keys=True))
+    if args.append:
+        _append_request(Path(args.append), out / "source.png", args.id or f"testbed-{args.seed}", req)
     print(req.instruction)
+
+
+def _append_request(path, source, rid: str, req) -> None:
+    """Append one ``{"id", "image", "instruction", "category"}`` line (ade-collect's format)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                if line.strip() and json.loads(line).get("id") == rid:
+                    raise InputError(
+                        f"--append {path}:{n}: id {rid!r} is already there; pass another --id or --seed"
+                    )
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    image = os.path.relpath(source.resolve(), path.resolve().parent)
+    line = {"id": rid, "image": image, "instruction": req.instruction, "category": req.category}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -274,10 +275,16 @@ def generate_dataset(
     t0, done = time.perf_counter(), cfg.n_requests - sum(min(CHUNK, cfg.n_requests - k * CHUNK) for k in todo)
     jobs = [(asdict(cfg), str(root), k) for k in todo]
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as ex:
+        # workers ignore Ctrl-C: the parent alone reports it, queued chunks are cancelled
+        ex = ProcessPoolExecutor(max_workers=cfg.workers, initializer=_ignore_sigint)
+        try:
             for _, n in ex.map(_chunk_job, jobs):
                 done += n
                 _progress(progress, done, cfg.n_requests, t0)
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown()
     else:
         for job in jobs:
             done += _chunk_job(job)[1]
@@ -291,6 +298,10 @@ def generate_dataset(
     }
     _atomic_write(root / ".complete", json.dumps(summary, sort_keys=True))
     return summary
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _progress(on: bool, done: int, total: int, t0: float) -> None:

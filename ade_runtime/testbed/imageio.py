@@ -17,6 +17,7 @@ from PIL import Image, PngImagePlugin
 
 from ade_runtime.errors import InputError
 from ade_runtime.testbed.scene import Scene, render
+from ade_runtime.traces.writer import file_mode
 
 CHUNK_KEY = "ade-testbed"
 
@@ -76,6 +77,7 @@ def save_png(image: Image.Image, path: str | Path) -> None:
     if CHUNK_KEY in image.info:
         info.add_text(CHUNK_KEY, image.info[CHUNK_KEY], zip=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    os.fchmod(fd, file_mode())
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG", pnginfo=info, compress_level=6)

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from ..errors import ADEError
 from .reader import Reject, TraceDataset
 from .stats import StatsAccumulator, format_stats
+from .writer import file_mode
 
 
 class _Progress:
@@ -146,6 +147,7 @@ class _AtomicLines:
             raise ADEError(f"--rejects {target}: directory {parent} does not exist; create it first")
         try:
             fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
+            os.fchmod(fd, file_mode())  # readable like the shards, not mkstemp's 0600
         except OSError as exc:
             raise ADEError(f"--rejects {target}: cannot write there ({exc})") from exc
         self.f: TextIO | None = os.fdopen(fd, "w", encoding="utf-8")

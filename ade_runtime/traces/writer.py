@@ -28,6 +28,14 @@ from .reader import DEFAULT_MAX_LINE_BYTES, find_shards
 from .records import EditRecord
 from .validate import validate_record
 
+
+def file_mode(base: int = 0o666) -> int:
+    """``base`` masked by the process umask: what ``open()`` gives (mkstemp would give 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 _WRITE_CHUNK = 1 << 20  # large records go out in several writes; the reader copes with any cut
 
 
@@ -200,6 +208,7 @@ class TraceWriter:
         data = _encode(image, fmt, rel_path)
         full.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{full.name}.", suffix=".tmp", dir=full.parent)
+        os.fchmod(fd, file_mode())  # images readable like the shards (0644 under umask 022)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

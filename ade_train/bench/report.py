@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ade_runtime.artifacts import atomic_write_bytes
+from ade_runtime.cli.replay import format_table
 
 APPEARANCE = ("color", "background", "style")
 TESTBED_NOTE = (
@@ -120,21 +121,7 @@ def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None 
 
 
 def replay_table(replay: dict) -> str:
-    rows = [
-        "| policy | mean score | pass rate | NFE / request | GPU-s / request | speed-up vs Best-of-8 (NFE) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, s in replay["policies"].items():
-        if "error" in s:
-            rows.append(f"| `{name}` | n/a | | | | {s['error']} |")
-            continue
-        gs = s.get("gpu_seconds_per_request")
-        sp = s.get("speedup_nfe_vs_best_of_8")
-        rows.append(
-            f"| `{name}` | {s['mean_score']:.3f} | {s['pass_rate']:.3f} | {s['nfe_per_request']:.1f} | "
-            f"{'-' if gs is None else f'{gs:.2f}'} | {'-' if not sp else f'{sp:.2f}x'} |"
-        )
-    return "\n".join(rows)
+    return format_table(replay, markdown=True)
 
 
 def category_table(replay: dict, names=("best_of_8", "confidence_stop", "card_only", "ade", "oracle")) -> str:

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except ADEError as exc:
         print(f"ade-judge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the journal holds every finished label: a rerun resumes
+        print("ade-judge: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

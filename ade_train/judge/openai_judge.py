@@ -25,15 +25,7 @@ from PIL import Image
 from ade_runtime.errors import InputError
 
 from .base import JudgeFailure, JudgeItem, JudgeResult, Usage
-from .viescore import (
-    BOX_FORMATS,
-    DEFAULT_PASS_THRESHOLD,
-    MalformedAnswer,
-    combine,
-    parse_answer,
-    pq_prompt,
-    sc_prompt,
-)
+from .viescore import BOX_FORMATS, DEFAULT_PASS_THRESHOLD, outcome, questions, well_formed
 
 
 @dataclass
@@ -205,21 +197,17 @@ class OpenAIJudge:
                 item.ref, "no_image", "the API judge needs the source and output images", usage
             )
         try:
-            sc_text = self._post(
-                self._body(sc_prompt(item.instruction, self.config.box_format), [item.source, item.output]),
-                usage,
-            )
-            raw.append(sc_text)
-            sc = parse_answer(sc_text)
-            pq_text = self._post(self._body(pq_prompt(), [item.output]), usage)
-            raw.append(pq_text)
-            pq = parse_answer(pq_text)
+            for prompt, images in questions(
+                item.instruction, item.source, item.output, self.config.box_format
+            ):
+                raw.append(self._post(self._body(prompt, images), usage))
+                if not well_formed(raw[-1]):
+                    break  # a malformed SC answer: PQ would not make a label, do not pay for it
         except _CallError as exc:
             return JudgeFailure(item.ref, exc.reason, exc.message, usage, "\n---\n".join(raw) or None)
-        except MalformedAnswer as exc:
-            return JudgeFailure(item.ref, "malformed", str(exc), usage, "\n---\n".join(raw))
-        label = combine(sc, pq, pass_threshold=self.config.pass_threshold, box_format=self.config.box_format)
-        return JudgeResult(item.ref, label, usage, "\n---\n".join(raw))
+        return outcome(
+            item.ref, raw, usage, pass_threshold=self.config.pass_threshold, box_format=self.config.box_format
+        )
 
     def judge(self, items: list[JudgeItem]) -> list[JudgeResult | JudgeFailure]:
         return [self.judge_one(it) for it in items]

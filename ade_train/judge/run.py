@@ -29,8 +29,10 @@ from typing import Any
 
 from PIL import Image
 
+from ade_runtime.cli._io import reject_lines
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.traces import EditRecord, Reject, TraceDataset, TraceWriter
+from ade_runtime.traces.writer import file_mode
 
 from .base import AttemptRef, Judge, JudgeFailure, JudgeItem, JudgeResult
 from .human import HumanJudge
@@ -110,6 +112,7 @@ def _place_image(src: Path, dst: Path) -> str:
         return "linked"
     except OSError:
         fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=dst.suffix)
+        os.fchmod(fd, file_mode())
         os.close(fd)
         try:
             shutil.copyfile(src, tmp)
@@ -142,9 +145,12 @@ TRANSIENT = frozenset({"judge_error", "http_error", "timeout", "image_error"})
 ABORT_AFTER = 3  # this many first batches failing entirely with judge_error: the judge is misconfigured
 
 
+IMAGE_CHECK = "header"  # both passes check images alike, so pass 2 accepts what pass 1 accepted
+
+
 def _plan(traces: Path, limit: int | None, judge: Judge, journal: Journal, retry_failed: bool):
     """Pass 1: the attempts to judge, every attempt's ref, counts, and the rejects."""
-    ds, items = _records(traces, limit, "header")
+    ds, items = _records(traces, limit, IMAGE_CHECK)
     tasks: list[_Task] = []
     refs: set[AttemptRef] = set()
     counts: Counter = Counter()
@@ -211,16 +217,18 @@ def _judge_tasks(
     return now, time.monotonic() - t0
 
 
-def _write_dataset(traces: Path, limit: int | None, work: Path, journal: Journal) -> tuple[Counter, int]:
-    """Pass 2: records through TraceWriter with the journal's labels, images hard-linked."""
+def _write_dataset(
+    traces: Path, limit: int | None, work: Path, journal: Journal, accepted: set[str]
+) -> tuple[Counter, int]:
+    """Pass 2: the records pass 1 accepted, through TraceWriter with the journal's labels, images linked."""
     for stale in work.glob(f"{SHARD_PREFIX}-*.jsonl"):
         stale.unlink()  # left by a finalisation that was killed
     placed: Counter = Counter()
     labelled = 0
-    _, items = _records(traces, limit, "none")
+    _, items = _records(traces, limit, IMAGE_CHECK)
     with TraceWriter(work, prefix=SHARD_PREFIX, fsync=False) as writer:
         for rec in items:
-            if isinstance(rec, Reject):
+            if isinstance(rec, Reject) or rec.id not in accepted:
                 continue
             src_rel, src_abs = _rebase(rec, traces, rec.source_image)
             placed[_place_image(src_abs, work / src_rel)] += 1
@@ -293,8 +301,8 @@ def judge_traces(
             log(
                 f"{len(rejects)} rejected records (not judged, not copied): {dict(Counter(r.reason for r in rejects))}"
             )
-            for r in rejects[:5]:
-                log(f"  {r.shard}:{r.line} id={r.id} {r.reason}: {r.message}")
+            for line in reject_lines(rejects, "skipped")[1:]:
+                log(line)
         log(
             f"{counts['records']} records, {counts['attempts']} attempts: {len(tasks)} to judge, "
             f"{counts['kept']} already labelled, {counts['from_journal']} in the journal, "
@@ -308,7 +316,8 @@ def judge_traces(
             problems = unmatched + judge.problems
             for p in problems[:20]:
                 log(f"label problem: {p}")
-        placed, labelled_now = _write_dataset(traces_p, limit, work, journal)
+        accepted = {ref.record_id for ref in refs}
+        placed, labelled_now = _write_dataset(traces_p, limit, work, journal, accepted)
         done_now = now["judged"] + now["failed"]
         summary = {
             "traces": key,

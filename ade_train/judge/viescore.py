@@ -26,7 +26,7 @@ from ade_runtime.feedback import FLAW_KINDS
 from ade_runtime.traces.records import Flaw
 from ade_runtime.traces.records import Judge as JudgeLabel
 
-from .base import make_label, valid_box
+from .base import AttemptRef, JudgeFailure, JudgeResult, Usage, make_label, valid_box
 
 BOX_FORMATS = ("pixels", "norm1000", "unit")
 DEFAULT_PASS_THRESHOLD = 0.7
@@ -194,3 +194,43 @@ def combine(
     if dropped:
         extra["dropped_flaws"] = dropped
     return make_label(overall, overall >= pass_threshold, flaws, **extra)
+
+
+# -- what every VIEScore judge (local VLM, HTTP API) does the same way ----------------------------------
+
+
+def questions(instruction: str, source: Any, output: Any, box_format: str = "unit") -> list[tuple[str, list]]:
+    """The two questions of one attempt, in order: SC (source + edited image), then PQ (edited only)."""
+    return [(sc_prompt(instruction, box_format), [source, output]), (pq_prompt(), [output])]
+
+
+def well_formed(text: str) -> bool:
+    """True when ``text`` parses as an answer (a judge may stop asking after a malformed one)."""
+    try:
+        parse_answer(text)
+    except MalformedAnswer:
+        return False
+    return True
+
+
+def outcome(
+    ref: AttemptRef,
+    texts: list[str],
+    usage: Usage,
+    *,
+    pass_threshold: float = DEFAULT_PASS_THRESHOLD,
+    box_format: str = "unit",
+    width: float | None = None,
+    height: float | None = None,
+) -> JudgeResult | JudgeFailure:
+    """The answers to ``questions`` (SC, PQ) -> a label, or a ``malformed`` failure keeping the raw text."""
+    raw = "\n---\n".join(texts)
+    try:
+        answers = [parse_answer(t) for t in texts]  # the first malformed one names the problem
+        if len(answers) != 2:
+            raise MalformedAnswer(f"expected the SC and PQ answers, got {len(answers)} answer(s)")
+        sc, pq = answers
+    except MalformedAnswer as exc:
+        return JudgeFailure(ref, "malformed", str(exc), usage, raw)
+    label = combine(sc, pq, pass_threshold=pass_threshold, box_format=box_format, width=width, height=height)
+    return JudgeResult(ref, label, usage, raw)

@@ -25,15 +25,7 @@ from PIL import Image
 from ade_runtime.errors import BackboneUnavailableError, InputError
 
 from .base import JudgeFailure, JudgeItem, JudgeResult, Usage
-from .viescore import (
-    BOX_FORMATS,
-    DEFAULT_PASS_THRESHOLD,
-    MalformedAnswer,
-    combine,
-    parse_answer,
-    pq_prompt,
-    sc_prompt,
-)
+from .viescore import BOX_FORMATS, DEFAULT_PASS_THRESHOLD, outcome, questions
 
 IMAGE_PAD = "<|image_pad|>"
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
@@ -202,8 +194,7 @@ class VLMJudge:
             prompts: list[tuple[str, list[Image.Image]]] = []
             for j in ok:
                 it = items[j]
-                prompts.append((sc_prompt(it.instruction, self.box_format), [it.source, it.output]))
-                prompts.append((pq_prompt(), [it.output]))
+                prompts.extend(questions(it.instruction, it.source, it.output, self.box_format))
             t0 = time.monotonic()
             answers, seen, n_in, n_out = self._generate(prompts)
             # One generate call answers the whole batch: spread its cost evenly over the attempts.
@@ -214,22 +205,15 @@ class VLMJudge:
                 tokens_out=n_out // len(ok),
             )
             for n, j in enumerate(ok):
-                sc_text, pq_text = answers[2 * n], answers[2 * n + 1]
-                raw = f"{sc_text}\n---\n{pq_text}"
                 usage = Usage(1 if n == 0 else 0, share.seconds, share.tokens_in, share.tokens_out)
-                try:
-                    sc, pq = parse_answer(sc_text), parse_answer(pq_text)
-                except MalformedAnswer as exc:
-                    results[j] = JudgeFailure(items[j].ref, "malformed", str(exc), usage, raw)
-                    continue
                 h, w = seen[2 * n]
-                label = combine(
-                    sc,
-                    pq,
+                results[j] = outcome(
+                    items[j].ref,
+                    [answers[2 * n], answers[2 * n + 1]],
+                    usage,
                     pass_threshold=self.config.pass_threshold,
                     box_format=self.box_format,
                     width=w,
                     height=h,
                 )
-                results[j] = JudgeResult(items[j].ref, label, usage, raw)
         return [r for r in results if r is not None]

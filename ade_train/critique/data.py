@@ -2,7 +2,7 @@
 
 Any format-v1 trace dataset works: every attempt that stored an output image and has a judge
 label is one example; the others are skipped and counted (``no_image``, ``no_judge``). Requests
-are split by id with the same split as CARD (``ade_train.data``), so the critique never sees a
+are split by id with the same split as CARD (``ade_train.splits``), so the critique never sees a
 calibration or test request. Flaw boxes become per-patch targets on the encoder's patch grid
 (class 0 = "none", 1 + i = ``kinds[i]``), the dense-label recipe of patch-level defect maps.
 
@@ -13,7 +13,6 @@ or the encoder's preprocessed pixels when the encoder is trained (``finetune_las
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,16 +23,23 @@ from typing import Any
 import lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from ade_runtime.artifacts import fingerprint_records
 from ade_runtime.errors import InputError, TraceError
 from ade_runtime.policy import budget
 from ade_runtime.predictors.critique import crop_window, to_view
 from ade_runtime.traces import TraceDataset
 from ade_runtime.traces.records import EditRecord, Flaw
-from ade_train.data import SPLITS, SPLITS_FILE, split_ids
 from ade_train.export import DataInfo, data_source
+from ade_train.loaders import SplitLoaders, require_dataset, run_paths
+from ade_train.splits import (
+    SPLITS,
+    dataset_fingerprint,
+    display_path,
+    load_splits,
+    read_splits_file,
+    split_ids,
+)
+from ade_train.summary import report_rejects
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +190,7 @@ def _open(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-class CritiqueDataModule(L.LightningDataModule):
+class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
     """Judged attempts of a trace dataset as critique-head batches, split by request like CARD."""
 
     def __init__(
@@ -221,11 +227,7 @@ class CritiqueDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.data_dir = Path(data)
-        self.out_dir = Path(out_dir) if out_dir else None
-        self.cache_dir = (
-            Path(cache_dir) if cache_dir else (self.out_dir / "features" if self.out_dir else None)
-        )
+        self.data_dir, self.out_dir, self.cache_dir = run_paths(data, out_dir, cache_dir)
         self.image_spec = dict(image_encoder)
         self.text_spec = dict(text_encoder or {"kind": "hashing", "dim": 256})
         self.encoder_mode = encoder_mode
@@ -240,30 +242,24 @@ class CritiqueDataModule(L.LightningDataModule):
     # -- loading ---------------------------------------------------------------------------------
 
     def _splits(self, records: list[EditRecord]) -> dict[str, list[str]]:
-        """CARD's split: OUT/splits.json when CARD wrote it for this data, else the same function."""
-        path = self.out_dir / SPLITS_FILE if self.out_dir else None
-        if path is not None and path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("data") == str(self.data_dir.resolve()) and saved.get("seed") == self.seed:
-                return {s: list(saved["splits"][s]) for s in SPLITS}
-        return split_ids([r for r in records if budget.is_judged(r)], self.split_fractions, self.seed)
+        """CARD's split: OUT/splits.json when CARD wrote it with this seed (refused when it belongs to
+        another dataset), else the same function."""
+        judged = [r for r in records if budget.is_judged(r)]
+        saved = read_splits_file(self.out_dir) if self.out_dir else None
+        if saved is not None and saved.get("seed") == self.seed:
+            return load_splits(self.out_dir, dataset_fingerprint(judged))
+        return split_ids(judged, self.split_fractions, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
         from ade_runtime.encoders import build_image_encoder, build_text_encoder
 
-        if not self.data_dir.is_dir():
-            raise TraceError(
-                f"trace dataset {self.data_dir} is not a directory; pass --data DIR of *.jsonl shards"
-            )
+        require_dataset(self.data_dir)
         ds = TraceDataset(self.data_dir, images="header")
         records = list(ds)
         self.rejects = list(ds.rejects)
-        if self.rejects:
-            log.warning(
-                "%s: %d rejected lines; first: %s", self.data_dir, len(self.rejects), self.rejects[0].message
-            )
+        report_rejects("critique", self.data_dir, self.rejects)
         self.split_ids = self._splits(records)
         by_id = {r.id: r for r in records}
         self.image_encoder = build_image_encoder(self.image_spec)
@@ -353,8 +349,8 @@ class CritiqueDataModule(L.LightningDataModule):
     def data_info(self) -> DataInfo:
         recs = self.records_used
         return DataInfo(
-            path=str(self.data_dir.resolve()),
-            fingerprint=fingerprint_records(r.id for r in recs),
+            path=display_path(self.data_dir),
+            fingerprint=dataset_fingerprint(recs),
             source=data_source(recs),
             n_records=len(recs),
             n_rejected=len(self.rejects),
@@ -363,23 +359,12 @@ class CritiqueDataModule(L.LightningDataModule):
             categories=sorted({str(r.category) for r in recs if r.category is not None}),
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    # -- loaders (ade_train.loaders.SplitLoaders) ---------------------------------------------------
+
+    def _split_dataset(self, split: str) -> _ExampleTensors:
         if not self._ready:
             raise RuntimeError("CritiqueDataModule.setup() has not run")
-        return DataLoader(
-            _ExampleTensors(self.inputs, self.text, self.rows[split]),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            persistent_workers=self.num_workers > 0,
-        )
+        return _ExampleTensors(self.inputs, self.text, self.rows[split])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val" if self.examples["val"] else "train", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if self.examples["test"] else "val", shuffle=False)
+    def _has_split(self, split: str) -> bool:
+        return bool(self.examples[split])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ade_train.card_metrics import prior_probs, quantile_index
+from ade_train.card.metrics import prior_probs, quantile_index
 
 
 def coverage_curve(

@@ -113,6 +113,17 @@ class SearchResult:
     candidates: list[dict[str, Any]]
     guarantee: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    choice_warnings: int = 0  # the last this-many warnings are about the search's own choice
+    # the replay itself, for certification: setting k's outcome on every request, and the reference's
+    configs: list[PolicyConfig] = field(default_factory=list, repr=False)
+    outcomes: list[list[Outcome]] = field(default_factory=list, repr=False)
+    reference_outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    def choose(self, index: int | None, policy: PolicyConfig) -> None:
+        """Make ``policy`` (grid setting ``index``, None for one outside the grid) the chosen one."""
+        self.chosen = policy
+        for i, row in enumerate(self.candidates):
+            row["chosen"] = i == index
 
     def table_csv(self) -> str:
         """The candidates table as CSV text (one row per candidate, the chosen one flagged)."""
@@ -214,22 +225,58 @@ def search_thresholds(
         best = max(range(len(rows)), key=lambda i: (rows[i]["mean_score"], -rows[i]["compute"], -i))
     rows[best]["chosen"] = True
     guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction)
-    warnings = []
-    n = len(records)
+    warnings, n_choice = _search_warnings(
+        len(records), ref_sum, rows[best], bool(feasible), guarantee, target, target_fraction,
+        reference_policy, min_requests,
+    )  # fmt: skip
+    return SearchResult(
+        chosen=configs[best],
+        feasible=bool(feasible),
+        target_score=target,
+        reference=reference,
+        compute_key=compute_key,
+        candidates=rows,
+        guarantee=guarantee,
+        warnings=warnings,
+        choice_warnings=n_choice,
+        configs=configs,
+        outcomes=outcomes,
+        reference_outcomes=ref_out,
+    )
+
+
+def _search_warnings(
+    n: int,
+    ref_sum: Mapping[str, Any],
+    chosen: Mapping[str, Any],
+    feasible: bool,
+    guarantee: Mapping[str, float],
+    target: float,
+    target_fraction: float,
+    reference_policy: str,
+    min_requests: int,
+) -> tuple[list[str], int]:
+    """What the search result cannot promise: incomplete replays, no feasible candidate, small n.
+
+    The first two are about the data; the rest about the search's own (uncertified) choice, which
+    ``SearchResult.choice_warnings`` counts so certification can drop them when it exports another policy.
+    """
+    warnings: list[str] = []
     if ref_sum.get("incomplete"):
         warnings.append(
             f"reference {reference_policy} asked for attempts the traces do not have in {ref_sum['incomplete']} of "
             f"{n} requests (it stopped there): the target is that of the grid the traces offer"
         )
-    if rows[best].get("incomplete"):
+    if chosen.get("incomplete"):
         warnings.append(
-            f"the chosen policy asked for attempts the traces do not have in {rows[best]['incomplete']} of {n} "
+            f"the chosen policy asked for attempts the traces do not have in {chosen['incomplete']} of {n} "
             "requests (its budget goes beyond the logged grid); its figures count what was logged"
         )
+    n_data = len(warnings)
     if not feasible:
         warnings.append(
             f"no candidate reaches {target_fraction:g} x {reference_policy} mean score ({target:.4f}) on the "
-            f"{n} calibration requests; chose the highest-scoring one ({rows[best]['mean_score']:.4f}); "
+            f"{n} calibration requests; chose the highest-scoring one ({chosen['mean_score']:.4f}); "
             "widen the grid or lower --target-fraction"
         )
     if n < min_requests:
@@ -243,16 +290,7 @@ def search_thresholds(
             f"the chosen policy meets the target with slack {guarantee['slack']:.4f}, below the 95% margin "
             f"{guarantee['se_margin']:.4f} for n={n}: the guarantee is not supported beyond these requests"
         )
-    return SearchResult(
-        chosen=configs[best],
-        feasible=bool(feasible),
-        target_score=target,
-        reference=reference,
-        compute_key=compute_key,
-        candidates=rows,
-        guarantee=guarantee,
-        warnings=warnings,
-    )
+    return warnings, len(warnings) - n_data
 
 
 def _card_at(cards: Mapping[str, Any], q: float) -> CardFn:

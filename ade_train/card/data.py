@@ -13,73 +13,33 @@ Public API::
     dm.setup("fit")
     dm.levels, dm.token_levels, dm.input_dim, dm.featurizer, dm.split_ids["calibration"]
     dm.records("calibration") -> list[EditRecord]; dm.tensors("test") -> dict of tensors
-    load_splits(out_dir) -> {split: [ids]}      # what calibration reuses
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from ade_runtime.artifacts import atomic_write_bytes, fingerprint_records
 from ade_runtime.errors import TraceError
 from ade_runtime.policy import budget
 from ade_runtime.predictors.features import RequestFeaturizer
 from ade_runtime.traces import EditRecord, TraceDataset
 from ade_train.export import DataInfo, data_source
+from ade_train.loaders import SplitLoaders, require_dataset, run_paths
+from ade_train.splits import SPLITS, dataset_fingerprint, display_path, split_ids, write_splits
+from ade_train.summary import report_rejects
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "calibration", "test")
-SPLITS_FILE = "splits.json"
 TENSOR_KEYS = ("x", "level", "censor_from", "censored", "token")
 
 
-def split_ids(
-    records: list[EditRecord], fractions: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1), seed: int = 0
-) -> dict[str, list[str]]:
-    """Request ids per split: within each category, ids ordered by sha256(seed:id) and cut by ``fractions``."""
-    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(
-            f"split fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}"
-        )
-    strata: dict[str, list[str]] = defaultdict(list)
-    for rec in records:
-        strata[str(rec.category)].append(rec.id)
-    out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for cat in sorted(strata):
-        ids = sorted(strata[cat], key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-        n, cum, start = len(ids), 0.0, 0
-        for name, frac in zip(SPLITS, fractions, strict=True):
-            cum += frac
-            stop = n if name == SPLITS[-1] else round(cum * n)
-            out[name].extend(ids[start:stop])
-            start = stop
-    return {s: sorted(v) for s, v in out.items()}
-
-
-def load_splits(out_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """The split ids a CARD run wrote to ``OUT/splits.json`` (so calibration uses the same requests)."""
-    path = Path(out_dir) / SPLITS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no splits file; run `ade-train card --out {out_dir}` first")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    missing = [s for s in SPLITS if s not in data.get("splits", {})]
-    if missing:
-        raise ValueError(f"{path}: splits {missing} missing; rerun `ade-train card` into this OUT")
-    return {s: list(data["splits"][s]) for s in SPLITS}
-
-
-class TraceDataModule(LightningDataModule):
+class TraceDataModule(SplitLoaders, LightningDataModule):
     """CARD's data: request features ``x``, budget level, censoring, token level per request."""
 
     def __init__(
@@ -110,11 +70,7 @@ class TraceDataModule(LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.data_dir = Path(data)
-        self.out_dir = Path(out_dir) if out_dir else None
-        self.cache_dir = (
-            Path(cache_dir) if cache_dir else (self.out_dir / "features" if self.out_dir else None)
-        )
+        self.data_dir, self.out_dir, self.cache_dir = run_paths(data, out_dir, cache_dir)
         self.text_spec = dict(text_encoder or {"kind": "hashing", "dim": 512})
         self.image_spec = dict(image_encoder or {"kind": "pixels"})
         self.split_fractions = tuple(float(f) for f in split_fractions)
@@ -138,17 +94,11 @@ class TraceDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        if not self.data_dir.is_dir():
-            raise TraceError(
-                f"trace dataset {self.data_dir} is not a directory; pass --data DIR of *.jsonl shards"
-            )
+        require_dataset(self.data_dir)
         ds = TraceDataset(self.data_dir, images=self.image_check)
         records = list(ds)
         self.rejects = list(ds.rejects)
-        if self.rejects:
-            reasons = Counter(r.reason for r in self.rejects)
-            log.warning("%s: %d rejected lines (%s); first: %s", self.data_dir, len(self.rejects), dict(reasons),
-                        self.rejects[0].message)  # fmt: skip
+        report_rejects("card", self.data_dir, self.rejects)
         if not records:
             raise TraceError(
                 f"{self.data_dir}: no valid records ({len(self.rejects)} rejected); run `ade-traces validate` on it"
@@ -204,15 +154,9 @@ class TraceDataModule(LightningDataModule):
     def _write_splits(self) -> None:
         if self.out_dir is None or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "data": str(self.data_dir.resolve()),
-            "seed": self.seed,
-            "fractions": list(self.split_fractions),
-            "splits": self.split_ids,
-        }
-        atomic_write_bytes(
-            self.out_dir / SPLITS_FILE, (json.dumps(payload, sort_keys=True, indent=1) + "\n").encode()
+        fingerprint = dataset_fingerprint(self.all_records)
+        write_splits(
+            self.out_dir, self.data_dir, fingerprint, self.seed, self.split_fractions, self.split_ids
         )
 
     # -- views -----------------------------------------------------------------------------------
@@ -239,8 +183,8 @@ class TraceDataModule(LightningDataModule):
 
     def data_info(self) -> DataInfo:
         return DataInfo(
-            path=str(self.data_dir.resolve()),
-            fingerprint=fingerprint_records(r.id for r in self.all_records),
+            path=display_path(self.data_dir),
+            fingerprint=dataset_fingerprint(self.all_records),
             source=data_source(self.all_records),
             n_records=len(self.all_records),
             n_rejected=len(self.rejects),
@@ -249,25 +193,11 @@ class TraceDataModule(LightningDataModule):
             categories=sorted({str(r.category) for r in self.all_records if r.category is not None}),
         )
 
-    # -- loaders ---------------------------------------------------------------------------------
+    # -- loaders (ade_train.loaders.SplitLoaders) ---------------------------------------------------
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _split_dataset(self, split: str) -> TensorDataset:
         t = self.tensors(split)
-        ds = TensorDataset(*(t[k] for k in TENSOR_KEYS))
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            persistent_workers=self.num_workers > 0,
-        )
+        return TensorDataset(*(t[k] for k in TENSOR_KEYS))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val" if self.split_ids["val"] else "train", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if self.split_ids["test"] else "val", shuffle=False)
+    def _has_split(self, split: str) -> bool:
+        return bool(self.split_ids[split])

@@ -106,3 +106,25 @@ def prior_probs(level: torch.Tensor, censored: torch.Tensor, n_classes: int, n: 
     need = torch.where(censored, torch.full_like(level, n_classes - 1), level)
     counts = torch.bincount(need, minlength=n_classes).float() + 1.0
     return (counts / counts.sum()).expand(n, n_classes)
+
+
+def category_prior_probs(
+    train_level: torch.Tensor,
+    train_censored: torch.Tensor,
+    train_categories: list[str],
+    categories: list[str],
+    n_classes: int,
+) -> torch.Tensor:
+    """The per-category prior: each category's train level frequencies, shrunk toward the constant
+    prior with ``n_classes`` pseudo-requests (a small category leans on the overall frequencies; an
+    unseen one gets the constant prior). One row per entry of ``categories``."""
+    overall = prior_probs(train_level, train_censored, n_classes, 1)[0]
+    need = torch.where(train_censored, torch.full_like(train_level, n_classes - 1), train_level)
+    rows: dict[str, torch.Tensor] = {}
+    for cat in sorted(set(train_categories)):
+        mask = torch.tensor([c == cat for c in train_categories], dtype=torch.bool)
+        counts = torch.bincount(need[mask], minlength=n_classes).float() + n_classes * overall
+        rows[cat] = counts / counts.sum()
+    if not categories:
+        return overall.expand(0, n_classes)
+    return torch.stack([rows.get(c, overall) for c in categories])

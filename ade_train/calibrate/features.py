@@ -5,7 +5,7 @@ head's ``p_pass`` on its image (missing when the attempt has no image or the cri
 calibrator's fallback then answers), its preview scores (``preview_<name>``) and its judge label.
 Features, previews and confidences come from ``ade_runtime.policy.signals``, the functions the live
 loop and ``ade-replay`` use, so the thresholds are chosen on exactly the confidences the loop will
-compute. ``SignalTable`` adds the training matrices for ``calibrate_fit``.
+compute. ``SignalTable`` adds the training matrices for ``calibrate.fit``.
 """
 
 from __future__ import annotations
@@ -80,6 +80,15 @@ class SignalTable:
         col = X[:, 0]
         lo, hi = (col.min(), col.max()) if len(col) else (0.0, 1.0)
         return np.clip((col - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.full_like(col, 0.5)
+
+    def subset(self, ids: set[str]) -> SignalTable:
+        """The same signals restricted to the requests ``ids`` (no recomputation)."""
+        recs = [r for r in self.records if r.id in ids]
+        pick = lambda d: {r.id: d[r.id] for r in recs}  # noqa: E731
+        return SignalTable(
+            recs, self.score_names, pick(self.features), pick(self.labels), pick(self.critique_p),
+            self.has_previews, list(self.notes),
+        )  # fmt: skip
 
     def signals(self, calibrator: Calibrator) -> Callable[[EditRecord], tuple[dict, dict | None]]:
         """``rec -> (confidence per key, preview confidence per key or None)``, as the loop computes them."""

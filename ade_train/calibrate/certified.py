@@ -1,0 +1,205 @@
+"""From a replayed threshold grid to a certified policy: split discipline, the certificate, the decision.
+
+The calibration split is cut (by request id) into a *fit* part and a *certify* part. The calibrated map
+is fitted on the fit part only; every grid setting is replayed over both parts (``calibrate.search``);
+the Pareto front of (compute, quality) is found on the fit part and certified by fixed-sequence
+Learn-then-Test on the certify part (``calibrate.certify``). The exported policy is then:
+
+* the cheapest certified setting; or, when nothing can be certified at the requested target,
+* the reference policy itself (Best-of-N with the same calibrated selector: conservative, and meeting a
+  target of at most 1 x reference by construction), saying why and what would make a certificate
+  possible; or, with ``allow_uncertified``, today's uncertified choice, flagged as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ade_runtime.policy import Outcome, PolicyConfig, preset
+from ade_runtime.policy.stats import paired_difference
+from ade_train.calibrate.certify import Certificate, RiskSpec, certify
+from ade_train.calibrate.fit import split_by_group
+
+
+def spec_of(cfg) -> RiskSpec:
+    """The risk the job certifies, from ``CalibrateConfig``."""
+    if cfg.risk == "absolute":
+        return RiskSpec("absolute", float(cfg.pass_rate), delta=cfg.delta, p_value=cfg.p_value)
+    return RiskSpec("relative", float(cfg.target_fraction), delta=cfg.delta, p_value=cfg.p_value)
+
+
+def certify_mask(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """True for the requests of the certify part (stable in the request id, disjoint from the fit part)."""
+    return split_by_group(np.asarray(list(ids)), fraction, salt=f"certify-{seed}")
+
+
+def _value(spec: RiskSpec, o: Outcome) -> float:
+    return float(o.passed) if spec.form == "absolute" else float(o.score)
+
+
+def _cost(o: Outcome, compute_key: str) -> float:
+    return float(o.seconds) if compute_key == "gpu_seconds_per_request" else float(o.nfe)
+
+
+def certify_grid(
+    spec: RiskSpec,
+    outcomes: Sequence[Sequence[Outcome]],
+    reference: Sequence[Outcome],
+    certify_ids: set[str],
+    compute_key: str,
+) -> Certificate:
+    """Certify the replayed grid (``outcomes[k]``: setting k on every calibration request, same order)."""
+    ids = [o.id for o in reference]
+    cer = np.array([i in certify_ids for i in ids])
+    if cer.all() or not cer.any():
+        raise ValueError("certify_grid: the fit and certify parts must both hold requests")
+    values = np.array([[_value(spec, o) for o in outs] for outs in outcomes]).T  # n x K
+    costs = np.array([[_cost(o, compute_key) for o in outs] for outs in outcomes]).T
+    ref = np.array([o.score for o in reference])
+    return certify(
+        spec,
+        select_scores=values[~cer],
+        select_reference=ref[~cer],
+        select_cost=costs[~cer].mean(axis=0),
+        certify_scores=values[cer],
+        certify_reference=ref[cer],
+    )
+
+
+@dataclass
+class Decision:
+    """What is exported and why."""
+
+    policy: PolicyConfig
+    status: str  # "certified" | "conservative" | "uncertified"
+    certificate: Certificate
+    index: int | None  # the grid setting exported (None: the reference policy)
+    text: str
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "index": self.index,
+            "text": self.text,
+            "policy": self.policy.to_dict(),
+            "certificate": self.certificate.to_dict(),
+        }
+
+
+def decide(
+    cert: Certificate,
+    configs: Sequence[PolicyConfig],
+    search_choice: int,
+    base: PolicyConfig,
+    reference_policy: str,
+    allow_uncertified: bool,
+) -> Decision:
+    if cert.chosen is not None:
+        return Decision(configs[cert.chosen], "certified", cert, cert.chosen, cert.explain())
+    if allow_uncertified:
+        text = (
+            f"{cert.explain()}. Exported UNCERTIFIED: the cheapest setting meeting the target on the "
+            "calibration requests (--allow-uncertified); its quality holds on those requests only"
+        )
+        return Decision(configs[search_choice], "uncertified", cert, search_choice, text)
+    ref = preset(reference_policy, base)
+    text = (
+        f"{cert.explain()}. Exported the conservative policy: {reference_policy} with the calibrated selector "
+        "(meets a target of at most 1 x reference by construction, saves no compute); collect more "
+        "calibration requests, lower the target, or pass --allow-uncertified"
+    )
+    return Decision(ref, "conservative", cert, None, text)
+
+
+def held_out_slack(
+    spec: RiskSpec, ours: Sequence[Outcome], reference: Sequence[Outcome], level: float = 0.9
+) -> dict:
+    """Paired slack on requests no choice saw: mean(ours) - target x mean(reference), with its interval."""
+    ref = {o.id: o for o in reference}
+    pairs = [(o, ref[o.id]) for o in ours if o.id in ref]
+    if spec.form == "absolute":
+        a = [float(o.passed) for o, _ in pairs]
+        b = [spec.target] * len(pairs)
+    else:
+        a = [o.score for o, _ in pairs]
+        b = [spec.target * r.score for _, r in pairs]
+    d = paired_difference(a, b, level=level)
+    return {
+        **d.to_dict(),
+        "meaning": "mean(policy) - target x mean(reference)"
+        if spec.form == "relative"
+        else "pass rate - target pass rate",
+    }
+
+
+def _replayer(records, score_names, calibrator, card, critique, overhead):
+    """``(policy, name) -> outcomes`` over ``records``, with their signals and CARD predictions computed once."""
+    from ade_runtime.policy import replay_policy
+    from ade_train.calibrate.features import build_signal_table
+
+    signals = build_signal_table(records, score_names, critique).signals(calibrator)
+    preds = {r.id: _card_pred(card, r) for r in records} if card is not None else {}
+
+    def replay(policy: PolicyConfig, name: str = "ade") -> list[Outcome]:
+        def card_fn(r):
+            return int(preds[r.id].quantile(policy.card_quantile)), int(preds[r.id].reasoning_tokens)
+
+        return replay_policy(records, name, policy, signals, card_fn if card is not None else None, overhead)
+
+    return replay
+
+
+def _card_pred(card, rec):
+    from PIL import Image
+
+    with Image.open(rec.resolve(rec.source_image)) as im:
+        return card.predict(rec.instruction, im.convert("RGB"))
+
+
+def run_certification(
+    cfg, result, certify_ids: set[str], test_records, calibrator, card, critique, overhead, score_names
+) -> tuple[Decision, dict | None]:
+    """Certify the replayed grid, decide what to export, and measure the paired slack on the test split."""
+    spec = spec_of(cfg)
+    cert = certify_grid(spec, result.outcomes, result.reference_outcomes, certify_ids, result.compute_key)
+    search_choice = next(i for i, r in enumerate(result.candidates) if r["chosen"])
+    decision = decide(
+        cert, result.configs, search_choice, cfg.policy_base, cfg.reference_policy, cfg.allow_uncertified
+    )
+    result.choose(decision.index, decision.policy)
+    if decision.status != "uncertified" and result.choice_warnings:
+        # the search's remarks on its own choice do not apply to the policy exported instead
+        result.warnings = result.warnings[: len(result.warnings) - result.choice_warnings]
+    for i, row in enumerate(result.candidates):
+        row["certified"] = i in cert.certified
+    heldout = None
+    if test_records:
+        replay = _replayer(test_records, score_names, calibrator, card, critique, overhead)
+        ref = replay(cfg.policy_base, cfg.reference_policy)
+        heldout = held_out_slack(spec, replay(decision.policy), ref)
+        heldout["split"] = "test"
+    return decision, heldout
+
+
+def certificate_metrics(decision: Decision, heldout: dict | None, n_certify: int) -> dict:
+    """The figures the summary, the W&B run and the model card carry."""
+    c = decision.certificate
+    m = {
+        "certificate": decision.status,
+        "certified_claim": c.spec.claim,
+        "delta": c.spec.delta,
+        "n_certify": n_certify,
+        "n_fit": c.n_select,
+        "certificate_p_value": c.p_value,
+        "strongest_certified_target": c.strongest_target,
+        "n_needed_for_target": c.n_needed,
+    }
+    if heldout is not None:
+        m.update(
+            heldout_slack=heldout["diff"], heldout_slack_lo=heldout["lo"], heldout_slack_hi=heldout["hi"]
+        )
+        m["heldout_requests"] = heldout["n"]
+    return m

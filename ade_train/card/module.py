@@ -1,0 +1,132 @@
+"""CardModule: CARD (complexity-adaptive budget predictor) as a LightningModule.
+
+Wraps the runtime ``CardModel`` (ade_runtime/predictors/card.py) with the censored NLL of
+``ade_train.card.metrics``; starts from the constant prior (output bias = log prior of the train
+split) and reports the prior's metrics beside its own on the test split. After
+lightning-hydra-template's ``src/models/*_module.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from ade_runtime.errors import InputError
+from ade_runtime.predictors.card import CardConfig, CardModel
+from ade_train.card.data import TraceDataModule
+from ade_train.card.metrics import card_loss, card_metrics, censored_nll, prior_probs
+
+
+class CardModule(L.LightningModule):
+    """CARD training: censored NLL over budget levels + token-level CE; metrics on val/test."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        levels: list[int],
+        token_levels: list[int] | None = None,
+        hidden: list[int] | None = None,
+        dropout: float = 0.1,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        token_weight: float = 0.5,
+        quantiles: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = CardConfig(
+            input_dim=input_dim,
+            levels=list(levels),
+            token_levels=list(token_levels or [0]),
+            hidden=list(hidden or [128, 64]),
+            dropout=dropout,
+        )
+        self.model = CardModel(self.config)
+        self.quantiles = [float(q) for q in (quantiles or [0.5, 0.8, 0.9])]
+        if not all(0 < q < 1 for q in self.quantiles):
+            raise InputError(f"model.quantiles must lie in (0, 1), got {self.quantiles}")
+        self._outputs: list[tuple[torch.Tensor, ...]] = []
+        self._prior: torch.Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if isinstance(dm, TraceDataModule):
+            train = dm.tensors("train")
+            self._prior = prior_probs(train["level"], train["censored"], self.config.n_budget_classes, 1)[0]
+            if stage == "fit":
+                self.model.set_feature_stats(train["x"])
+                # Start near the constant prior (output bias = log prior): the need is noisy per request,
+                # so the head should learn departures from it (a resume loads the checkpoint over this).
+                with torch.no_grad():
+                    self.model.budget_head.bias.copy_(self._prior.clamp_min(1e-6).log())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x)
+
+    def _loss(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        x, level, censor_from, censored, token = batch
+        b, t = self(x)
+        total, nll, tok = card_loss(b, t, level, censor_from, censored, token, self.hparams.token_weight)
+        return total, nll, tok, b, t
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        total, nll, tok, _, _ = self._loss(batch)
+        self.log_dict(
+            {"train/loss": total, "train/nll": nll, "train/token_ce": tok},
+            on_epoch=True,
+            on_step=False,
+            sync_dist=True,
+        )
+        return total
+
+    def _eval_step(self, batch: Sequence[torch.Tensor], prefix: str) -> None:
+        total, nll, _, b, t = self._loss(batch)
+        self.log(f"{prefix}/loss", total, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
+        self.log(f"{prefix}/nll", nll, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
+        _, level, censor_from, censored, token = batch
+        self._outputs.append((b.softmax(-1), t.softmax(-1), level, censor_from, censored, token))
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _epoch_metrics(self, prefix: str) -> None:
+        if not self._outputs:
+            return
+        cols = [torch.cat(c) for c in zip(*self._outputs, strict=True)]
+        self._outputs.clear()
+        if self.trainer.world_size > 1:  # every rank computes the metrics of the whole split
+            cols = [self.all_gather(c).flatten(0, 1) for c in cols]
+        probs, tprobs, level, censor_from, censored, token = cols
+        m = card_metrics(probs, tprobs, level, censored, token, self.config.levels, self.quantiles)
+        if prefix == "test" and self._prior is not None:
+            base = card_metrics(
+                self._prior.expand_as(probs),
+                tprobs,
+                level,
+                censored,
+                token,
+                self.config.levels,
+                self.quantiles,
+            )
+            m.update(
+                {f"prior_{k}": v for k, v in base.items() if k.startswith(("acc", "mae", "cov", "budget"))}
+            )
+            prior_logits = self._prior.clamp_min(1e-12).log().expand_as(probs)
+            m["prior_nll"] = float(censored_nll(prior_logits, level, censor_from, censored).mean())
+        self.log_dict({f"{prefix}/{k}": float(v) for k, v in m.items()}, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_metrics("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

@@ -1,0 +1,101 @@
+"""Weak-model checks every ``ade-train`` job runs before it ships: a weak model is never exported silently.
+
+Each check returns one sentence (or None) that the job prints in its summary and writes into the
+model card (``PredictorSection.warnings``):
+
+- ``critique_warning``: the critique's held-out AUROC with a bootstrap 90% interval over requests;
+  weak when the interval's lower end is not above 0.5 (chance).
+- ``card_warning``: CARD's validation NLL against the constant prior's and the per-category prior's.
+- ``calibration_warning``: the calibrated map against its cheap-score fallback on held-out data by
+  ECE and Brier score (the job then exports the fallback map; see ``ade_train.calibrate.job``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (rank statistic, ties averaged); NaN when one class is absent."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc_interval(
+    scores: Sequence[float],
+    labels: Sequence[bool],
+    groups: Sequence[str] | None = None,
+    *,
+    level: float = 0.9,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(AUROC, lo, hi): a percentile bootstrap interval resampling whole requests (``groups``)."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
+    point = auroc(scores, labels)
+    if not math.isfinite(point):
+        return point, float("nan"), float("nan")
+    keys = np.asarray(groups) if groups is not None and len(groups) == len(scores) else np.arange(len(scores))
+    uniq, inv = np.unique(keys, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        value = auroc(scores[idx], labels[idx])
+        if math.isfinite(value):
+            stats.append(value)
+    if not stats:
+        return point, float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    return point, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def critique_warning(point: float, lo: float, hi: float, split: str = "test") -> str | None:
+    """``weak: AUROC x [lo, hi] not above chance`` when the interval's lower end is <= 0.5."""
+    if not math.isfinite(point):
+        return f"weak: {split} AUROC undefined (one class only among the held-out attempts)"
+    if not math.isfinite(lo) or lo <= 0.5:
+        return (
+            f"weak: AUROC {point:.3f} [{lo:.3f}, {hi:.3f}] not above chance ({split} split, 90% bootstrap CI)"
+        )
+    return None
+
+
+def card_warning(nll: float, constant_nll: float, category_nll: float | None = None) -> str | None:
+    """Says so when CARD's validation NLL does not beat the constant or the per-category prior."""
+    beaten = [("constant prior", constant_nll)]
+    if category_nll is not None and math.isfinite(category_nll):
+        beaten.append(("per-category prior", category_nll))
+    lost = [f"{name} {value:.4f}" for name, value in beaten if not nll < value]
+    if not lost:
+        return None
+    return f"weak: CARD's validation NLL {nll:.4f} does not beat the {', '.join(lost)}"
+
+
+def calibration_warning(primary: tuple[float, float], fallback: tuple[float, float] | None) -> str | None:
+    """When the calibrated map is worse than its cheap-score fallback on held-out data by ECE or
+    Brier score: ``primary`` and ``fallback`` are (ece, brier)."""
+    if fallback is None:
+        return None
+    worse = [
+        f"{name} {p:.4f} > {f:.4f}"
+        for name, p, f in (("ECE", primary[0], fallback[0]), ("Brier", primary[1], fallback[1]))
+        if math.isfinite(p) and math.isfinite(f) and p > f
+    ]
+    if not worse:
+        return None
+    return (
+        "weak: the calibrated map is worse than its cheap-score fallback on held-out requests ("
+        + ", ".join(worse)
+        + "); the fallback map is exported instead"
+    )
