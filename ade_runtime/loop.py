@@ -130,6 +130,7 @@ class AdaptiveEditor:
         policy: PolicyConfig | str = "ade",
         scorer: Scorer | None = None,
         seed: int = 0,
+        max_seconds: float | None = None,
     ) -> None:
         self.backbone = backbone
         self.predictors = predictors or Predictors()
@@ -137,6 +138,7 @@ class AdaptiveEditor:
         self.config = preset(policy, base) if isinstance(policy, str) else policy
         self.scorer = scorer
         self.seed = seed
+        self.max_seconds = max_seconds  # default deadline per request (PolicySession.deadline_reached)
 
     # -- budget -----------------------------------------------------------------------------------
     def _budget(self, request: EditRequest, failures: list[dict]) -> tuple[int, int]:
@@ -221,12 +223,16 @@ class AdaptiveEditor:
         return keep
 
     # -- the loop ---------------------------------------------------------------------------------
-    def edit(self, request: EditRequest) -> EditResult:
+    def edit(self, request: EditRequest, *, max_seconds: float | None = None) -> EditResult:
+        """Run the loop on one request; ``max_seconds`` (default: the editor's) caps its compute in
+        backbone + controller seconds: when the next attempt would exceed it, the best so far is
+        returned with stop reason ``deadline``."""
         request = validate_request(request)
+        deadline = max_seconds if max_seconds is not None else self.max_seconds
         failures: list[dict] = self.predictors.fallbacks()  # recorded in every trace (meta.ade)
         t_overhead = time.perf_counter()
         budget, tokens = self._budget(request, failures)
-        session = PolicySession(self.config, budget, tokens)
+        session = PolicySession(self.config, budget, tokens, max_seconds=deadline)
         overhead = time.perf_counter() - t_overhead
         state = self.backbone.prepare(request)
         logs: dict[Key, AttemptLog] = {}
@@ -257,6 +263,7 @@ class AdaptiveEditor:
                 preview_fn=self._preview_fn(request, session, sink) if (prune and step.round == 0) else None,
             )
             entry = AttemptLog(step=step, prompt=prompt, output=None)
+            t_run = time.perf_counter()
             try:
                 out = self.backbone.run(state, spec)
             except Exception as exc:  # one failing attempt must not fail the request
@@ -270,7 +277,7 @@ class AdaptiveEditor:
                     }
                 )
                 order.append(entry)
-                session.observe(step, None, failed=True)
+                session.observe(step, None, failed=True, seconds=time.perf_counter() - t_run)
                 continue
             entry.output = out
             entry.overhead_s += sink.get("overhead_s", 0.0)
@@ -279,11 +286,11 @@ class AdaptiveEditor:
             logs[step.key] = entry
             order.append(entry)
             if out.pruned or out.image is None:
-                session.observe(step, None, pruned=True)
+                session.observe(step, None, pruned=True, seconds=float(out.latency_s) + entry.overhead_s)
                 continue
             # scores + critique -> calibrated confidence; the critique also writes the refinement prompt
             self._judge_online(request, entry, failures)
-            session.observe(step, entry.confidence)
+            session.observe(step, entry.confidence, seconds=float(out.latency_s) + entry.overhead_s)
         chosen = session.best()
         if chosen is None:
             # Documented fallback: no usable confidence -> the first attempt that produced an image.

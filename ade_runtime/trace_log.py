@@ -109,24 +109,41 @@ FAILED_LOG = "failed-requests.log"  # not a *.jsonl shard: readers of the datase
 
 
 def log_request(
-    writer: TraceWriter, request: EditRequest, result: EditResult, backbone: str
+    writer: TraceWriter,
+    request: EditRequest,
+    result: EditResult,
+    backbone: str,
+    *,
+    ade_extra: dict[str, Any] | None = None,
 ) -> EditRecord | None:
-    """Write one request's record. A request whose every attempt failed has no attempt to log
-    (v1 requires one), so it goes to ``failed-requests.log`` beside the shards instead of
-    being lost; None is returned then."""
-    record = build_record(request, result.attempts, backbone, ade_meta=result_meta(result), writer=writer)
+    """Write one request's record (``ade_extra`` is merged into ``meta.ade``, e.g. the export that
+    served it). A request whose every attempt failed has no attempt to log (v1 requires one), so it
+    goes to ``failed-requests.log`` beside the shards instead of being lost; None is returned then."""
+    ade_meta = {**result_meta(result), **(ade_extra or {})}
+    record = build_record(request, result.attempts, backbone, ade_meta=ade_meta, writer=writer)
     result.record = record
     if record.attempts:
         writer.write(record)
         return record
+    _append_failed(writer, record.id, record.instruction, record.source_image, backbone, record.meta)
+    return None
+
+
+def log_error(
+    writer: TraceWriter, request: EditRequest, error: str, backbone: str, ade_extra: dict[str, Any]
+) -> None:
+    """Record a request that failed with an internal error (no attempt to log) in ``failed-requests.log``."""
+    rid = request_id(request)
+    source_rel = writer.write_image(f"images/{rid}/source.png", request.image)
+    meta = {**request.meta, "ade": {"version": __version__, "error": error, **ade_extra}}
+    _append_failed(writer, rid, request.instruction, source_rel, backbone, meta)
+
+
+def _append_failed(
+    writer: TraceWriter, rid: str, instruction: str, source: str, backbone: str, meta: dict
+) -> None:
     line = json.dumps(
-        {
-            "id": record.id,
-            "instruction": record.instruction,
-            "source_image": record.source_image,
-            "backbone": backbone,
-            "meta": record.meta,
-        },
+        {"id": rid, "instruction": instruction, "source_image": source, "backbone": backbone, "meta": meta},
         sort_keys=True,
         default=str,
     )
@@ -135,4 +152,3 @@ def log_request(
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    return None

@@ -11,10 +11,12 @@ import sys
 FORBIDDEN = ("lightning", "pytorch_lightning", "lightning_fabric", "wandb", "sklearn", "ade_train")
 # house rule: backbone libraries load lazily, inside the adapters' and encoders' functions
 LAZY = ("transformers", "diffusers", "tokenizers", "accelerate")
+# the server's libraries (the `serve` extra) load only inside ade_runtime.serve's server modules
+SERVE_LIBS = ("litserve", "fastapi", "uvicorn", "starlette", "prometheus_client")
 
 _SCRIPT = r"""
 import importlib, json, pkgutil, sys, tempfile, traceback
-FORBIDDEN, LAZY = %r, %r
+FORBIDDEN, LAZY, SERVE_LIBS = %r, %r, %r
 
 def forbidden(names=FORBIDDEN):
     return sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in names})
@@ -25,7 +27,12 @@ report = {"modules": [], "failed": {}, "culprits": {}}
 names = ["ade_runtime"] + sorted(
     m.name for m in pkgutil.walk_packages(ade_runtime.__path__, "ade_runtime.")
 )
+# the server's modules last, so that everything before them is checked for the server's libraries
+names.sort(key=lambda n: n.startswith(("ade_runtime.serve.api", "ade_runtime.serve.server", "ade_runtime.serve.metrics")))
+serve_libs_early = None
 for name in names:
+    if serve_libs_early is None and name.startswith(("ade_runtime.serve.api", "ade_runtime.serve.server", "ade_runtime.serve.metrics")):
+        serve_libs_early = forbidden(SERVE_LIBS)
     before = set(forbidden())
     try:
         importlib.import_module(name)
@@ -46,13 +53,14 @@ with tempfile.TemporaryDirectory() as d:
     report["artifact_ok"] = bool(torch.equal(art.tensors["w"], torch.ones(2, 2)))
 report["forbidden"] = forbidden()
 report["eager_backbone_libs"] = forbidden(LAZY)
+report["serve_libs_early"] = serve_libs_early
 print(json.dumps(report))
 """
 
 
 def test_runtime_never_imports_the_training_stack():
     proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT % (FORBIDDEN, LAZY)],
+        [sys.executable, "-c", _SCRIPT % (FORBIDDEN, LAZY, SERVE_LIBS)],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -69,6 +77,15 @@ def test_runtime_never_imports_the_training_stack():
     assert report["eager_backbone_libs"] == [], (
         "imported at module level somewhere in ade_runtime (must be lazy)"
     )
-    # the walk really covered the package, including the artifact and encoder modules
-    for name in ("ade_runtime.artifacts", "ade_runtime.encoders.cache", "ade_runtime.encoders.hf_text"):
+    assert report["serve_libs_early"] == [], (
+        "the server's libraries are imported outside ade_runtime.serve.{api,server,metrics}"
+    )
+    # the walk really covered the package, including the artifact, encoder and server modules
+    for name in (
+        "ade_runtime.artifacts",
+        "ade_runtime.encoders.cache",
+        "ade_runtime.encoders.hf_text",
+        "ade_runtime.serve.inputs",
+        "ade_runtime.serve.server",
+    ):
         assert name in report["modules"]

@@ -72,12 +72,14 @@ def replay_record(
     preview: Mapping[Key, float] | None = None,
     overhead: Overhead = Overhead(),
     preview_step: int | None = None,
+    max_seconds: float | None = None,
 ) -> Outcome:
     """Replay ``config`` on one record.
 
     ``confidence`` maps attempt keys to calibrated P(pass); ``preview`` to the calibrated
     confidence of their one-step preview (needed when ``config.prune_threshold`` is set).
-    ``budget``/``reasoning_tokens`` come from CARD when ``config.use_card``.
+    ``budget``/``reasoning_tokens`` come from CARD when ``config.use_card``. ``max_seconds`` is the
+    live loop's deadline (``PolicySession.deadline_reached``), charged with the logged seconds.
     """
     grid = record.attempt_grid()
     levels = sorted({a.reasoning_tokens for a in record.attempts})
@@ -97,8 +99,12 @@ def replay_record(
         record.meta.get("preview_nfe", preview_step or record.meta.get("preview_step", DEFAULT_PREVIEW_STEP))
     )
     s_per_nfe = record.meta.get("s_per_nfe")
+    if max_seconds is not None and any(a.cost.latency_s is None for a in record.attempts):
+        raise ReplayError(
+            f"record {record.id!r}: a deadline (max_seconds) needs cost.latency_s on every attempt"
+        )
 
-    session = PolicySession(config, attempts_budget, t)
+    session = PolicySession(config, attempts_budget, t, max_seconds=max_seconds)
     nfe = seconds = 0.0
     missing: Key | None = None
     while (step := session.next_step()) is not None:
@@ -107,6 +113,7 @@ def replay_record(
             missing = step.key
             session.abort("missing_attempt")
             break
+        before = seconds
         if prune and step.round == 0:
             seconds += overhead.preview_s
             if session.should_prune(preview.get(step.key)):  # type: ignore[union-attr]
@@ -117,7 +124,7 @@ def replay_record(
                     seconds += _seconds(a) - (a.cost.nfe - spent) * float(s_per_nfe)
                 else:
                     seconds += _seconds(a) * (spent / a.cost.nfe if a.cost.nfe else 0.0)
-                session.observe(step, None, pruned=True)
+                session.observe(step, None, pruned=True, seconds=seconds - before)
                 continue
         nfe += a.cost.nfe
         # every finished attempt is scored and critiqued: the calibrated confidence reads both
@@ -125,7 +132,7 @@ def replay_record(
         c = confidence.get(step.key)
         if config.select == "judge":
             c = a.judge.score if a.judge is not None else None
-        session.observe(step, c)
+        session.observe(step, c, seconds=seconds - before)
 
     chosen = session.best()
     if chosen is None:
@@ -223,6 +230,7 @@ def replay_policy(
     signals: SignalFn,
     card: CardFn | None = None,
     overhead: Overhead = Overhead(),
+    max_seconds: float | None = None,
 ) -> list[Outcome]:
     """Replay the named policy over records. ``signals(rec) -> (confidence, preview)``, ``card(rec) -> (budget, tokens)``."""
     if name == "oracle":
@@ -240,7 +248,14 @@ def replay_policy(
         budget, tokens = card(rec) if (config.use_card and card is not None) else (None, None)
         outcomes.append(
             replay_record(
-                rec, config, conf, budget=budget, reasoning_tokens=tokens, preview=prev, overhead=overhead
+                rec,
+                config,
+                conf,
+                budget=budget,
+                reasoning_tokens=tokens,
+                preview=prev,
+                overhead=overhead,
+                max_seconds=max_seconds,
             )
         )
     return outcomes

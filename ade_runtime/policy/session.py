@@ -61,6 +61,7 @@ class PolicySession:
     config: PolicyConfig
     budget: int
     reasoning_tokens: int = 0
+    max_seconds: float | None = None  # per-request compute cap (None: no deadline)
     decisions: list[Decision] = field(default_factory=list)
     confidences: dict[Key, float | None] = field(default_factory=dict)
     pruned: list[Key] = field(default_factory=list)
@@ -69,10 +70,30 @@ class PolicySession:
     _round: int = 0
     _used: int = 0
     _pending: Step | None = None
+    _spent_s: float = 0.0
+    _charged: int = 0
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ValueError(f"attempt budget must be >= 1, got {self.budget}")
+        if self.max_seconds is not None and not (
+            isinstance(self.max_seconds, (int, float))
+            and math.isfinite(self.max_seconds)
+            and self.max_seconds > 0
+        ):
+            raise ValueError(f"max_seconds must be a positive number or None, got {self.max_seconds!r}")
+
+    @property
+    def seconds_spent(self) -> float:
+        return self._spent_s
+
+    def deadline_reached(self) -> bool:
+        """The deadline rule, shared by the live loop and replay: the next attempt is not run when the
+        seconds spent plus the mean cost of the attempts run so far would exceed ``max_seconds``.
+        The first attempt always runs, so a request always has an answer."""
+        if self.max_seconds is None or self._charged == 0:
+            return False
+        return self._spent_s + self._spent_s / self._charged > self.max_seconds
 
     @property
     def attempts_used(self) -> int:
@@ -104,6 +125,9 @@ class PolicySession:
         if self._candidate >= self.config.max_candidates:
             self.stop("max_candidates")
             return None
+        if self.deadline_reached():
+            self.stop("deadline")
+            return None
         refines = None
         if self._round > 0:
             refines = (self._candidate, self._round - 1, self.reasoning_tokens)
@@ -113,12 +137,21 @@ class PolicySession:
         return step
 
     def observe(
-        self, step: Step, confidence: float | None, *, pruned: bool = False, failed: bool = False
+        self,
+        step: Step,
+        confidence: float | None,
+        *,
+        pruned: bool = False,
+        failed: bool = False,
+        seconds: float = 0.0,
     ) -> None:
-        """Record what ``step`` produced and decide what comes next."""
+        """Record what ``step`` produced (and the ``seconds`` it cost) and decide what comes next."""
         if self._pending is None or step.key != self._pending.key:
             raise RuntimeError(f"observe() got {step.key}, expected the pending step {self._pending}")
         self._pending = None
+        if math.isfinite(seconds):
+            self._spent_s += max(0.0, float(seconds))
+        self._charged += 1
         cfg = self.config
         # A pruned candidate spent only its preview: it does not use up an attempt of the budget
         # (max_candidates still bounds how many are tried).

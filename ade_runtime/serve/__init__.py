@@ -1,0 +1,7 @@
+"""``ade-serve``: ADE's adaptive loop behind a LitServe model server (docs/serving.md).
+
+Nothing here is imported by ``import ade_runtime``: the server's libraries (litserve, FastAPI,
+uvicorn, prometheus-client, the ``serve`` extra) load only when ``ade_runtime.serve.api`` or
+``ade_runtime.serve.server`` is imported. ``inputs`` (request validation) and ``exports``
+(export fingerprints and hot swap) need only the runtime core.
+"""

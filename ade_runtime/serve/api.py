@@ -1,0 +1,224 @@
+"""The LitServe API of ``ade-serve``: one backbone worker per device, one request at a time.
+
+``setup`` loads the backbone and the predictors (strictly) once per worker and opens the
+worker's own trace shard stream (``serve-w<k>``); ``decode_request`` validates the payload;
+``predict`` swaps in a new export if one appeared, runs ``AdaptiveEditor.edit`` with the
+request's policy, seed and deadline, logs the request as a trace (export fingerprint
+included) and records the metrics; ``encode_response`` returns the image (base64 PNG in the
+JSON, or PNG bytes) with the summary. Candidates stay sequential inside the loop, so a worker
+holds one sample at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import replace
+
+import litserve as ls
+from fastapi import HTTPException
+from fastapi.responses import Response
+
+from ade_runtime.cli._common import backbone_meta, build_backbone, build_scorer
+from ade_runtime.cli.edit import summary as edit_summary
+from ade_runtime.errors import InputError
+from ade_runtime.loop import AdaptiveEditor, EditResult
+from ade_runtime.serve import metrics
+from ade_runtime.serve.exports import ExportWatcher, load_strict
+from ade_runtime.serve.inputs import BadRequest, EditJob, parse_payload
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER = 8000
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class EditAPI(ls.LitAPI):
+    """``POST /edit``. ``args`` are ade-serve's parsed options (picklable: workers are spawned)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(api_path="/edit", max_batch_size=1)
+        self.args = args
+
+    # -- worker lifetime --------------------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        a = self.args
+        self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+        if str(a.device).startswith("cuda:"):
+            device = a.device  # the user pinned a GPU; LitServe numbers its devices from 0
+        ns = argparse.Namespace(**{**vars(a), "device": device})
+        self.watcher = ExportWatcher(
+            a.predictors, loader=lambda d: load_strict(d, device=device, allow_fallback=a.allow_fallback)
+        )
+        self.watcher.load()
+        self.backbone = build_backbone(ns, "ade-serve")
+        self.backbone_meta = backbone_meta(self.backbone)
+        self.scorer = build_scorer(ns, a.backbone)
+        self.base_policy = self.watcher.predictors.policy if self.watcher.predictors else None
+        self.writer = None
+        if a.trace_dir:
+            from ade_runtime.traces import TraceWriter
+
+            self.writer = TraceWriter(a.trace_dir, prefix=f"serve-w{self.worker}")
+        self.served: set[str] = set()
+        self.busy = False
+        self.stopping = False
+        if "LITSERVE_WORKER_ID" in os.environ:  # only in a LitServe worker process
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        log.info("worker %d ready on %s, export %s", self.worker, device, self.watcher.fingerprint)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # LitServe terminates workers only after the HTTP servers drained their requests; every trace
+        # line is already fsynced, closing the shard is the flush. A busy worker finishes first.
+        self.stopping = True
+        if not self.busy:
+            self.close()
+            raise SystemExit(0)
+
+    def close(self) -> None:
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+
+    # -- one request ------------------------------------------------------------------------------
+    def decode_request(self, request):  # no annotations: LitServe reads them as FastAPI types
+        try:
+            return parse_payload(
+                request,
+                default_policy=self.args.policy,
+                base_policy=self.base_policy,
+                max_image_bytes=self.args.max_image_bytes,
+            )
+        except BadRequest as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+
+    def predict(self, job: EditJob) -> dict:
+        self.busy = True
+        try:
+            return self._predict(job)
+        finally:
+            self.busy = False
+            if self.stopping:
+                self.close()
+
+    def _swap(self) -> None:
+        event = self.watcher.check()
+        if event is not None:
+            metrics.SWAPS.labels(event[0]).inc()
+
+    def _predict(self, job: EditJob) -> dict:
+        self._swap()
+        rid = job.request.id if job.request.id != "request" else f"req-{uuid.uuid4().hex[:16]}"
+        if rid in self.served:
+            raise HTTPException(409, f"id {rid!r} was already served; send a new id (or none)")
+        request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
+        fp = self.watcher.fingerprint
+        deadline = _min(job.max_seconds, self.args.max_seconds)
+        extra = {
+            "export": fp,
+            "server": {"worker": self.worker, "policy": job.policy, "max_seconds": deadline},
+        }
+        editor = AdaptiveEditor(
+            self.backbone, self.watcher.predictors, policy=job.policy, scorer=self.scorer, seed=job.seed
+        )
+        t0 = time.perf_counter()
+        try:
+            result = editor.edit(request, max_seconds=deadline)
+        except InputError as exc:  # the backbone refused this input (e.g. the testbed needs testbed images)
+            raise HTTPException(422, str(exc)) from None
+        except Exception as exc:
+            raise self._internal_error(request, rid, f"{type(exc).__name__}: {exc}", extra) from None
+        wall = time.perf_counter() - t0
+        self.served.add(rid)
+        failures = list(result.failures)
+        if self.writer is not None:
+            from ade_runtime.trace_log import log_request
+
+            try:
+                log_request(self.writer, result.request, result, self.backbone.name, ade_extra=extra)
+            except Exception as exc:  # the edit is done: answer it, and say the trace is missing
+                log.error("request %s: trace not written: %r", rid, exc)
+                failures.append({"stage": "trace", "error": repr(exc)})
+                metrics.FAILURES.labels("trace").inc()
+        metrics.observe_result(result, self._verifier_calls(editor, result))
+        if result.image is None:
+            metrics.INTERNAL_ERRORS.inc()
+            raise HTTPException(
+                500,
+                {
+                    "error": "every attempt failed; nothing to return",
+                    "request_id": rid,
+                    "failures": [{k: v for k, v in f.items() if k != "trace"} for f in failures],
+                },
+            )
+        s = edit_summary(result)
+        s.update(
+            id=rid,
+            failures=[{k: v for k, v in f.items() if k != "trace"} for f in failures],
+            decisions=result.decisions,
+            gpu_seconds=round(result.seconds, 4),
+            seconds_kind="modelled" if self.backbone.name.startswith("testbed") else "measured",
+            wall_seconds=round(wall, 4),
+            export=fp,
+            policy=job.policy,
+            max_seconds=deadline,
+            worker=self.worker,
+        )
+        return {"png": _png(result.image), "summary": s, "response": job.response}
+
+    def _internal_error(self, request, rid: str, error: str, extra: dict) -> HTTPException:
+        log.exception("request %s failed", rid)
+        metrics.INTERNAL_ERRORS.inc()
+        if self.writer is not None:
+            from ade_runtime.trace_log import log_error
+
+            try:
+                log_error(self.writer, request, error, self.backbone.name, {**extra, "request_id": rid})
+            except Exception:
+                log.exception("request %s: error not recorded", rid)
+        return HTTPException(
+            500, {"error": "internal error; the request's trace records it", "request_id": rid}
+        )
+
+    def _verifier_calls(self, editor: AdaptiveEditor, result: EditResult) -> dict[str, int]:
+        judged = [a for a in result.attempts if a.output is not None and a.output.image is not None]
+        judged = [a for a in judged if not a.output.pruned]
+        p = editor.predictors
+        previews = 0
+        if editor.config.prune_threshold is not None and self.backbone.supports_preview:
+            previews = sum(1 for a in result.attempts if a.output is not None and a.step.round == 0)
+        return {
+            "score": len(judged) if self.scorer is not None else 0,
+            "critique": len(judged) if p.critique is not None else 0,
+            "calibration": len(judged) if p.calibrator is not None else 0,
+            "preview": previews,
+        }
+
+    def encode_response(self, output):
+        if output["response"] == "image":
+            header = json.dumps(output["summary"], sort_keys=True, default=float)
+            if len(header) > MAX_HEADER:  # clients cap header sizes; the trace keeps every decision
+                header = json.dumps({**output["summary"], "decisions": None}, sort_keys=True, default=float)
+            return Response(content=output["png"], media_type="image/png", headers={"X-ADE-Summary": header})
+        return {
+            "id": output["summary"]["id"],
+            "image": base64.b64encode(output["png"]).decode("ascii"),
+            "format": "png",
+            "summary": output["summary"],
+        }
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    vals = [v for v in (a, b) if v is not None]
+    return min(vals) if vals else None
