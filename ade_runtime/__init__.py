@@ -30,7 +30,7 @@ _EXPORTS = {
     "TraceWriter": "ade_runtime.traces",
     "TraceDataset": "ade_runtime.traces",
     "load_records": "ade_runtime.traces",
-    "log_request": "ade_runtime.trace_log",
+    "log_request": "ade_runtime.traces.serving",
     "ClipScorer": "ade_runtime.scoring",
     "ADEError": "ade_runtime.errors",
     "ArtifactError": "ade_runtime.errors",

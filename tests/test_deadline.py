@@ -16,9 +16,9 @@ from ade_runtime.policy.replay import ReplayError, replay_record
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import World, online_scores
 from ade_runtime.testbed.imageio import make_image
-from ade_runtime.trace_log import log_request
 from ade_runtime.traces import TraceDataset, TraceWriter
 from ade_runtime.traces.records import Cost
+from ade_runtime.traces.serving import log_request
 
 # a calibrator that rarely reaches tau_high, so requests run several attempts before stopping
 POLICY = PolicyConfig(tau_high=0.97, tau_low=0.05, s_max=2)

@@ -22,8 +22,8 @@ from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
 from ade_runtime.testbed.costs import get_cost
 from ade_runtime.testbed.imageio import make_image
-from ade_runtime.trace_log import build_record
 from ade_runtime.traces import TraceWriter, load_records
+from ade_runtime.traces.serving import build_record
 
 N = 16
 POLICY = PolicyConfig(

@@ -16,8 +16,8 @@ from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, World, online_scores
 from ade_runtime.testbed.imageio import make_image
-from ade_runtime.trace_log import FAILED_LOG, log_request
 from ade_runtime.traces import TraceDataset, TraceWriter
+from ade_runtime.traces.serving import FAILED_LOG, log_request
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from ade_runtime.serve.api import EditAPI
 from ade_runtime.serve.exports import ExportWatcher, export_fingerprint, load_strict
 from ade_runtime.testbed import World, save_png
 from ade_runtime.testbed.imageio import make_image
-from ade_runtime.trace_log import FAILED_LOG
 from ade_runtime.traces import TraceDataset
+from ade_runtime.traces.serving import FAILED_LOG
 
 
 def write_export(d, bias=-1.0):

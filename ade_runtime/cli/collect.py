@@ -43,8 +43,8 @@ from ade_runtime.errors import InputError
 from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
-from ade_runtime.trace_log import build_record
 from ade_runtime.traces import TraceWriter, load_records
+from ade_runtime.traces.serving import build_record
 
 REQUESTS_FORMAT = """\
 requests file (--requests): JSON lines, one request per line:

@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         out.chmod(file_mode())
     trace_id = None
     if args.trace_dir:
-        from ade_runtime.trace_log import log_request
         from ade_runtime.traces import TraceWriter
+        from ade_runtime.traces.serving import log_request
 
         with TraceWriter(args.trace_dir) as writer:
             record = log_request(writer, result.request, result, backbone.name)

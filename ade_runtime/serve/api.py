@@ -143,7 +143,7 @@ class EditAPI(ls.LitAPI):
         self.served.add(rid)
         failures = list(result.failures)
         if self.writer is not None:
-            from ade_runtime.trace_log import log_request
+            from ade_runtime.traces.serving import log_request
 
             try:
                 log_request(self.writer, result.request, result, self.backbone.name, ade_extra=extra)
@@ -181,7 +181,7 @@ class EditAPI(ls.LitAPI):
         log.exception("request %s failed", rid)
         metrics.INTERNAL_ERRORS.inc()
         if self.writer is not None:
-            from ade_runtime.trace_log import log_error
+            from ade_runtime.traces.serving import log_error
 
             try:
                 log_error(self.writer, request, error, self.backbone.name, {**extra, "request_id": rid})
