@@ -298,9 +298,7 @@ def _search(cfg: CalibrateConfig, records, table: SignalTable, calibrator, card,
     )
     if not table.has_previews:
         notes.append("no preview scores in the traces: prune_threshold not searched (pruning off)")
-    for w in result.warnings:
-        log.warning(w)
-    return result
+    return result  # its warnings are printed in the summary, after certification decided which apply
 
 
 def _overhead(cfg: CalibrateConfig, critique) -> Overhead:
