@@ -1,0 +1,424 @@
+"""``ade-train calibrate`` end to end on a small judged trace dataset written in code, with a tiny CARD."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import FIXTURES
+from PIL import Image
+
+from ade_runtime.encoders import build_image_encoder, build_text_encoder
+from ade_runtime.policy import Overhead, replay_policy, summarize
+from ade_runtime.predictors.calibration import Calibrator
+from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
+from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor
+from ade_runtime.predictors.features import RequestFeaturizer
+from ade_runtime.traces import Attempt, Cost, EditRecord, Judge, TraceWriter, load_records
+from ade_train.calibrate import CalibrateConfig, calibration_split, cli_main, load_config, train
+from ade_train.export import DataInfo, PredictorSection, export_predictors, read_manifest
+
+N_REQUESTS = 160
+GRID = {"tau_high": [0.5, 0.7, 0.9], "tau_low": [0.0, 0.2], "s_max": [1, 3], "card_quantile": [0.5, 0.95]}
+
+
+def _write_dataset(root, n=N_REQUESTS, seed=0, previews=True, images=False):
+    """Requests of random difficulty; 4 candidates x 3 rounds; scores track the (hidden) quality."""
+    rng = np.random.default_rng(seed)
+    with TraceWriter(root, fsync=False) as w:
+        for i in range(n):
+            rid = f"req-{i:04d}"
+            src = w.write_image(f"images/{rid}/source.png", Image.new("RGB", (16, 16), (i % 255, 40, 90)))
+            difficulty = rng.uniform(0, 1)
+            attempts = []
+            for c in range(4):
+                base = rng.normal(0.55, 0.25)
+                for r in range(3):
+                    q = base + 0.2 * r - difficulty
+                    scores = {
+                        "clip_t": 0.25 + 0.1 * q + rng.normal(0, 0.03),
+                        "clip_i": 0.85 + rng.normal(0, 0.03),
+                    }
+                    if previews:
+                        scores["preview_clip_t"] = scores["clip_t"] + rng.normal(0, 0.03)
+                        scores["preview_clip_i"] = scores["clip_i"] + rng.normal(0, 0.03)
+                    passed = bool(q + rng.normal(0, 0.1) > 0.15)
+                    image = None
+                    if images and c < 3:  # candidate 3 logs no image: the critique cannot see it
+                        shade = int(np.clip(128 + 200 * q, 0, 255))
+                        image = w.write_image(
+                            f"images/{rid}/c{c}_r{r}.png",
+                            Image.new("RGB", (16, 16), (shade, 60, 255 - shade)),
+                        )
+                    attempts.append(
+                        Attempt(
+                            candidate=c,
+                            round=r,
+                            reasoning_tokens=0,
+                            prompt="make the square blue",
+                            cost=Cost(nfe=28, latency_s=4.0),
+                            image=image,
+                            scores=scores,
+                            judge=Judge(score=float(1 / (1 + math.exp(-4 * q))), passed=passed),
+                        )
+                    )
+            w.write(EditRecord(rid, "make the square blue", src, "synthetic", attempts, category="color"))
+    return root
+
+
+def _export_tiny_card(out):
+    """A tiny, untrained CARD (levels of the 4x3 grid) exported where ade-train card would put it."""
+    fz = RequestFeaturizer(
+        build_text_encoder({"kind": "hashing", "dim": 32}),
+        build_image_encoder({"kind": "pixels", "size": 16}),
+    )
+    torch.manual_seed(0)
+    model = CardModel(
+        CardConfig(input_dim=fz.dim, levels=[1, 2, 3, 4, 6, 8, 9, 12], token_levels=[0], hidden=[8])
+    )
+    model.set_feature_stats(torch.randn(16, fz.dim))
+    card = CardPredictor(model, fz)
+    data = DataInfo(path="in-code", fingerprint="sha256:test", source="testbed", n_records=N_REQUESTS)
+    export_predictors(out, [(PredictorSection(name="card", title="CARD", data=data), card.save_pretrained)])
+    return card
+
+
+def _export_tiny_critique(out):
+    """A tiny, untrained critique head over pixel-statistics patches, exported into OUT/export."""
+    image_enc = build_image_encoder({"kind": "pixels", "size": 16, "patches": 4})
+    text_enc = build_text_encoder({"kind": "hashing", "dim": 32})
+    config = CritiqueConfig(
+        kinds=("wrong_color",),
+        token_dim=image_enc.patch_dim,
+        text_dim=text_enc.dim,
+        grid=image_enc.patch_grid(16),
+        image_encoder=image_enc.spec(),
+        text_encoder=text_enc.spec(),
+        hidden=8,
+        n_blocks=1,
+    )
+    torch.manual_seed(0)
+    critique = CritiquePredictor(CritiqueHead(config), image_enc, text_enc)
+    data = DataInfo(path="in-code", fingerprint="sha256:test", source="testbed", n_records=N_REQUESTS)
+    export_predictors(
+        out, [(PredictorSection(name="critique", title="critique", data=data), critique.save_pretrained)]
+    )
+    return critique
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _write_dataset(tmp_path_factory.mktemp("traces"))
+
+
+@pytest.fixture(scope="module")
+def calibrated(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    _export_tiny_card(out)
+    # allow_uncertified: these tests pin the threshold search itself (the cheapest setting meeting the
+    # target on the calibration requests); the certified default is tested below
+    cfg = CalibrateConfig(
+        data=str(dataset),
+        out=str(out),
+        grid={**GRID, "prune_threshold": [None, 0.2]},
+        wandb=False,
+        allow_uncertified=True,
+    )
+    return cfg, train(cfg)
+
+
+def test_chosen_policy_meets_the_target_on_the_split_it_was_chosen_on(calibrated, dataset):
+    cfg, metrics = calibrated
+    out = metrics["export_dir"]
+    cal = Calibrator.from_pretrained(out)
+    card = CardPredictor.from_pretrained(out)
+    policy = cal.policy
+    records = calibration_split(dataset, Path(cfg.out)).records
+
+    def signals(rec):
+        conf = {a.key: cal.predict_proba(a.scores) for a in rec.attempts}
+        prev = {
+            a.key: cal.predict_proba(
+                {"clip_t": a.scores["preview_clip_t"], "clip_i": a.scores["preview_clip_i"]}
+            )
+            for a in rec.attempts
+        }
+        return conf, prev
+
+    def budget(rec):
+        b = card.predict(rec.instruction, rec.resolve(rec.source_image))
+        return b.quantile(policy.card_quantile), b.reasoning_tokens
+
+    overhead = Overhead(score_s=cfg.score_s, preview_s=cfg.preview_s)
+    ours = summarize(replay_policy(records, "ade", policy, signals, budget, overhead))
+    ref = summarize(replay_policy(records, "best_of_8", policy, signals, None, overhead))
+    assert metrics["feasible"] is True
+    assert ours["mean_score"] >= cfg.target_fraction * ref["mean_score"] - 1e-12
+    assert ours["mean_score"] == pytest.approx(metrics["mean_score"], abs=1e-12)
+    assert ours["gpu_seconds_per_request"] == pytest.approx(metrics["compute"], abs=1e-9)
+    assert metrics["compute"] <= ref["gpu_seconds_per_request"] + 1e-9
+    assert metrics["n_requests"] == len(records)
+
+
+def test_alternatives_table_lists_every_candidate_and_the_cheapest_feasible_is_chosen(calibrated):
+    cfg, metrics = calibrated
+    out = Path(cfg.out)
+    rows = list(csv.DictReader((out / "calibration_candidates.csv").open()))
+    as_json = json.loads((out / "calibration_candidates.json").read_text())
+    valid = sum(1 for th in GRID["tau_high"] for tl in GRID["tau_low"] if tl <= th)
+    assert len(rows) == len(as_json) == valid * 2 * 2 * 2  # x s_max x card_quantile x prune_threshold
+    chosen = [r for r in as_json if r["chosen"]]
+    assert len(chosen) == 1
+    feasible = [r for r in as_json if r["feasible"]]
+    assert chosen[0]["compute"] == min(r["compute"] for r in feasible)
+    assert all(r["mean_score"] >= metrics["target_score"] - 1e-12 for r in feasible)
+    assert {
+        "tau_high",
+        "tau_low",
+        "s_max",
+        "card_quantile",
+        "prune_threshold",
+        "mean_score",
+        "compute",
+    } <= set(rows[0])
+    report = json.loads((out / "calibration_report.json").read_text())
+    assert report["chosen_policy"]["tau_high"] == chosen[0]["tau_high"]
+    assert (
+        "isotonic overfits" in report["method"]["primary"]["reason"]
+        or report["method"]["primary"]["method"] != "logistic"
+    )
+
+
+def test_small_split_warns_with_n_and_margin(calibrated):
+    _, metrics = calibrated
+    assert metrics["n_requests"] < 100
+    warning = " ".join(metrics["warnings"])
+    assert f"n={metrics['n_requests']}" in warning and "+-" in warning
+
+
+def test_plots_and_export_exist(calibrated):
+    cfg, metrics = calibrated
+    out = Path(cfg.out)
+    for name in ("calibration_reliability.png", "calibration_compute_quality.png"):
+        data = (out / "plots" / name).read_bytes()  # every job's plots under OUT/plots
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        with Image.open(out / "plots" / name) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    export = out / "export"
+    names = sorted(p.name for p in export.iterdir())
+    assert names == sorted(
+        [
+            "README.md",
+            "export.json",
+            "card.json",
+            "card.safetensors",
+            "calibration.json",
+            "calibration.safetensors",
+        ]
+    )
+    manifest = read_manifest(export)
+    assert set(manifest["predictors"]) == {"card", "calibration"}
+    assert "tau_high" in manifest["predictors"]["calibration"]["intended_use"]
+    assert "Calibrated confidence" in (export / "README.md").read_text()
+    assert 0.0 <= metrics["ece_after"] <= 1.0 and 0.0 <= metrics["ece_before"] <= 1.0
+
+
+def test_without_card_or_previews_the_quantile_and_pruning_are_not_searched(tmp_path):
+    data = _write_dataset(tmp_path / "traces", n=60, seed=1, previews=False)
+    cfg = CalibrateConfig(data=str(data), out=str(tmp_path / "out"), grid=GRID, wandb=False, min_requests=5)
+    metrics = train(cfg)
+    notes = " ".join(metrics["notes"])
+    assert "no CARD" in notes and "no preview scores" in notes and "no critique" in notes
+    rows = json.loads((tmp_path / "out" / "calibration_candidates.json").read_text())
+    assert {r["card_quantile"] for r in rows} == {0.8} and {r["prune_threshold"] for r in rows} == {None}
+    # without CARD the fixed attempt budget is searched over the levels the 4 x 3 grid offers
+    assert sorted({r["default_budget"] for r in rows}) == [1, 2, 3, 4, 6, 8, 9, 12]
+    assert metrics["default_budget"] in (1, 2, 3, 4, 6, 8, 9, 12)
+    assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == [
+        "README.md",
+        "calibration.json",
+        "calibration.safetensors",
+        "export.json",
+    ]
+
+
+def test_cli_runs_from_a_yaml_config_and_reports_bad_input(tmp_path, dataset, capsys):
+    config = tmp_path / "cal.yaml"
+    config.write_text(
+        yaml.safe_dump({"grid": {**GRID, "s_max": [2]}, "min_requests": 5, "allow_uncertified": True})
+    )
+    out = tmp_path / "out"
+    assert (
+        cli_main(
+            [
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--no-wandb",
+                "--target-fraction",
+                "0.95",
+            ]
+        )
+        == 0
+    )
+    assert "Calibration" in capsys.readouterr().out
+    assert Calibrator.from_pretrained(out / "export").policy.s_max == 2
+    assert cli_main(["--data", str(tmp_path / "nope"), "--out", str(out), "--no-wandb"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump({"tau_hgh": [0.5]}))
+    assert cli_main(["--data", str(dataset), "--out", str(out), "--config", str(config), "--no-wandb"]) == 2
+    assert "unknown keys ['tau_hgh']" in capsys.readouterr().err
+
+
+def test_config_checks_name_the_field():
+    with pytest.raises(ValueError, match="target_fraction"):
+        CalibrateConfig(target_fraction=0.0)
+    with pytest.raises(ValueError, match="methods"):
+        CalibrateConfig(methods=["platt"])
+    with pytest.raises(ValueError, match="grid: unknown keys"):
+        CalibrateConfig(grid={"tau": [0.5]})
+    with pytest.raises(ValueError, match="SearchGrid.tau_high"):
+        CalibrateConfig(grid={"tau_high": [1.5]})
+    assert load_config(None).grid["tau_high"]  # the shipped YAML parses
+
+
+def test_the_dataset_is_valid_v1(dataset):
+    records, rejects = load_records(dataset, images="header")
+    assert len(records) == N_REQUESTS and rejects == []
+
+
+def test_with_a_critique_it_is_a_feature_and_the_cheap_scores_are_the_fallback(tmp_path):
+    data = _write_dataset(tmp_path / "traces", n=80, seed=2, previews=False, images=True)
+    out = tmp_path / "out"
+    critique = _export_tiny_critique(out)
+    cfg = CalibrateConfig(
+        data=str(data), out=str(out), grid={**GRID, "s_max": [1]}, wandb=False, min_requests=5, critique_s=0.5
+    )
+    metrics = train(cfg)
+    cal = Calibrator.from_pretrained(out / "export")
+    assert cal.feature_names == ["clip_i", "clip_t", "critique"]
+    assert cal.config.fallback_feature_names == ("clip_i", "clip_t")
+    assert "critique missing for" in " ".join(metrics["notes"])
+    # Best-of-8 on this 4-candidate grid looks at 4 attempts, each paying scores and the critique.
+    assert metrics["reference_compute"] == pytest.approx(4 * (4.0 + cfg.score_s + cfg.critique_s))
+    rec = calibration_split(data, out).records[0]
+    with_image = next(a for a in rec.attempts if a.image)
+    p = critique.predict(
+        *(Image.open(rec.resolve(x)).convert("RGB") for x in (rec.source_image, with_image.image)),
+        rec.instruction,
+    ).p_pass
+    both = cal.predict_proba({**with_image.scores, "critique": p})
+    cheap = cal.predict_proba(with_image.scores)
+    assert cal.uses_fallback({**with_image.scores, "critique": p}) == "primary" and both != cheap
+    assert json.loads((out / "calibration_report.json").read_text())["features"]["fallback"] == [
+        "clip_i",
+        "clip_t",
+    ]
+
+
+def test_offline_wandb_run_holds_the_metrics_and_the_plots(tmp_path, dataset, monkeypatch):
+    from ade_train.tracking import read_run_metrics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    cfg = CalibrateConfig(
+        data=str(dataset), out=str(out), grid={**GRID, "s_max": [1], "card_quantile": [0.9]}
+    )
+    metrics = train(cfg)
+    run = Path(metrics["wandb_run_dir"])
+    assert run.name.startswith("offline-run-") and run.is_relative_to(out)
+    # wandb-core may still be writing the run file for a moment after finish() returns
+    for _ in range(100):
+        history = read_run_metrics(run)["history"]
+        if any("calibration/ece_after" in row for row in history):
+            break
+        time.sleep(0.1)
+    logged = next(row for row in history if "calibration/ece_after" in row)
+    assert logged["calibration/ece_after"] == pytest.approx(metrics["ece_after"])
+    assert logged["calibration/tau_high"] == metrics["tau_high"]
+    assert len(list((run / "files" / "media" / "images").rglob("*.png"))) == 2
+
+
+FIXTURE = FIXTURES / "testbed_small"
+
+
+@pytest.mark.skipif(not (FIXTURE / ".complete").exists(), reason="testbed fixture not generated")
+def test_on_the_testbed_fixture_the_choice_meets_the_target_and_the_table_is_written(tmp_path):
+    grid = {"tau_high": [0.6, 0.9], "tau_low": [0.0, 0.2], "s_max": [1, 3], "prune_threshold": [None, 0.1]}
+    cfg = CalibrateConfig(
+        data=str(FIXTURE), out=str(tmp_path), grid=grid, wandb=False, allow_uncertified=True
+    )
+    metrics = train(cfg)
+    rows = json.loads((tmp_path / "calibration_candidates.json").read_text())
+    chosen = next(r for r in rows if r["chosen"])
+    assert metrics["feasible"] and chosen["mean_score"] >= metrics["target_score"] - 1e-12
+    assert chosen["compute"] == min(r["compute"] for r in rows if r["feasible"])
+    assert (tmp_path / "calibration_candidates.csv").read_text().count("\n") == len(rows) + 1
+    assert any("n=" in w for w in metrics["warnings"])  # a 40-request fixture cannot support a guarantee
+
+
+# -- certification (Learn-then-Test over the Pareto front) -------------------------------------------
+
+
+def test_by_default_an_uncertifiable_target_exports_the_reference_policy_and_says_why(tmp_path, dataset):
+    out = tmp_path / "out"
+    _export_tiny_card(out)
+    cfg = CalibrateConfig(data=str(dataset), out=str(out), grid=GRID, wandb=False, target_fraction=1.2)
+    metrics = train(cfg)
+    assert metrics["certificate"] == "conservative"
+    policy = Calibrator.from_pretrained(out / "export").policy
+    assert (policy.default_budget, policy.s_max, policy.use_card, policy.early_stop) == (8, 1, False, False)
+    text = " ".join(metrics["warnings"])
+    assert "NOT certified" in text and "conservative policy" in text and "--allow-uncertified" in text
+    report = json.loads((out / "calibration_report.json").read_text())
+    cert = report["certificate"]["certificate"]
+    assert cert["certified_any"] is False and cert["spec"]["target"] == 1.2 and cert["order"]
+    assert cert["n_select"] + cert["n_certify"] == metrics["n_requests"]
+    assert "NOT certified" in (out / "export" / "README.md").read_text()
+    assert not any(r["chosen"] for r in json.loads((out / "calibration_candidates.json").read_text()))
+
+
+def test_a_certifiable_target_exports_the_cheapest_certified_setting(tmp_path, dataset):
+    out = tmp_path / "out"
+    _export_tiny_card(out)
+    cfg = CalibrateConfig(data=str(dataset), out=str(out), grid=GRID, wandb=False, target_fraction=0.5)
+    metrics = train(cfg)
+    assert metrics["certificate"] == "certified"
+    assert metrics["certificate_p_value"] <= cfg.delta
+    report = json.loads((out / "calibration_report.json").read_text())
+    cert = report["certificate"]["certificate"]
+    rows = json.loads((out / "calibration_candidates.json").read_text())
+    chosen = [i for i, r in enumerate(rows) if r["chosen"]]
+    assert chosen == [cert["chosen"]] and rows[chosen[0]]["certified"]
+    assert cert["chosen"] == cert["certified"][-1]  # the cheapest of the certified prefix of the front
+    # split discipline: the map was fitted on the fit part only, the certify part is disjoint
+    assert cert["n_select"] + cert["n_certify"] == metrics["n_requests"] and cert["n_certify"] > 0
+    assert metrics["n_fit_primary"] < metrics["n_attempts"]
+    # the held-out paired slack comes from the test split, which no choice saw
+    held = report["certificate"]["heldout"]
+    assert held["split"] == "test" and held["n"] > 0 and held["lo"] <= held["diff"] <= held["hi"]
+    assert "certified" in (out / "export" / "README.md").read_text()
+
+
+def test_the_absolute_form_certifies_a_pass_rate(tmp_path, dataset):
+    out = tmp_path / "out"
+    cfg = CalibrateConfig(
+        data=str(dataset), out=str(out), grid=GRID, wandb=False, risk="absolute", pass_rate=0.3
+    )
+    metrics = train(cfg)
+    assert metrics["certified_claim"].startswith("pass rate >= 0.3")
+    assert metrics["certificate"] in ("certified", "conservative")
+    with pytest.raises(ValueError, match="pass-rate"):
+        CalibrateConfig(risk="absolute")
+    with pytest.raises(ValueError, match="delta"):
+        CalibrateConfig(delta=1.5)
