@@ -5,21 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from helpers import FIXTURES
 from helpers.predictors import calibrator, card
 
 from ade_runtime.policy import PolicyConfig, preset, replay_policy
 from ade_runtime.policy.curves import compute_curves, format_curves, score_selector
 from ade_runtime.policy.signals import record_signals
-from ade_runtime.traces import load_records
-
-FIXTURE = FIXTURES / "testbed_small"
 
 
-@pytest.fixture(scope="module")
-def records():
-    recs, _ = load_records(FIXTURE, images="none")
-    return recs
+@pytest.fixture
+def records(testbed_records):
+    return testbed_records
 
 
 def test_reasoning_suffix_fixes_the_thinking_budget_of_a_baseline(records):

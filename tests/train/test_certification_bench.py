@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import FIXTURES
-from helpers.predictors import calibrator, card
 
 from ade_runtime.policy import preset, replay_policy
-from ade_runtime.predictors.bundle import Predictors
-from ade_runtime.traces import load_records
 from ade_train.bench import certification
 
-FIXTURE = FIXTURES / "testbed_small"
 
-
-@pytest.fixture(scope="module")
-def setup():
-    records, rejects = load_records(FIXTURE, images="none")
-    assert records and not rejects
-    preds = Predictors(card=card(), calibrator=calibrator(bias=-4.0, weight=12.0))
-    return records, preds
+@pytest.fixture
+def setup(testbed_records, tiny_predictors):
+    return testbed_records, tiny_predictors
 
 
 def test_matrix_rows_are_the_replayed_policies(setup):
