@@ -440,32 +440,14 @@ def test_readme_snippet_runs_as_written_on_the_testbed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     full_export(tmp_path / "checkpoints" / "card" / "export")  # stands for `make train`'s export
     assert testbed_cli.main(["request", "--out", "req", "--seed", "3"]) == 0
-    # ---- the README snippet, verbatim ----
-    import json
-
-    from PIL import Image
-
-    from ade_runtime import (
-        AdaptiveEditor,
-        EditRequest,
-        Predictors,
-        TraceWriter,
-        load_backbone,
-        log_request,
-        testbed_scorer,
-    )
-
-    req = json.load(open("req/request.json"))  # written by: ade-testbed request --out req --seed 3
-    editor = AdaptiveEditor(
-        load_backbone("testbed"),  # GPU: load_backbone("flux-kontext", device="cuda")
-        Predictors.load("checkpoints/card/export"),  # the export of `make train`
-        scorer=testbed_scorer,  # GPU: ClipScorer.from_pretrained("openai/clip-vit-large-patch14", device="cuda")
-    )
-    result = editor.edit(EditRequest(Image.open("req/source.png"), req["instruction"]))
-    print(f"confidence {result.confidence:.3f}, {len(result.attempts)} attempts, NFE {result.nfe}")
-    with TraceWriter("traces/mine") as w:  # served requests become training data
-        log_request(w, result.request, result, "testbed")
-    # ---- end of the snippet ----
+    # the README's serving snippet, exactly as the README shows it
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    marker = "(this exact block is executed by the test suite):"
+    assert marker in readme
+    block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102
+    result, req = scope["result"], scope["req"]
     assert result.image is not None and [r.instruction for r in TraceDataset("traces/mine")] == [
         req["instruction"]
     ]
