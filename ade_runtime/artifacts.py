@@ -10,16 +10,13 @@ Nothing is ever unpickled. See docs/artifacts.md for the layout, keys and error 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import shutil
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,13 @@ import torch
 
 from ade_runtime import __version__
 from ade_runtime.errors import ArtifactError
+from ade_runtime.files import (  # noqa: F401  (re-exported: the historical home of these helpers)
+    _tmp_sibling,
+    atomic_export_dir,
+    atomic_write_bytes,
+    fingerprint_files,
+    fingerprint_records,
+)
 
 # File names and artifact kinds, defined once (the kind is stamped in the JSON and the safetensors).
 CARD_NAME = CARD_KIND = "card"
@@ -71,89 +75,6 @@ class Artifact:
 
 
 # --------------------------------------------------------------------------------------------------
-# atomic file helpers (shared with the feature cache)
-
-
-def _tmp_sibling(path: Path) -> Path:
-    # pid + uuid: two processes (or threads) writing the same target never share a temp file.
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a unique temp file + fsync + os.replace (readers never see half)."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
-
-
-@contextlib.contextmanager
-def atomic_export_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """Write a whole export into a sibling temp dir, then swap it in; on error the old export stays.
-
-    Usage: ``with atomic_export_dir(out) as tmp: save_artifact(tmp, ...)``. The swap is two renames
-    (old -> backup, new -> final) then removal of the backup, so a reader sees the complete old or
-    the complete new directory (at worst, for an instant, none), never a half-written one.
-    """
-    final = Path(final_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}.{uuid.uuid4().hex[:12]}"
-    tmp = final.with_name(f".{final.name}.tmp-{tag}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    backup = final.with_name(f".{final.name}.old-{tag}")
-    had_old = final.exists()
-    if had_old:
-        os.replace(final, backup)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if had_old:
-            os.replace(backup, final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if had_old:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# fingerprints
-
-
-def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:
-    """sha256 over the (base name, content) of the files, order-independent: a data fingerprint."""
-    items = []
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise ArtifactError(f"{p}: cannot fingerprint, not a file; pass existing data files")
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        items.append(f"{p.name}\t{digest.hexdigest()}")
-    return "sha256:" + hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()
-
-
-def fingerprint_records(ids: Iterable[str]) -> str:
-    """sha256 over the sorted record ids: identifies which records a predictor was trained on."""
-    text = "\n".join(sorted(str(i) for i in ids))
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def encoder_entry(encoder: Any) -> dict[str, Any]:
     """The feature-spec entry of an encoder: its rebuildable spec and its fingerprint."""
     return {"fingerprint": str(encoder.fingerprint), "spec": encoder.spec()}
