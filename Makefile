@@ -77,3 +77,10 @@ train: install $(CARD_DATA_DEP)
 CRITIQUE_FLAGS = $(if $(ENCODER),--encoder $(ENCODER))
 train-critique: install $(if $(filter data/sample,$(DATA)),sample-data)
 	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(CRITIQUE_FLAGS) $(TRAIN_FLAGS)
+
+# GPU smoke (docs/backbones.md): FLUX.1 Kontext with real weights on a CUDA host, one JSON line (parity,
+# ADE vs Best-of-4 NFE and time, peak GPU memory, calls saved by pruning, preview error, SRM overhead).
+# Prints "skipped: no CUDA device" and exits 0 elsewhere. MODEL=dir-or-id, PREDICTORS=$(OUT)/export.
+.PHONY: gpu-smoke
+gpu-smoke: install
+	$(PY) -m ade_train.bench.gpu_smoke $(if $(MODEL),--model $(MODEL)) $(if $(PREDICTORS),--predictors $(PREDICTORS))

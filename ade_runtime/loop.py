@@ -138,13 +138,14 @@ class AdaptiveEditor:
     def _budget(self, request: EditRequest, failures: list[dict]) -> tuple[int, int]:
         cfg = self.config
         card = self.predictors.card
+        fixed_tokens = (cfg.reasoning_tokens or 0) if self.backbone.supports_reasoning else 0
         if not cfg.use_card:
-            return cfg.default_budget, 0
+            return cfg.default_budget, fixed_tokens
         if card is None:
             failures.append(
                 {"stage": "card", "error": "no CARD predictor loaded", "fallback": "default_budget"}
             )
-            return cfg.default_budget, 0
+            return cfg.default_budget, fixed_tokens
         try:
             pred = card.predict(request.instruction, request.image)
             budget = int(pred.quantile(cfg.card_quantile))
@@ -155,7 +156,7 @@ class AdaptiveEditor:
             log.warning(
                 "CARD failed on %s (%r); using the fixed budget %d", request.id, exc, cfg.default_budget
             )
-            return cfg.default_budget, 0
+            return cfg.default_budget, fixed_tokens
 
     # -- confidence -------------------------------------------------------------------------------
     def _judge_online(self, request: EditRequest, entry: AttemptLog, failures: list[dict]) -> None:

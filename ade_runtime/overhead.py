@@ -20,9 +20,11 @@ Parameter counts used (published):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from ade_runtime.policy.replay import Overhead
+from ade_runtime.traces.records import EditRecord
 
 
 def transformer_flops(params: float, tokens: int, layers: int, width: int) -> float:
@@ -106,3 +108,16 @@ def overhead_for(backbone: str, *, critique: bool, seconds_per_nfe: float | None
         critique_s=(rep.critique_flops * per_flop) if critique else 0.0,
         preview_s=rep.score_flops * per_flop,
     )
+
+
+def seconds_per_nfe(records: Iterable[EditRecord], limit: int = 200) -> float | None:
+    """Logged seconds per NFE over the first ``limit`` records' attempts (None when none has latency_s)."""
+    num = den = 0.0
+    for i, rec in enumerate(records):
+        if i >= limit:
+            break
+        for a in rec.attempts:
+            if a.cost.latency_s is not None and a.cost.nfe:
+                num += a.cost.latency_s
+                den += a.cost.nfe
+    return num / den if den else None

@@ -123,6 +123,8 @@ def test_step1x_repo_route_maps_arguments(monkeypatch, tmp_path):
     module = types.ModuleType("inference")
     module.ImageGenerator = ImageGenerator
     monkeypatch.setitem(sys.modules, "inference", module)
+    for name in ("step1x-edit-i1258.safetensors", "vae.safetensors"):
+        (tmp_path / name).touch()
     bb = Step1XEditBackbone.from_pretrained(
         str(tmp_path), route="repo", quantized=True, offload=True, num_steps=8
     )

@@ -18,8 +18,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ade_runtime.backbones.base import AttemptSpec, EditRequest  # noqa: E402
 from ade_runtime.backbones.flux_kontext import FluxKontextBackbone  # noqa: E402
+from ade_runtime.backbones.srm import (  # noqa: E402
+    SRMCapture,
+    SRMConfig,
+    attention_to_text,
+    otsu_threshold,
+    token_map_to_mask,
+)
 from ade_runtime.errors import InputError  # noqa: E402
-from ade_runtime.srm import SRMCapture, SRMConfig, attention_to_text, otsu_threshold, token_map_to_mask  # noqa: E402
 from ade_train.bench.tiny_flux import test_image, tiny_kontext_pipeline  # noqa: E402
 
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from ade_runtime.backbones import load_backbone
 from ade_runtime.backbones.base import AttemptSpec, Backbone, EditRequest
-from ade_runtime.backbones.synthetic import SyntheticBackbone as ReExported
 from ade_runtime.errors import InputError
 from ade_runtime.feedback import feedback_prompt
 from ade_runtime.testbed import (
@@ -75,7 +75,9 @@ def _request(seed=3, cat=None, size=64):
 
 def test_backbone_protocol_and_determinism():
     bb = SyntheticBackbone("flux-kontext")
-    assert isinstance(bb, Backbone) and ReExported is SyntheticBackbone
+    assert (
+        isinstance(bb, Backbone) and type(load_backbone("testbed", model="flux-kontext")) is SyntheticBackbone
+    )
     assert (
         bb.supports_preview
         and bb.supports_mask

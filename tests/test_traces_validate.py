@@ -278,10 +278,41 @@ def test_non_finite_literals_and_overflow_in_raw_lines(tmp_path):
     ]
 
 
-def test_docs_table_lists_every_reason_code():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "traces.md").read_text(encoding="utf-8")
-    table = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")}
-    assert table == set(REASONS)
+REPO = Path(__file__).resolve().parents[1]
+FORMAT_PAGE = REPO / "docs" / "trace-format-v1.md"
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_format_page_lists_every_reason_code():
+    doc = _section(FORMAT_PAGE.read_text(encoding="utf-8"), "## Reject reasons")
+    rows = {
+        line.split("`")[1]: line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")
+    }
+    assert set(rows) == set(REASONS)
+    assert all(rows[code] == text for code, text in REASONS.items())
+
+
+def _normative_parts(text: str) -> dict[str, str]:
+    """The spec's rule-bearing sections, whitespace-folded (prose reflow does not count as a change)."""
+    heads = ["## Layout", "## Record", "## Attempt", "## What a reader must do"]
+    return {h: " ".join(_section(text, h).split()) for h in heads}
+
+
+def test_format_page_states_the_same_rules_as_the_shared_spec():
+    """The repository's normative page carries the contract's rules word for word (users cloning the
+    project do not have ../shared). Skipped where the shared spec is not beside the clone."""
+    shared = REPO.parent / "shared" / "spec" / "trace-format-v1.md"
+    if not shared.is_file():
+        pytest.skip("../shared/spec/trace-format-v1.md is not beside this clone")
+    ours = _normative_parts(FORMAT_PAGE.read_text(encoding="utf-8"))
+    theirs = _normative_parts(shared.read_text(encoding="utf-8"))
+    for head, rules in theirs.items():
+        assert ours[head] == rules, f"{head} of docs/trace-format-v1.md differs from the shared spec"
 
 
 # -- properties: arbitrary JSON spliced anywhere into a valid record -----------------------------

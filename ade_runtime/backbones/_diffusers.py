@@ -31,24 +31,15 @@ def require_diffusers(what: str) -> Any:
 
 
 class CallCounter:
-    """Counts real forward calls of a module and keeps a reference to the last call's input.
+    """Counts real forward calls of a module (the NFE); a context manager, the hook is removed on exit."""
 
-    Use as a context manager; the hooks are removed on exit. ``last_input`` is the tensor
-    passed as ``input_kw`` (or the first positional argument): no copy is taken, the pipeline
-    builds a fresh tensor per call (``torch.cat([latents, image_latents])``).
-    """
-
-    def __init__(self, module: Any, input_kw: str | None = "hidden_states"):
+    def __init__(self, module: Any):
         self.module = module
-        self.input_kw = input_kw
         self.calls = 0
-        self.last_input = None
         self._handle = None
 
     def _pre_hook(self, module, args, kwargs):
         self.calls += 1
-        if self.input_kw is not None:
-            self.last_input = kwargs.get(self.input_kw, args[0] if args else None)
 
     def __enter__(self) -> CallCounter:
         self._handle = self.module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
@@ -60,15 +51,84 @@ class CallCounter:
             self._handle = None
 
 
-def flow_x0(x_t, x_next, sigma_t: float, sigma_next: float):
-    """One-step x0 estimate of a flow-matching Euler step from x_t to x_next.
+DTYPES = ("bfloat16", "float16", "float32")
 
-    The Euler step is ``x_next = x_t + (sigma_next - sigma_t) * v``, so ``v`` is recovered
-    from the two latents (this includes any true-CFG combination the pipeline applied) and
-    ``x0 = x_t - sigma_t * v``.
+
+def to_torch_dtype(dtype: Any) -> Any:
+    """``"bfloat16"`` / ``"float16"`` / ``"float32"`` / a torch dtype / None (-> bfloat16) as a torch dtype."""
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def load_pipeline(
+    pipeline_cls: Any, model: str, *, device: str | None, torch_dtype: Any = None, cpu_offload: bool = False
+) -> Any:
+    """``pipeline_cls.from_pretrained(model)`` in ``torch_dtype`` (bfloat16 by default), then either
+    ``enable_model_cpu_offload`` (one component on the GPU at a time) or ``.to(device)``."""
+    pipe = pipeline_cls.from_pretrained(model, torch_dtype=to_torch_dtype(torch_dtype))
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device if device not in (None, "cpu") else None)
+    elif device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flow_x0(x_t, v, sigma_t: float):
+    """Flow-matching x0 estimate ``x0 = x_t - sigma_t * v``, in float32.
+
+    ``v`` is the velocity the scheduler stepped with (the transformer's output, combined for CFG
+    exactly as the pipeline combined it), captured by ``SchedulerStepCapture``. Recovering ``v``
+    from two consecutive latents instead divides a bf16 rounding error by the small step
+    ``sigma_next - sigma_t`` (the scheduler casts each step back to the model dtype).
     """
-    v = (x_next.float() - x_t.float()) / (sigma_next - sigma_t)
-    return (x_t.float() - sigma_t * v).to(x_next.dtype)
+    return x_t.float() - float(sigma_t) * v.float()
+
+
+class SchedulerStepCapture:
+    """Context manager: records the inputs of every ``scheduler.step`` call of one pipeline run.
+
+    ``sample`` is x_t and ``model_output`` the velocity of the last step, both as the pipeline passed
+    them (no copy); ``noise`` is the sample of step 0 (pure noise for a flow-matching pipeline);
+    ``sigmas`` the schedule, read once per run on its first step, as Python floats. The wrapper is
+    an instance attribute shadowing the scheduler's method, removed on exit.
+    """
+
+    def __init__(self, scheduler: Any):
+        self.scheduler = scheduler
+        self.sample = None
+        self.model_output = None
+        self.noise = None
+        self.sigmas: list[float] | None = None
+        self.steps = 0
+        self._previous: Any = None
+
+    def _step(self, model_output, timestep, sample, *args, **kwargs):
+        if self.steps == 0:
+            self.noise = sample
+            self.sigmas = scheduler_sigmas(self.scheduler)
+        self.sample, self.model_output = sample, model_output
+        self.steps += 1
+        return self._original(model_output, timestep, sample, *args, **kwargs)
+
+    def __enter__(self) -> SchedulerStepCapture:
+        self._previous = vars(self.scheduler).get("step")
+        self._original = self.scheduler.step
+        self.scheduler.step = self._step
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            self.scheduler.step = self._previous
+        else:
+            vars(self.scheduler).pop("step", None)
 
 
 def scheduler_sigmas(scheduler: Any) -> list[float] | None:
@@ -77,6 +137,67 @@ def scheduler_sigmas(scheduler: Any) -> list[float] | None:
     if sigmas is None:
         return None
     return [float(s) for s in sigmas]
+
+
+class ADEStepCallback:
+    """ADE's per-step work for a diffusers pipeline, shaped like diffusers' ``PipelineCallback``
+    (``tensor_inputs`` + ``callback_fn(pipeline, step_index, timestep, callback_kwargs)``, passed as
+    ``callback_on_step_end``); not a subclass, so the runtime imports without diffusers.
+
+    - Mask confinement (``token_mask`` [1, N, 1] over packed tokens, ``source_latents`` packed):
+      outside the mask the latents follow the source's own flow path ``(1 - s) * source + s * noise``
+      at the current noise level. The blend runs in float32 and is cast back to the latents' dtype,
+      so a float32 VAE under a bf16 transformer keeps the pipeline's dtype.
+    - Preview after ``preview_step`` steps: x0 from the captured velocity (``flow_x0``), confined
+      like the latents, decoded by ``decode(pipeline, x0) -> PIL`` and given to ``preview_fn``;
+      False sets the pipeline's interrupt flag, so the remaining steps are skipped.
+    """
+
+    tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        capture: SchedulerStepCapture,
+        *,
+        preview_step: int | None = None,
+        preview_fn: Any = None,
+        decode: Any = None,
+        token_mask: Any = None,
+        source_latents: Any = None,
+    ):
+        self.capture = capture
+        self.preview_step = preview_step
+        self.preview_fn = preview_fn
+        self.decode = decode
+        self.token_mask = None if token_mask is None else token_mask.float()
+        self.source_latents = None if source_latents is None else source_latents.float()
+        self.preview = None
+        self.pruned = False
+
+    def _confine(self, x, sigma: float):
+        """x inside the mask; outside it, the source's latents at noise level ``sigma`` (float32)."""
+        m = self.token_mask.to(x.device)
+        target = (1.0 - sigma) * self.source_latents.to(x.device) + sigma * self.capture.noise.float()
+        return m * x.float() + (1.0 - m) * target
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        latents = callback_kwargs["latents"]
+        cap = self.capture
+        out: dict[str, Any] = {}
+        if self.token_mask is not None:
+            out["latents"] = self._confine(latents, cap.sigmas[step_index + 1]).to(latents.dtype)
+        if self.preview_fn is not None and step_index + 1 == self.preview_step:
+            x0 = flow_x0(cap.sample, cap.model_output, cap.sigmas[step_index])
+            if self.token_mask is not None:
+                x0 = self._confine(x0, 0.0)
+            self.preview = self.decode(pipeline, x0)
+            if not self.preview_fn(self.preview, self.preview_step):
+                self.pruned = True
+                pipeline._interrupt = True
+        return out
+
+    def __call__(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        return self.callback_fn(pipeline, step_index, timestep, callback_kwargs)
 
 
 def has_flow_sigmas(scheduler: Any) -> bool:
@@ -132,3 +253,14 @@ def composite(output: Image.Image, source: Image.Image, mask: np.ndarray) -> Ima
     m = mask[..., None]
     mixed = out * m + src * (1.0 - m)
     return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB")
+
+
+def decode_flux_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
+    """Decode packed FLUX-family latents exactly as FluxPipeline / FluxKontextPipeline do."""
+    import torch
+
+    with torch.no_grad():
+        x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+        img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(img, output_type="pil")[0]

@@ -79,6 +79,38 @@ class BagelConfig:
         return (self.num_timesteps - 1) + inside * branches
 
 
+# These modules exchange tensors every step; upstream's app.py keeps them on one device.
+SAME_DEVICE_MODULES = (
+    "language_model.model.embed_tokens",
+    "time_embedder",
+    "latent_pos_embed",
+    "vae2llm",
+    "llm2vae",
+    "connector",
+    "vit_pos_embed",
+)
+
+
+def pin_same_device(device_map: dict[str, Any], n_gpus: int) -> dict[str, Any]:
+    """Put ``SAME_DEVICE_MODULES`` on the device of the first one, as upstream ``app.py`` does.
+
+    With several GPUs only the modules the inferred map already names are moved (a module absent
+    from the map belongs to a parent entry, and adding a key for it would split that parent);
+    with one GPU every module is pinned, to ``cuda:0`` when the map does not name it.
+    """
+    out = dict(device_map)
+    if n_gpus <= 1:
+        first = out.get(SAME_DEVICE_MODULES[0], "cuda:0")
+        for k in SAME_DEVICE_MODULES:
+            out[k] = first if k in out else "cuda:0"
+    else:
+        first = out.get(SAME_DEVICE_MODULES[0])
+        for k in SAME_DEVICE_MODULES:
+            if k in out:
+                out[k] = first
+    return out
+
+
 class BagelBackbone:
     """ADE adapter around a ready ``InterleaveInferencer`` (build it as BAGEL's README shows)."""
 
@@ -158,18 +190,7 @@ class BagelBackbone:
             max_memory={i: "80GiB" for i in range(torch.cuda.device_count())},
             no_split_module_classes=["Bagel", "Qwen2MoTDecoderLayer"],
         )
-        # These modules exchange tensors every step; upstream keeps them on one device.
-        same = [
-            "language_model.model.embed_tokens",
-            "time_embedder",
-            "latent_pos_embed",
-            "vae2llm",
-            "llm2vae",
-        ]
-        same += ["connector", "vit_pos_embed"]
-        first = device_map.get(same[0], "cuda:0")
-        for name in same:
-            device_map[name] = first
+        device_map = pin_same_device(device_map, torch.cuda.device_count())
         net = load_checkpoint_and_dispatch(
             net, checkpoint=os.path.join(model, "ema.safetensors"), device_map=device_map, offload_buffers=True,
             offload_folder="offload", dtype=torch.bfloat16, force_hooks=True,

@@ -29,29 +29,20 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.backbones._diffusers import (
+    ADEStepCallback,
     CallCounter,
+    SchedulerStepCapture,
     check_mask,
     composite,
-    flow_x0,
+    decode_flux_packed,
     has_flow_sigmas,
+    load_pipeline,
     require_diffusers,
-    scheduler_sigmas,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.errors import InputError
 
 DecodeFn = Callable[[Any, Any, int, int], Image.Image]
-
-
-def decode_flux_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
-    """Decode packed FLUX-family latents exactly as FluxPipeline / FluxKontextPipeline do."""
-    import torch
-
-    with torch.no_grad():
-        x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
-    return pipe.image_processor.postprocess(img, output_type="pil")[0]
 
 
 def decode_qwenimage_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
@@ -65,6 +56,21 @@ def decode_qwenimage_packed(pipe: Any, latents: Any, height: int, width: int) ->
         inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(x.device, x.dtype)
         img = pipe.vae.decode(x / inv_std + mean, return_dict=False)[0][:, :, 0]
     return pipe.image_processor.postprocess(img, output_type="pil")[0]
+
+
+# Upstream's recommended call arguments per pipeline class (model cards / pipeline docstrings), applied
+# unless the caller overrides them: Qwen-Image-Edit runs true CFG only when a negative prompt is given.
+PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "QwenImageEditPipeline": {"num_inference_steps": 50, "true_cfg_scale": 4.0, "negative_prompt": " "},
+    "QwenImageEditPlusPipeline": {"num_inference_steps": 40, "true_cfg_scale": 4.0, "negative_prompt": " "},
+    # Image-to-video edit models: the edit is the last frame (upstream examples save ``frames[0][-1]``).
+    "ChronoEditPipeline": {"num_inference_steps": 50, "num_frames": 5},
+}
+NO_PREVIEW_REASONS = {
+    "Flux2Pipeline": "FLUX.2's VAE latents are batch-normalised and patchified differently; no latent "
+    "decoder is implemented for it, so it runs without preview and pruning",
+    "ChronoEditPipeline": "ChronoEdit decodes video latents (Wan VAE); no latent decoder is implemented",
+}
 
 
 def _auto_decoder(pipe: Any) -> DecodeFn | None:
@@ -93,7 +99,7 @@ class DiffusersEditBackbone:
         pipe: Any,
         *,
         name: str = "diffusers-edit",
-        num_inference_steps: int = 28,
+        num_inference_steps: int | None = None,
         call_kwargs: dict[str, Any] | None = None,
         decode_latents: DecodeFn | str | None = "auto",
         max_area: int = 1024**2,
@@ -101,8 +107,15 @@ class DiffusersEditBackbone:
     ):
         self.pipe = pipe
         self.name = name
-        self.num_inference_steps = int(num_inference_steps)
-        self.call_kwargs = dict(call_kwargs or {})
+        defaults = dict(PIPELINE_DEFAULTS.get(type(pipe).__name__, {}))
+        self.num_inference_steps = int(
+            num_inference_steps
+            or (call_kwargs or {}).get("num_inference_steps")
+            or defaults.get("num_inference_steps", 28)
+        )
+        defaults.pop("num_inference_steps", None)
+        self.call_kwargs = {**defaults, **(call_kwargs or {})}
+        self.call_kwargs.pop("num_inference_steps", None)
         self.max_area = int(max_area)
         # The step the loop previews at (it reads ``backbone.preview_step``); 6 of 28 by default.
         self.preview_step = (
@@ -123,11 +136,22 @@ class DiffusersEditBackbone:
                 f"DiffusersEditBackbone: {type(pipe).__name__}.__call__ must accept image= and "
                 "callback_on_step_end=; use a pipeline-specific adapter for this model"
             )
+        unknown = sorted(set(self.call_kwargs) - self._params)
+        if unknown:
+            raise InputError(
+                f"DiffusersEditBackbone: {type(pipe).__name__}.__call__ takes no {', '.join(unknown)}; "
+                "remove them from the pipeline keyword arguments"
+            )
         self.decode = _auto_decoder(pipe) if decode_latents == "auto" else decode_latents
         can_interrupt = isinstance(getattr(type(pipe), "interrupt", None), property)
         self.supports_preview = bool(
             can_interrupt and has_flow_sigmas(pipe.scheduler) and self.decode is not None
         )
+        self.no_preview_reason = None
+        if not self.supports_preview:
+            self.no_preview_reason = NO_PREVIEW_REASONS.get(
+                type(pipe).__name__, "no flow-matching sigmas, interrupt flag or latent decoder"
+            )
 
     @classmethod
     def from_pretrained(
@@ -141,14 +165,13 @@ class DiffusersEditBackbone:
     ) -> DiffusersEditBackbone:
         """Load any diffusers pipeline (class read from its ``model_index.json``) and wrap it."""
         diffusers = require_diffusers("DiffusersEditBackbone")
-        import torch
-
-        pipe = diffusers.DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype or torch.bfloat16)
-        if cpu_offload:
-            pipe.enable_model_cpu_offload()
-        elif device is not None:
-            pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(
+            diffusers.DiffusionPipeline,
+            model,
+            device=device,
+            torch_dtype=torch_dtype,
+            cpu_offload=cpu_offload,
+        )
         kwargs.setdefault("name", type(pipe).__name__)
         return cls(pipe, **kwargs)
 
@@ -166,6 +189,16 @@ class DiffusersEditBackbone:
             w, h = int(w * s), int(h * s)
         return max(m, w // m * m), max(m, h // m * m)
 
+    def _output_image(self, result: Any, height: int, width: int) -> Image.Image:
+        """The edited image of one pipeline output: decoded latents, an image, or a video's last frame."""
+        if self.decode is not None:
+            return self.decode(self.pipe, result.images, height, width)
+        images = getattr(result, "images", None)
+        if images is None and getattr(result, "frames", None) is not None:
+            images = result.frames[0]  # a video edit model: the edit is the last frame
+            return images[-1]
+        return images[0]
+
     def run(self, state: EditRequest, spec: AttemptSpec) -> AttemptOutput:
         import torch
 
@@ -177,7 +210,7 @@ class DiffusersEditBackbone:
         if spec.preview_fn is not None:
             if not self.supports_preview:
                 raise InputError(
-                    f"{self.name}: this pipeline cannot preview/prune (no flow sigmas, interrupt or decoder)"
+                    f"{self.name}: this pipeline cannot preview/prune ({self.no_preview_reason})"
                 )
             if not 1 <= pstep <= steps:
                 raise InputError(f"{self.name}: spec.preview_step must be in [1, {steps}], got {pstep}")
@@ -187,53 +220,39 @@ class DiffusersEditBackbone:
         if "max_area" in self._params:
             kwargs["max_area"] = w * h
         kwargs.update(self.call_kwargs)
-        info: dict[str, Any] = {"prev": None, "preview": None, "pruned": False}
+        height, width = kwargs.get("height", h), kwargs.get("width", w)
 
-        def on_step_end(p, i, t, cb):
-            latents = cb["latents"]
-            if spec.preview_fn is not None and i + 1 == pstep:
-                x_t = info["prev"]
-                if x_t is None:  # step 0: the sample entered the denoiser first in its input
-                    x_t = counter.last_input[: latents.shape[0], : latents.shape[1]]
-                sig = scheduler_sigmas(p.scheduler)
-                x0 = latents if sig[i + 1] == 0 else flow_x0(x_t, latents, sig[i], sig[i + 1])
-                preview = self.decode(p, x0, kwargs.get("height", h), kwargs.get("width", w))
-                info["preview"] = (
-                    preview if preview.size == source.size else preview.resize(source.size, Image.BICUBIC)
-                )
-                if not spec.preview_fn(info["preview"], pstep):
-                    info["pruned"] = True
-                    p._interrupt = True
-            info["prev"] = latents
-            return {}
+        def decode(p, x0):
+            preview = self.decode(p, x0, height, width)
+            return preview if preview.size == source.size else preview.resize(source.size, Image.BICUBIC)
 
-        generator = torch.Generator(device="cpu").manual_seed(int(spec.seed))
-        with CallCounter(self.denoiser) as counter:
+        with (
+            CallCounter(self.denoiser) as counter,
+            SchedulerStepCapture(pipe.scheduler) as cap,
+        ):
+            callback = ADEStepCallback(cap, preview_step=pstep, preview_fn=spec.preview_fn, decode=decode)
             result = pipe(
                 image=source,
                 prompt=spec.prompt,
                 num_inference_steps=steps,
-                generator=generator,
+                generator=torch.Generator(device="cpu").manual_seed(int(spec.seed)),
                 output_type="latent" if self.decode is not None else "pil",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
+                callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=callback.tensor_inputs,
                 **kwargs,
-            ).images
+            )
         extra: dict[str, Any] = {
             "resolution": {"working": [w, h], "input": list(source.size)},
-            "decode_skipped": bool(info["pruned"] and self.decode is not None),
-            "preview_decodes": int(info["preview"] is not None),
+            "decode_skipped": bool(callback.pruned and self.decode is not None),
+            "preview_decodes": int(callback.preview is not None),
+            "transformer_calls": counter.calls,
         }
-        if info["pruned"]:
+        if callback.pruned:
             return AttemptOutput(
                 image=None, nfe=counter.calls, latency_s=time.perf_counter() - t0, pruned=True,
-                preview_image=info["preview"], extra=extra,
+                preview_image=callback.preview, extra=extra,
             )  # fmt: skip
-        image = (
-            self.decode(pipe, result, kwargs.get("height", h), kwargs.get("width", w))
-            if self.decode
-            else result[0]
-        )
+        image = self._output_image(result, height, width)
         if image.size != source.size:
             image = image.resize(source.size, Image.BICUBIC)
         if mask is not None:
@@ -243,6 +262,6 @@ class DiffusersEditBackbone:
             image=image,
             nfe=counter.calls,
             latency_s=time.perf_counter() - t0,
-            preview_image=info["preview"],
+            preview_image=callback.preview,
             extra=extra,
         )

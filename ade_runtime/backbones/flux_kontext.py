@@ -18,24 +18,27 @@ is resized back to the input size; ``AttemptOutput.extra["resolution"]`` records
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
 from ade_runtime.backbones._diffusers import (
+    ADEStepCallback,
     CallCounter,
+    SchedulerStepCapture,
     check_mask,
     composite,
-    flow_x0,
+    decode_flux_packed,
     image_key,
+    load_pipeline,
     mask_to_tokens,
     require_diffusers,
-    scheduler_sigmas,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
+from ade_runtime.backbones.srm import SRMCapture, SRMConfig, token_map_to_mask
 from ade_runtime.errors import InputError
-from ade_runtime.srm import SRMCapture, SRMConfig, token_map_to_mask
 
 RESOLUTION_POLICIES = ("preferred", "input")
 
@@ -124,14 +127,13 @@ class FluxKontextBackbone:
     ) -> FluxKontextBackbone:
         """Load the pipeline from the Hub or a local directory (bfloat16 by default)."""
         diffusers = require_diffusers("FluxKontextBackbone")
-        import torch
-
-        pipe = diffusers.FluxKontextPipeline.from_pretrained(model, torch_dtype=torch_dtype or torch.bfloat16)
-        if cpu_offload:
-            pipe.enable_model_cpu_offload()
-        elif device is not None:
-            pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(
+            diffusers.FluxKontextPipeline,
+            model,
+            device=device,
+            torch_dtype=torch_dtype,
+            cpu_offload=cpu_offload,
+        )
         return cls(pipe, **kwargs)
 
     @property
@@ -201,138 +203,108 @@ class FluxKontextBackbone:
         return state
 
     def _decode(self, latents: Any, size: tuple[int, int]) -> Image.Image:
-        import torch
-
-        w, h = size
-        pipe = self.pipe
-        with torch.no_grad():
-            x = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
-            x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-            img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(img, output_type="pil")[0]
+        return decode_flux_packed(self.pipe, latents, size[1], size[0])
 
     # ---- one attempt -------------------------------------------------------------------------
-    def run(self, state: KontextState, spec: AttemptSpec) -> AttemptOutput:
+    def _pipeline_kwargs(self, state: KontextState, spec: AttemptSpec, image_latents: Any) -> dict[str, Any]:
+        """The pipeline's arguments for one attempt: cached embeddings and latents, exact size, latent output."""
         import torch
 
+        embeds, pooled, _ = self._encode_prompt(state, spec.prompt)
+        w, h = state.working_size
+        kwargs: dict[str, Any] = dict(
+            image=image_latents,
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            true_cfg_scale=self.true_cfg_scale,
+            height=h,
+            width=w,
+            max_area=w * h,
+            _auto_resize=False,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(int(spec.seed)),
+            max_sequence_length=self.max_sequence_length,
+            output_type="latent",
+        )
+        if self._cfg:
+            neg, neg_pooled, _ = self._encode_prompt(state, self.negative_prompt)
+            kwargs.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        return kwargs
+
+    def _srm_capture(self, n_tokens: int, grid: tuple[int, int]) -> SRMCapture:
+        return SRMCapture(
+            self.pipe.transformer,
+            self.srm,
+            text_tokens=n_tokens,
+            query_tokens=grid[0] * grid[1],
+            calls_per_step=2 if self._cfg else 1,
+        )
+
+    def _to_input_size(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        return image if image.size == size else image.resize(size, Image.BICUBIC)
+
+    def run(self, state: KontextState, spec: AttemptSpec) -> AttemptOutput:
         t0 = time.perf_counter()
         pipe = self.pipe
-        steps = self.num_inference_steps
         source = spec.input_image if spec.input_image is not None else state.request.image
         in_size = source.size
         w, h = state.working_size
         pstep = spec.preview_step if spec.preview_step is not None else self.preview_step
-        if spec.preview_fn is not None and not 1 <= pstep <= steps:
-            raise InputError(f"FluxKontextBackbone: spec.preview_step must be in [1, {steps}], got {pstep}")
+        if spec.preview_fn is not None and not 1 <= pstep <= self.num_inference_steps:
+            raise InputError(
+                f"FluxKontextBackbone: spec.preview_step must be in [1, {self.num_inference_steps}], got {pstep}"
+            )
         mask = None if spec.mask is None else check_mask(spec.mask, in_size, "FluxKontextBackbone")
         reused = image_key(source) in state.latents
         image_latents = self._encode_image(state, source)
-        embeds, pooled, n_tokens = self._encode_prompt(state, spec.prompt)
-        kwargs: dict[str, Any] = {}
-        if self._cfg:
-            neg, neg_pooled, _ = self._encode_prompt(state, self.negative_prompt)
-            kwargs.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        kwargs = self._pipeline_kwargs(state, spec, image_latents)
         grid = (h // self.multiple_of, w // self.multiple_of)
         packed_in = pipe._pack_latents(image_latents, 1, image_latents.shape[1], *image_latents.shape[2:])
-        token_mask = (
-            None if mask is None else mask_to_tokens(mask, grid).to(packed_in.device, packed_in.dtype)
-        )
-        calls_per_step = 2 if self._cfg else 1
-        info: dict[str, Any] = {"noise": None, "preview": None, "pruned": False}
-
-        def on_step_end(p, i, t, cb):
-            latents = cb["latents"]
-            x_t = counter.last_input[: latents.shape[0], : latents.shape[1]]
-            if i == 0:
-                info["noise"] = x_t
-            sig = scheduler_sigmas(p.scheduler)
-            if token_mask is not None:
-                # Outside the mask, follow the input's own flow path at the current noise level.
-                s = sig[i + 1]
-                target = (1.0 - s) * packed_in + s * info["noise"]
-                latents = token_mask * latents + (1.0 - token_mask) * target
-            if spec.preview_fn is not None and i + 1 == pstep:
-                x0 = latents if sig[i + 1] == 0 else flow_x0(x_t, latents, sig[i], sig[i + 1])
-                if token_mask is not None:
-                    x0 = token_mask * x0 + (1.0 - token_mask) * packed_in
-                preview = self._decode(x0, (w, h))
-                if preview.size != in_size:
-                    preview = preview.resize(in_size, Image.BICUBIC)
-                info["preview"] = preview
-                if not spec.preview_fn(preview, pstep):
-                    info["pruned"] = True
-                    p._interrupt = True
-            return {"latents": latents}
-
-        capture = None
-        if self.srm is not None:
-            capture = SRMCapture(
-                pipe.transformer,
-                self.srm,
-                text_tokens=n_tokens,
-                query_tokens=grid[0] * grid[1],
-                calls_per_step=calls_per_step,
+        with ExitStack() as stack:
+            counter = stack.enter_context(CallCounter(pipe.transformer))
+            callback = ADEStepCallback(
+                stack.enter_context(SchedulerStepCapture(pipe.scheduler)),
+                preview_step=pstep,
+                preview_fn=spec.preview_fn,
+                decode=lambda p, x0: self._to_input_size(self._decode(x0, (w, h)), in_size),
+                token_mask=None if mask is None else mask_to_tokens(mask, grid).to(packed_in.device),
+                source_latents=packed_in,
             )
-        generator = torch.Generator(device="cpu").manual_seed(int(spec.seed))
-        with CallCounter(pipe.transformer) as counter:
-            if capture is not None:
-                capture.__enter__()
-            try:
-                latents = pipe(
-                    image=image_latents,
-                    prompt_embeds=embeds,
-                    pooled_prompt_embeds=pooled,
-                    true_cfg_scale=self.true_cfg_scale,
-                    height=h,
-                    width=w,
-                    max_area=w * h,
-                    _auto_resize=False,
-                    num_inference_steps=steps,
-                    guidance_scale=self.guidance_scale,
-                    generator=generator,
-                    max_sequence_length=self.max_sequence_length,
-                    output_type="latent",
-                    callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                    **kwargs,
-                ).images
-            finally:
-                if capture is not None:
-                    capture.__exit__(None, None, None)
+            capture = None
+            if self.srm is not None:
+                capture = stack.enter_context(
+                    self._srm_capture(self._encode_prompt(state, spec.prompt)[2], grid)
+                )
+            latents = pipe(
+                callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=callback.tensor_inputs,
+                **kwargs,
+            ).images
         extra: dict[str, Any] = {
             "resolution": {"policy": self.resolution, "working": [w, h], "input": list(in_size)},
             "input_latents": "cached" if reused else "encoded",
             "transformer_calls": counter.calls,
-            "preview_decodes": int(info["preview"] is not None),
+            "preview_decodes": int(callback.preview is not None),
         }
         attention_mask = None
         if capture is not None and capture.token_scores() is not None:
             attention_mask, _ = token_map_to_mask(capture.token_scores()[0], grid, in_size, self.srm)
             extra["srm_maps"] = capture.captured
-        if info["pruned"]:
-            return AttemptOutput(
-                image=None,
-                nfe=counter.calls,
-                latency_s=time.perf_counter() - t0,
-                pruned=True,
-                preview_image=info["preview"],
-                attention_mask=attention_mask,
-                extra=extra,
-            )
-        image = self._decode(latents, (w, h))
-        if image.size != in_size:
-            image = image.resize(in_size, Image.BICUBIC)
-        if mask is not None:
-            image = composite(image, source, mask)
-        if self.reuse_output_latents:
-            # A refinement round starting from this output skips decode -> encode.
-            state.latents[image_key(image)] = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
+        image = None
+        if not callback.pruned:
+            image = self._to_input_size(self._decode(latents, (w, h)), in_size)
+            if mask is not None:
+                image = composite(image, source, mask)
+            if self.reuse_output_latents:
+                # A refinement round starting from this output skips decode -> encode.
+                state.latents[image_key(image)] = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
         return AttemptOutput(
             image=image,
             nfe=counter.calls,
             latency_s=time.perf_counter() - t0,
-            pruned=False,
-            preview_image=info["preview"],
+            pruned=callback.pruned,
+            preview_image=callback.preview,
             attention_mask=attention_mask,
             extra=extra,
         )

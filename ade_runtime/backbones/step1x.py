@@ -35,6 +35,28 @@ INSTALL_HINT = (
 )
 
 
+# The repository route's DiT checkpoint per release (its inference script's ``--version``).
+CHECKPOINTS = {"v1.0": "step1x-edit-i1258.safetensors", "v1.1": "step1x-edit-v1p1-official.safetensors"}
+DIFFUSERS_MODEL = "stepfun-ai/Step1X-Edit-v1p1-diffusers"  # a diffusers layout (model_index.json)
+REPO_ONLY_KWARGS = ("num_steps", "cfg_guidance", "size_level", "negative_prompt")
+
+
+def has_diffusers_layout(model_path: str) -> bool:
+    """True when ``model_path`` (a directory or a Hub id) holds a diffusers ``model_index.json``.
+
+    The default Hub id ``stepfun-ai/Step1X-Edit`` holds the repository-route checkpoint, not a
+    diffusers layout, so the diffusers route must not be taken for it.
+    """
+    if os.path.isdir(model_path):
+        return os.path.isfile(os.path.join(model_path, "model_index.json"))
+    try:
+        from huggingface_hub import file_exists
+
+        return bool(file_exists(model_path, "model_index.json"))
+    except Exception:  # offline, unknown id, no huggingface_hub: not provably a diffusers layout
+        return False
+
+
 def _diffusers_pipeline_class() -> Any | None:
     try:
         diffusers = importlib.import_module("diffusers")
@@ -81,6 +103,7 @@ class Step1XEditBackbone:
         self.cfg_guidance = float(cfg_guidance)
         self.size_level = int(size_level)
         self.negative_prompt = negative_prompt
+        self.version = "v1.0"  # the checkpoint release; from_pretrained sets the one it loaded
 
     @classmethod
     def from_pretrained(
@@ -92,26 +115,50 @@ class Step1XEditBackbone:
         quantized: bool = False,
         offload: bool = False,
         route: str = "auto",
+        version: str = "v1.0",
+        torch_dtype: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Build the best available route: a diffusers pipeline adapter or the repository adapter.
 
-        ``route`` is ``"auto"``, ``"diffusers"`` or ``"repo"``. ``model_path`` is a diffusers model
-        id/dir for the diffusers route, or the directory holding ``step1x-edit-i1258.safetensors``
-        and ``vae.safetensors`` for the repository route.
+        ``route`` is ``"auto"``, ``"diffusers"`` or ``"repo"``. The diffusers route is taken only when
+        diffusers ships ``Step1XEditPipeline`` and ``model_path`` has a ``model_index.json`` (e.g.
+        ``stepfun-ai/Step1X-Edit-v1p1-diffusers``); its keyword arguments are
+        ``DiffusersEditBackbone``'s. The repository route reads ``vae.safetensors`` and the DiT
+        checkpoint of ``version`` (``v1.0``: ``step1x-edit-i1258``, ``v1.1``:
+        ``step1x-edit-v1p1-official``) from ``model_path``; its keyword arguments are this class's.
         """
         if route not in ("auto", "diffusers", "repo"):
             raise InputError(
                 f"Step1XEditBackbone.from_pretrained: route must be auto|diffusers|repo, got {route!r}"
             )
+        if version not in CHECKPOINTS:
+            raise InputError(
+                f"Step1XEditBackbone.from_pretrained: version must be one of {', '.join(CHECKPOINTS)}, "
+                f"got {version!r}"
+            )
         pipeline_cls = _diffusers_pipeline_class() if route in ("auto", "diffusers") else None
-        if pipeline_cls is not None:
-            import torch
-
+        layout = pipeline_cls is not None and has_diffusers_layout(model_path)
+        if route == "diffusers" and pipeline_cls is None:
+            raise BackboneUnavailableError(f"{INSTALL_HINT} (route='diffusers')")
+        if route == "diffusers" and not layout:
+            raise InputError(
+                f"Step1XEditBackbone: route='diffusers' needs a diffusers layout (model_index.json) at "
+                f"{model_path!r}, e.g. {DIFFUSERS_MODEL}; for the repository checkpoint use route='repo'"
+            )
+        if layout:
+            from ade_runtime.backbones._diffusers import load_pipeline
             from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone
 
-            pipe = pipeline_cls.from_pretrained(model_path, torch_dtype=torch.bfloat16)
-            pipe.enable_model_cpu_offload() if offload else pipe.to(device)
+            repo_only = sorted(set(kwargs) & set(REPO_ONLY_KWARGS))
+            if repo_only:
+                raise InputError(
+                    f"Step1XEditBackbone: {', '.join(repo_only)} belong to the repository route; on the "
+                    "diffusers route pass num_inference_steps and pipeline keyword arguments (call_kwargs)"
+                )
+            pipe = load_pipeline(
+                pipeline_cls, model_path, device=device, torch_dtype=torch_dtype, cpu_offload=offload
+            )
             return DiffusersEditBackbone(pipe, name=cls.name, **kwargs)
         generator_cls = _image_generator_class() if route in ("auto", "repo") else None
         if generator_cls is None:
@@ -120,15 +167,23 @@ class Step1XEditBackbone:
             from huggingface_hub import snapshot_download  # a Hub id: fetch the checkpoint directory
 
             model_path = snapshot_download(model_path)
+        dit_path = os.path.join(model_path, CHECKPOINTS[version])
+        if not os.path.isfile(dit_path):
+            raise InputError(
+                f"Step1XEditBackbone: {dit_path} not found; version={version!r} needs {CHECKPOINTS[version]} "
+                f"in {model_path} (or choose version={'v1.0' if version == 'v1.1' else 'v1.1'})"
+            )
         generator = generator_cls(
-            dit_path=os.path.join(model_path, "step1x-edit-i1258.safetensors"),
+            dit_path=dit_path,
             ae_path=os.path.join(model_path, "vae.safetensors"),
             qwen2vl_model_path=qwen2vl_model_path or "Qwen/Qwen2.5-VL-7B-Instruct",
             device=device,
             quantized=quantized,
             offload=offload,
         )
-        return cls(generator, **kwargs)
+        backbone = cls(generator, **kwargs)
+        backbone.version = version
+        return backbone
 
     def prepare(self, request: EditRequest) -> EditRequest:
         # ImageGenerator re-encodes per call; it exposes no cache to share across candidates.
@@ -157,5 +212,5 @@ class Step1XEditBackbone:
             image = image.resize(source.size, Image.BICUBIC)
         # One batched DiT call per step on [cond, uncond]: two function evaluations.
         nfe = self.num_steps * (2 if self.cfg_guidance != -1 else 1)
-        extra = {"size_level": self.size_level, "route": "repo"}
+        extra = {"size_level": self.size_level, "route": "repo", "version": self.version}
         return AttemptOutput(image=image, nfe=nfe, latency_s=time.perf_counter() - t0, extra=extra)

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from ade_runtime.backbones.base import AttemptSpec, EditRequest
-from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer
+from ade_runtime.cli._common import add_backbone_args, backbone_meta, build_backbone, build_scorer
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             from ade_runtime.predictors.bundle import Predictors
 
             critique = Predictors.load(args.predictors).critique
-        backbone = build_backbone(args)
+        backbone = build_backbone(args, "ade-collect")
         scorer = build_scorer(args, args.backbone)
         written = failed = 0
         with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with Image.open(line.image) as im:
                         image = im.copy()
-                    request = validate_request(EditRequest(image, line.instruction, line.id, line.category))
+                    request = validate_request(
+                        EditRequest(
+                            image, line.instruction, line.id, line.category, meta=backbone_meta(backbone)
+                        )
+                    )
                 except (OSError, InputError) as exc:
                     print(f"ade-collect: rejected {line.id}: {exc}", file=sys.stderr)
                     failed += 1

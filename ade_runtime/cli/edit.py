@@ -15,7 +15,7 @@ from PIL import Image
 
 from ade_runtime.artifacts import atomic_write_bytes
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer
+from ade_runtime.cli._common import add_backbone_args, backbone_meta, build_backbone, build_scorer
 from ade_runtime.errors import ADEError
 from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.policy import POLICY_NAMES
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         predictors = Predictors.load(args.predictors)
         for what, why in predictors.load_failures.items():
             print(f"ade-edit: {what} not loaded, using its fallback ({why})", file=sys.stderr)
-        backbone = build_backbone(args)
+        backbone = build_backbone(args, "ade-edit")
         scorer = build_scorer(args, args.backbone)
         try:
             with Image.open(args.image) as im:
@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ade-edit: {args.image}: cannot read the image ({exc})", file=sys.stderr)
             return 2
         request = EditRequest(
-            image=image, instruction=args.instruction, id=args.id or "request", category=args.category
+            image=image,
+            instruction=args.instruction,
+            id=args.id or "request",
+            category=args.category,
+            meta=backbone_meta(backbone),
         )
         editor = AdaptiveEditor(backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed)
         result = editor.edit(request)

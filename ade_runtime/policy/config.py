@@ -43,6 +43,7 @@ class PolicyConfig:
     use_mask: bool = True  # confine refinement rounds to the critique / SRM region
     select: str = "confidence"  # how the answer is picked: "confidence" or "judge" (offline oracle)
     fixed_rounds: bool = False  # run every candidate to s_max rounds regardless of confidence
+    reasoning_tokens: int | None = None  # thinking budget when CARD does not choose it (None: no thinking)
 
     def __post_init__(self) -> None:
         for name in ("tau_high", "tau_low", "card_quantile"):
@@ -63,6 +64,9 @@ class PolicyConfig:
             raise ValueError(
                 f"PolicyConfig.prune_threshold must be in [0, 1] or None, got {self.prune_threshold!r}"
             )
+        rt = self.reasoning_tokens
+        if rt is not None and (not isinstance(rt, int) or isinstance(rt, bool) or rt < 0):
+            raise ValueError(f"PolicyConfig.reasoning_tokens must be an int >= 0 or None, got {rt!r}")
         if self.select not in ("confidence", "judge"):
             raise ValueError(f"PolicyConfig.select must be 'confidence' or 'judge', got {self.select!r}")
 
@@ -82,8 +86,18 @@ def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
     ``best_of_N`` (any N), ``best_of_N_oracle``, ``single``, ``fixed_chain``,
     ``confidence_stop`` (early stop without CARD, ADE-CoT-like), ``card_only`` (CARD budgets
     without early stop, PhysEdit-like) and ``ade`` (everything). ``oracle`` is replay-only.
+    A suffix ``@T`` fixes the reasoning budget of a policy that does not take it from CARD
+    (``single@512``, ``best_of_4@512``: the thinking-mode baselines of a reasoning backbone).
     """
     base = base or PolicyConfig()
+    m = re.fullmatch(r"(.+)@(\d+)", name)
+    if m:
+        cfg = preset(m.group(1), base)
+        if cfg.use_card:
+            raise ValueError(
+                f"{name!r}: '@T' fixes reasoning tokens, but {m.group(1)!r} takes them from CARD"
+            )
+        return replace(cfg, reasoning_tokens=int(m.group(2)))
     off = dict(use_card=False, early_stop=False, refine=False, prune_threshold=None, use_mask=False)
     m = re.fullmatch(r"best_of_(\d+)(_oracle)?", name)
     if m:

@@ -87,7 +87,7 @@ def replay_record(
         t = _snap(levels, reasoning_tokens if reasoning_tokens is not None else levels[0])
     else:
         attempts_budget = config.default_budget
-        t = levels[0]
+        t = levels[0] if config.reasoning_tokens is None else _snap(levels, config.reasoning_tokens)
     prune = config.prune_threshold is not None
     if prune and preview is None:
         raise ReplayError("pruning needs preview confidences; the dataset has no preview scores")

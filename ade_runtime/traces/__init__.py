@@ -1,6 +1,6 @@
 """Edit-trace format v1: records, validation, streaming reader and append-only writer.
 
-See ``shared/spec/trace-format-v1.md`` for the contract and ``docs/traces.md`` for the API.
+See ``docs/trace-format-v1.md`` for the contract and ``docs/traces.md`` for the API.
 """
 
 from __future__ import annotations

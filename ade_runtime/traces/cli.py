@@ -1,4 +1,4 @@
-"""``ade-traces``: validate a trace dataset or print its statistics (``shared/spec/trace-format-v1.md``).
+"""``ade-traces``: validate a trace dataset or print its statistics (``docs/trace-format-v1.md``).
 
     ade-traces validate PATH [--rejects FILE] [--decode | --no-images]
     ade-traces stats PATH [--json]

@@ -1,4 +1,4 @@
-"""Image path safety and image checks for trace datasets (``shared/spec/trace-format-v1.md``, Layout).
+"""Image path safety and image checks for trace datasets (``docs/trace-format-v1.md``, Layout).
 
 A record names images by paths relative to its shard's directory. Before anyone opens
 such a path it must stay inside the dataset root: no absolute paths, no ``..`` climbing

@@ -1,4 +1,4 @@
-"""Streaming reader of edit-trace datasets (``shared/spec/trace-format-v1.md``, "What a reader must do").
+"""Streaming reader of edit-trace datasets (``docs/trace-format-v1.md``, "What a reader must do").
 
 ``TraceDataset(root)`` walks the ``*.jsonl`` / ``*.jsonl.gz`` shards under ``root`` in sorted
 order and accounts for every line: each one yields either a valid ``EditRecord`` or a

@@ -1,4 +1,4 @@
-"""Dataclasses for edit-trace format v1 (``shared/spec/trace-format-v1.md``).
+"""Dataclasses for edit-trace format v1 (``docs/trace-format-v1.md``).
 
 These are plain containers: ``from_json`` trusts its input (the reader validates first,
 see ``validate.py``) and ``to_json`` emits exactly the spec's field names. Fields the

@@ -1,4 +1,4 @@
-"""Validation of one parsed trace record against edit-trace format v1 (``shared/spec/trace-format-v1.md``).
+"""Validation of one parsed trace record against edit-trace format v1 (``docs/trace-format-v1.md``).
 
 ``validate_record(obj)`` returns the list of problems of a parsed JSON object (empty when
 valid); ``parse_record(obj)`` returns an ``EditRecord`` or that list. Every problem carries

@@ -1,4 +1,4 @@
-"""Append-only writer of edit-trace datasets (``shared/spec/trace-format-v1.md``).
+"""Append-only writer of edit-trace datasets (``docs/trace-format-v1.md``).
 
 ``TraceWriter(root)`` writes shards ``<prefix>-00000.jsonl``, ``<prefix>-00001.jsonl``, ... in
 ``root`` itself (so image paths are relative to ``root``) and images under it:

@@ -151,3 +151,94 @@ def test_image(width: int = 24, height: int = 16, seed: int = 0):
 
 
 test_image.__test__ = False  # not a pytest test despite the name
+
+
+def _stub_text(width: int, tokens: int, prompt: str):
+    """Deterministic stand-in prompt embeddings [1, tokens, width] keyed by the prompt text."""
+    import torch
+
+    g = torch.Generator().manual_seed(sum(map(ord, prompt or "")) + 7919 * len(prompt or ""))
+    return torch.randn(1, tokens, width, generator=g)
+
+
+def tiny_qwen_edit_pipeline(seed: int = 0):
+    """A tiny ``QwenImageEditPipeline`` (real transformer, VAE, scheduler and true-CFG loop).
+
+    Its Qwen2.5-VL prompt encoder needs a hub processor, so ``encode_prompt`` is replaced by a
+    deterministic per-prompt embedding (16 wide, 7 tokens). Upstream conditions on the image at
+    ~1024^2 whatever the output size; tests shrink that with
+    ``monkeypatch.setattr(pipeline_qwenimage_edit, "calculate_dimensions", ...)``.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    pipe = QwenImageEditPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+        processor=None, transformer=transformer,
+    )  # fmt: skip
+
+    def encode_prompt(prompt, image=None, device=None, num_images_per_prompt=1, **_):
+        import torch
+
+        return _stub_text(16, 7, prompt), torch.ones(1, 7, dtype=torch.long)
+
+    pipe.encode_prompt = encode_prompt
+    for module in (transformer, vae):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_chronoedit_pipeline(seed: int = 0):
+    """A tiny ``ChronoEditPipeline`` (Wan-style image-to-video edit; returns ``frames``).
+
+    Real transformer, Wan VAE and scheduler; the UMT5 prompt encoder and the CLIP image encoder
+    need hub tokenizers, so ``encode_prompt`` / ``encode_image`` are deterministic stand-ins.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        ChronoEditPipeline,
+        ChronoEditTransformer3DModel,
+        FlowMatchEulerDiscreteScheduler,
+    )
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=12, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, image_dim=4, added_kv_proj_dim=24,
+        rope_max_seq_len=32,
+    )  # fmt: skip
+    pipe = ChronoEditPipeline(
+        tokenizer=None, text_encoder=None, image_encoder=None, image_processor=None, transformer=transformer,
+        vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+    )  # fmt: skip
+
+    def encode_prompt(prompt, negative_prompt=None, do_classifier_free_guidance=True, **_):
+        neg = _stub_text(16, 6, negative_prompt or "") if do_classifier_free_guidance else None
+        return _stub_text(16, 6, prompt), neg
+
+    pipe.encode_prompt = encode_prompt
+    pipe.encode_image = lambda image, device=None: _stub_text(4, 5, "image")
+    for module in (transformer, vae):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

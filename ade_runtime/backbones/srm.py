@@ -130,6 +130,22 @@ def token_map_to_mask(
     return mask, soft.astype(np.float32)
 
 
+def _query_key(attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None):
+    """Queries and keys of a ``FluxAttention`` as upstream projects them, without the values
+    (which SRM never uses); a fused QKV projection computes V anyway and it is dropped."""
+    eq = ek = None
+    with_text = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
+    if getattr(attn, "fused_projections", False):
+        q, k, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        if with_text and hasattr(attn, "to_added_qkv"):
+            eq, ek, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+        return q, k, eq, ek
+    q, k = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    if with_text:
+        eq, ek = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
+    return q, k, eq, ek
+
+
 class _SRMProcessor:
     """Delegates to the original processor; at capture steps also records image->text attention."""
 
@@ -153,12 +169,11 @@ class _SRMProcessor:
     @torch.no_grad()
     def _scores(self, attn, hidden_states, encoder_hidden_states, image_rotary_emb) -> torch.Tensor:
         from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
-        q, k, _, eq, ek, _ = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        q, k, eq, ek = _query_key(attn, hidden_states, encoder_hidden_states)
         q = attn.norm_q(q.unflatten(-1, (-1, attn.head_dim)))
         k = attn.norm_k(k.unflatten(-1, (-1, attn.head_dim)))
-        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+        if eq is not None:
             q = torch.cat([attn.norm_added_q(eq.unflatten(-1, (-1, attn.head_dim))), q], dim=1)
             k = torch.cat([attn.norm_added_k(ek.unflatten(-1, (-1, attn.head_dim))), k], dim=1)
         if image_rotary_emb is not None:

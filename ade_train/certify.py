@@ -1,0 +1,401 @@
+"""Certified thresholds: Learn-then-Test over a compute-ordered Pareto front.
+
+A threshold setting (tau_high, tau_low, S_max, CARD quantile, ...) is *certified* when, with
+probability at least 1 - delta over the calibration requests, its expected loss against the
+reference is at most alpha. Learn-then-Test (Angelopoulos, Bates, Candes, Jordan & Lei, 2021)
+turns that into multiple testing: one null hypothesis "risk > alpha" per setting, a valid p-value
+for each, and a family-wise error control. Pareto testing (Laufer-Goldshtein, Fisch, Barzilay &
+Jaakkola, ICLR 2023) finds the candidates worth testing on one part of the data -- the settings not
+dominated in (compute, quality) -- and orders them from the most to the least compute, so that
+fixed-sequence testing on the other part spends the whole delta on each test in turn and stops at
+the first setting it cannot certify. The cheapest certified setting is the answer.
+
+The testing comes from MAPIE's risk-control module (mapie >= 1.6): fixed-sequence FWER control
+(``control_fwer``) and, as one of the two p-values, Hoeffding-Bentkus (``compute_hoeffding_bentkus_p_value``).
+Hoeffding-Bentkus ignores the variance of the loss, and ADE's paired loss has a small variance around a
+small gap: with a few hundred requests it certifies nothing that is not far better than the reference.
+The default p-value is therefore the Waudby-Smith--Ramdas betting bound (JRSS-B 2024, "Estimating means
+of bounded random variables by betting"; the form LTT's reference code uses), written here because MAPIE
+does not ship it: a capital process K_t = prod (1 + nu_t (alpha - l_t)) with a predictable bet nu_t in
+[0, 1] is a nonnegative supermartingale under "risk >= alpha", so p = 1 / max_t K_t is valid (Ville). MAPIE's
+controllers (``BinaryClassificationController`` ...) cannot express ADE's risk: it is not a property
+of one prediction but of a whole replayed policy, paired with a reference policy on the same request,
+so the controllers' ``predict_function`` / ``RiskLoss`` interface has nothing to call. The loss matrix
+is built here and handed to MAPIE's p-value and testing functions directly.
+
+Two forms of risk, both bounded in [0, 1] as the p-value needs:
+
+* ``relative``: "mean judge score >= f x the reference's" (the reference: Best-of-N with the same
+  verifier). The paired loss d_i = f * ref_i - score_i lies in [-1, f]; rescaled,
+  l_i = (d_i + 1) / (1 + f) lies in [0, 1] and mean(d) <= 0 iff mean(l) <= alpha = 1 / (1 + f).
+* ``absolute``: "pass rate >= p": l_i = 1 - pass_i (binary, the tighter Bentkus bound), alpha = 1 - p.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from mapie.risk_control import control_fwer
+from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
+
+FORMS = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class RiskSpec:
+    """What is certified: ``relative`` (mean score >= target x reference) or ``absolute`` (pass rate >= target)."""
+
+    form: str = "relative"
+    target: float = 1.0  # relative: the fraction f of the reference's mean score; absolute: the pass rate p
+    delta: float = 0.1  # the certificate fails with probability at most delta
+    p_value: str = "wsr"  # "wsr" (Waudby-Smith--Ramdas betting) or "hb" (Hoeffding-Bentkus, MAPIE)
+
+    def __post_init__(self) -> None:
+        if self.p_value not in P_VALUES:
+            raise ValueError(f"RiskSpec.p_value must be one of {P_VALUES}, got {self.p_value!r}")
+        if self.form not in FORMS:
+            raise ValueError(f"RiskSpec.form must be one of {FORMS}, got {self.form!r}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"RiskSpec.delta must be in (0, 1), got {self.delta}")
+        if self.form == "relative" and not 0.0 < self.target <= 1.5:
+            raise ValueError(f"target fraction must be in (0, 1.5], got {self.target}")
+        if self.form == "absolute" and not 0.0 < self.target < 1.0:
+            raise ValueError(f"target pass rate must be in (0, 1), got {self.target}")
+
+    def with_target(self, target: float) -> RiskSpec:
+        return RiskSpec(self.form, float(target), self.delta, self.p_value)
+
+    @property
+    def claim(self) -> str:
+        if self.form == "relative":
+            return f">= {self.target:.3g} x reference mean score at delta = {self.delta:g}"
+        return f"pass rate >= {self.target:.3g} at delta = {self.delta:g}"
+
+
+def losses(spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """Per-request losses in [0, 1] (n x K) and the level alpha they must stay under on average.
+
+    ``scores``: judge scores (relative form) or pass indicators (absolute form), n requests x K settings;
+    ``reference``: the reference policy's judge score per request (relative form only).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim == 1:
+        s = s[:, None]
+    if spec.form == "absolute":
+        return 1.0 - np.clip(s, 0.0, 1.0), 1.0 - spec.target
+    if reference is None:
+        raise ValueError("the relative form needs the reference policy's scores")
+    f = spec.target
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, 1)
+    d = f * ref - np.clip(s, 0.0, 1.0)
+    return np.clip((d + 1.0) / (1.0 + f), 0.0, 1.0), 1.0 / (1.0 + f)
+
+
+P_VALUES = ("wsr", "hb")
+
+
+def wsr_p_values(loss: np.ndarray, alpha: float, delta: float) -> np.ndarray:
+    """Waudby-Smith--Ramdas betting p-value of "mean loss >= alpha" for each column of ``loss`` (n x K).
+
+    The bet nu_t = min(1, sqrt(2 ln(1/delta) / (n sigma_{t-1}^2))) uses only the losses before t
+    (predictable), with the running mean and variance started at 1/2 and 1/4 as in WSR's Theorem 3.
+    """
+    x = np.asarray(loss, dtype=np.float64)
+    n = x.shape[0]
+    t = np.arange(1, n + 1, dtype=np.float64)[:, None]
+    mu = (0.5 + np.cumsum(x, axis=0)) / (1.0 + t)
+    var = (0.25 + np.cumsum((x - mu) ** 2, axis=0)) / (1.0 + t)
+    var = np.vstack([np.full((1, x.shape[1]), 0.25), var[:-1]])  # predictable: variance before step t
+    nu = np.minimum(np.sqrt(2.0 * math.log(1.0 / delta) / (n * var)), 1.0)
+    log_k = np.cumsum(np.log1p(nu * (alpha - x)), axis=0)
+    return np.minimum(1.0, np.exp(-np.maximum(log_k.max(axis=0), 0.0)))
+
+
+def p_values(
+    loss: np.ndarray, alpha: float, *, binary: bool, delta: float = 0.1, method: str = "wsr"
+) -> np.ndarray:
+    """p-value of "mean loss > alpha" for each column: ``wsr`` (betting) or ``hb`` (Hoeffding-Bentkus, MAPIE)."""
+    if method == "hb":
+        return compute_hoeffding_bentkus_p_value(loss.mean(axis=0), loss.shape[0], alpha, binary=binary)[:, 0]
+    if method == "wsr":
+        return wsr_p_values(loss, alpha, delta)
+    raise ValueError(f"p-value method must be one of {P_VALUES}, got {method!r}")
+
+
+def pareto_order(cost: Sequence[float], quality: Sequence[float]) -> list[int]:
+    """The settings no other setting beats on both compute and quality, from the most to the least compute.
+
+    Ties in compute keep the higher quality; a setting with NaN compute or quality is never on the front.
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    q = np.asarray(quality, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(c) & np.isfinite(q))
+    front: list[int] = []
+    best_q = -math.inf
+    # cheapest first; a setting joins the front when it is strictly better than everything cheaper
+    for i in sorted(ok.tolist(), key=lambda j: (c[j], -q[j], j)):
+        if q[i] > best_q + 1e-12:
+            front.append(i)
+            best_q = q[i]
+    return front[::-1]
+
+
+def n_needed(
+    losses_observed: np.ndarray,
+    alpha: float,
+    delta: float,
+    *,
+    binary: bool,
+    method: str = "wsr",
+    n_max: int = 10**6,
+) -> int | None:
+    """Requests at which a setting with these observed losses would be certified (None: at no n).
+
+    The observed losses are taken as the population: for ``hb`` the p-value at their mean; for ``wsr``
+    the p-value of the losses repeated (in a fixed shuffled order) to n, i.e. at the observed mean *and
+    variance*.
+    """
+    x = np.asarray(losses_observed, dtype=np.float64).ravel()
+    if x.size == 0 or not x.mean() < alpha:
+        return None
+    rng = np.random.default_rng(0)
+
+    def ok(n: int) -> bool:
+        if method == "hb":
+            p = compute_hoeffding_bentkus_p_value(np.array([x.mean()]), n, alpha, binary=binary)[0, 0]
+        else:
+            sample = x[rng.permutation(np.resize(np.arange(x.size), n))]
+            p = wsr_p_values(sample[:, None], alpha, delta)[0]
+        return float(p) <= delta
+
+    lo, hi = 1, 2
+    while not ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > n_max:
+            return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return int(hi)
+
+
+@dataclass
+class Certificate:
+    """The outcome of one certification: what was tested, with which p-values, and what holds."""
+
+    spec: RiskSpec
+    alpha: float
+    n_select: int
+    n_certify: int
+    order: list[int]  # candidate indices tested, in the sequence tested (most compute first)
+    p_values: list[float]  # p-value of each tested candidate, in ``order``
+    certified: list[int]  # the prefix of ``order`` that was certified
+    chosen: int | None  # the cheapest certified candidate (None: nothing could be certified)
+    strongest_target: float | None = None  # the strongest target certifiable on the same data
+    n_needed: int | None = None  # requests the first setting on the front would need for ``spec``
+    observed_loss: list[float] = field(default_factory=list)  # mean loss of each tested candidate
+
+    @property
+    def p_value(self) -> float | None:
+        if self.chosen is None:
+            return None
+        return self.p_values[self.order.index(self.chosen)]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["spec"] = asdict(self.spec)
+        out["claim"] = self.spec.claim
+        out["p_value"] = self.p_value
+        out["certified_any"] = self.chosen is not None
+        return out
+
+    def explain(self) -> str:
+        """One paragraph for the report and the model card."""
+        head = f"target {self.spec.claim}; n = {self.n_certify} certification requests"
+        if self.chosen is not None:
+            return (
+                f"certified: {head}; {len(self.certified)} of {len(self.order)} settings on the front certified, "
+                f"the cheapest chosen (p = {self.p_value:.3g})"
+            )
+        need = (
+            f"about {self.n_needed} certification requests would be needed at the observed loss"
+            if self.n_needed is not None
+            else "no number of requests would do: the best setting's observed quality is below the target"
+        )
+        strongest = (
+            f"the strongest claim that can be certified on these requests is "
+            f"{self.spec.with_target(self.strongest_target).claim}"
+            if self.strongest_target is not None
+            else "no weaker target down to the search floor can be certified either"
+        )
+        return f"NOT certified: {head}; {need}; {strongest}"
+
+
+def certify(
+    spec: RiskSpec,
+    *,
+    select_scores: np.ndarray,
+    select_reference: np.ndarray | None,
+    select_cost: Sequence[float],
+    certify_scores: np.ndarray,
+    certify_reference: np.ndarray | None,
+    search_strongest: bool = True,
+) -> Certificate:
+    """Pareto front on the selection requests, fixed-sequence LTT on the disjoint certification requests.
+
+    ``*_scores``: n x K (judge scores, or pass indicators for the absolute form) of K candidate
+    settings; ``select_cost``: K mean compute per request on the selection part.
+    """
+    sel = np.asarray(select_scores, dtype=np.float64)
+    cer = np.asarray(certify_scores, dtype=np.float64)
+    if sel.ndim != 2 or cer.ndim != 2 or sel.shape[1] != cer.shape[1] or len(select_cost) != sel.shape[1]:
+        raise ValueError(
+            f"certify: scores must be n x K with the same K and K costs, got {sel.shape}, {cer.shape}, "
+            f"{len(select_cost)} costs"
+        )
+    if cer.shape[0] == 0:
+        raise ValueError("certify: the certification part has no requests")
+    order = pareto_order(select_cost, sel.mean(axis=0))
+    cert = _test(spec, order, cer, certify_reference)
+    cert.n_select = int(sel.shape[0])
+    if cert.chosen is None:
+        if order:
+            loss, alpha = losses(spec, cer[:, order[0]], certify_reference)
+            cert.n_needed = n_needed(
+                loss, alpha, spec.delta, binary=spec.form == "absolute", method=spec.p_value
+            )
+        if search_strongest:
+            cert.strongest_target = _strongest(spec, order, cer, certify_reference)
+    else:
+        cert.strongest_target = spec.target
+    return cert
+
+
+def _test(spec: RiskSpec, order: list[int], scores: np.ndarray, reference: np.ndarray | None) -> Certificate:
+    loss, alpha = losses(spec, scores[:, order], reference)
+    binary = spec.form == "absolute"
+    pv = p_values(loss, alpha, binary=binary, delta=spec.delta, method=spec.p_value) if order else np.zeros(0)
+    rejected = control_fwer(pv, spec.delta, fwer_method="fixed_sequence").tolist() if order else []
+    certified = [order[i] for i in sorted(rejected)]
+    return Certificate(
+        spec=spec,
+        alpha=float(alpha),
+        n_select=0,
+        n_certify=int(scores.shape[0]),
+        order=list(order),
+        p_values=[float(p) for p in pv],
+        certified=certified,
+        chosen=certified[-1] if certified else None,
+        observed_loss=[float(v) for v in loss.mean(axis=0)] if order else [],
+    )
+
+
+def _strongest(
+    spec: RiskSpec, order: list[int], scores: np.ndarray, reference: np.ndarray | None, tol: float = 0.005
+) -> float | None:
+    """The largest target (fraction or pass rate) below ``spec.target`` that the same test certifies."""
+    floor = 0.5 if spec.form == "relative" else 0.01
+    if _test(spec.with_target(floor), order, scores, reference).chosen is None:
+        return None
+    lo, hi = floor, spec.target
+    while hi - lo > tol:
+        mid = (lo + hi) / 2.0
+        if _test(spec.with_target(mid), order, scores, reference).chosen is not None:
+            lo = mid
+        else:
+            hi = mid
+    return round(lo, 4)
+
+
+def cheapest_meeting_target(
+    spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None, cost: Sequence[float]
+) -> int | None:
+    """Today's uncertified choice, for comparison: the cheapest setting whose *observed* loss meets alpha."""
+    loss, alpha = losses(spec, scores, reference)
+    ok = np.flatnonzero(loss.mean(axis=0) <= alpha + 1e-12)
+    if ok.size == 0:
+        return None
+    c = np.asarray(cost, dtype=np.float64)
+    return int(min(ok.tolist(), key=lambda j: (c[j], j)))
+
+
+def meets(spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None) -> bool:
+    """Whether a setting's scores meet the target on these requests (its mean loss <= alpha)."""
+    loss, alpha = losses(spec, scores, reference)
+    return bool(loss.mean() <= alpha + 1e-12)
+
+
+def resplit_coverage(
+    spec: RiskSpec,
+    scores: np.ndarray,
+    reference: np.ndarray | None,
+    cost: np.ndarray,
+    *,
+    n_splits: int = 200,
+    calibration_fraction: float = 0.5,
+    seed: int = 0,
+) -> dict:
+    """How often the chosen setting meets its target on requests the choice never saw.
+
+    Each re-split draws a calibration part (halved into selection and certification) and leaves the
+    rest untouched. The certified choice and today's choice (the cheapest setting meeting the target
+    on the whole calibration part) are both scored on the untouched part. When nothing is certified
+    the conservative fallback is the reference itself, which meets a target <= 1 x reference by
+    construction; such splits are counted apart.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(cost, dtype=np.float64)
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    n = s.shape[0]
+    n_cal = int(round(calibration_fraction * n))
+    if n_cal < 4 or n - n_cal < 2:
+        raise ValueError(f"resplit_coverage: {n} requests are too few to split")
+    rng = np.random.default_rng(seed)
+    cert_meets, naive_meets, uncertified, cert_cost, naive_cost = [], [], 0, [], []
+    for _ in range(n_splits):
+        perm = rng.permutation(n)
+        cal, held = perm[:n_cal], perm[n_cal:]
+        sel, cer = cal[: n_cal // 2], cal[n_cal // 2 :]
+        r = (lambda idx: None) if ref is None else (lambda idx: ref[idx])
+        cert = certify(
+            spec,
+            select_scores=s[sel],
+            select_reference=r(sel),
+            select_cost=c[sel].mean(axis=0),
+            certify_scores=s[cer],
+            certify_reference=r(cer),
+            search_strongest=False,
+        )
+        if cert.chosen is None:
+            uncertified += 1
+        else:
+            cert_meets.append(meets(spec, s[held, cert.chosen], r(held)))
+            cert_cost.append(float(c[held, cert.chosen].mean()))
+        naive = cheapest_meeting_target(spec, s[cal], r(cal), c[cal].mean(axis=0))
+        if naive is not None:
+            naive_meets.append(meets(spec, s[held, naive], r(held)))
+            naive_cost.append(float(c[held, naive].mean()))
+    n_cert = len(cert_meets)
+    return {
+        "n_splits": n_splits,
+        "n_requests": n,
+        "n_calibration": n_cal,
+        "n_untouched": n - n_cal,
+        "target": spec.claim,
+        "certified_splits": n_cert,
+        "uncertified_splits": uncertified,
+        "certified_coverage": float(np.mean(cert_meets)) if n_cert else None,
+        "certified_miss_rate": float(1.0 - np.mean(cert_meets)) if n_cert else None,
+        "required_coverage": 1.0 - spec.delta,
+        "search_splits": len(naive_meets),
+        "search_coverage": float(np.mean(naive_meets)) if naive_meets else None,
+        "search_miss_rate": float(1.0 - np.mean(naive_meets)) if naive_meets else None,
+        "certified_mean_cost": float(np.mean(cert_cost)) if cert_cost else None,
+        "search_mean_cost": float(np.mean(naive_cost)) if naive_cost else None,
+    }

@@ -1,0 +1,70 @@
+"""Compute-quality curves: Best-of-N per selector and reasoning level, sweeps, paired intervals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from predictor_helpers import calibrator, card
+
+from ade_runtime.policy import PolicyConfig, preset, replay_policy
+from ade_runtime.policy.curves import compute_curves, format_curves, score_selector
+from ade_runtime.policy.signals import record_signals
+from ade_runtime.traces import load_records
+
+FIXTURE = Path(__file__).parent / "fixtures" / "testbed_small"
+
+
+@pytest.fixture(scope="module")
+def records():
+    recs, _ = load_records(FIXTURE, images="none")
+    return recs
+
+
+def test_reasoning_suffix_fixes_the_thinking_budget_of_a_baseline(records):
+    cfg = preset("best_of_4@512")
+    assert cfg.reasoning_tokens == 512 and cfg.default_budget == 4 and not cfg.use_card
+    with pytest.raises(ValueError, match="from CARD"):
+        preset("ade@512")
+    cal = calibrator(bias=-4.0, weight=12.0)
+    outs = replay_policy(records, "single@512", PolicyConfig(), lambda r: record_signals(r, cal))
+    assert all(o.chosen[2] == 512 for o in outs)
+    with pytest.raises(ValueError, match="reasoning_tokens"):
+        replace(PolicyConfig(), reasoning_tokens=-1)
+
+
+def test_curves_cover_every_selector_and_reasoning_level(records):
+    cal, crd = calibrator(bias=-4.0, weight=12.0), card()
+    from PIL import Image
+
+    preds = {}
+    for r in records:
+        with Image.open(r.resolve(r.source_image)) as im:
+            preds[r.id] = crd.predict(r.instruction, im.convert("RGB"))
+    res = compute_curves(
+        records, PolicyConfig(), lambda r: record_signals(r, cal), card=lambda r: preds[r.id]
+    )
+    # the fixture logs 4 candidates: the reference is the largest Best-of-N it allows
+    assert res["reference"] == "best_of_4 by confidence"
+    assert res["selectors"] == ["confidence", "clip_i", "clip_t", "judge"]
+    bon = [p for p in res["points"] if p["curve"].startswith("best_of_N")]
+    assert {p["n"] for p in bon} == {1, 2, 4}
+    assert {p["reasoning_tokens"] for p in bon} == {0, 512}
+    ref = next(p for p in bon if p["selector"] == "confidence" and p["n"] == 4 and p["reasoning_tokens"] == 0)
+    assert ref["vs_reference"]["diff"] == 0.0 and ref["vs_reference"]["n"] == len(records)
+    judge4 = next(p for p in bon if p["selector"] == "judge" and p["n"] == 4 and p["reasoning_tokens"] == 0)
+    assert judge4["mean_score"] >= max(
+        p["mean_score"] for p in bon if p["n"] == 4 and p["reasoning_tokens"] == 0
+    )
+    # the N = 1 points agree whatever the selector: one candidate leaves nothing to select
+    ones = {p["mean_score"] for p in bon if p["n"] == 1 and p["reasoning_tokens"] == 0}
+    assert len(ones) == 1
+    assert {p["curve"] for p in res["points"]} >= {"confidence_stop", "card_only", "ade"}
+    text = format_curves(res)
+    assert "small sample" in text and "best_of_N by clip_t@512" in text
+
+
+def test_a_cheap_score_selector_ranks_by_its_raw_value(records):
+    conf, prev = score_selector("clip_t")(records[0])
+    assert prev is None and set(conf) == {a.key for a in records[0].attempts}
