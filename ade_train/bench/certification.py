@@ -82,7 +82,7 @@ def policy_matrix(
 
 def grid_configs(records: Sequence[EditRecord], predictors: Predictors) -> list[PolicyConfig]:
     """The settings ``ade-train calibrate`` searches, for the export at hand (CARD quantiles or fixed budgets)."""
-    from ade_train.calibrate_search import SearchGrid
+    from ade_train.calibrate.search import SearchGrid
 
     base = predictors.policy or PolicyConfig()
     has_previews = any(k.startswith("preview_") for r in records[:50] for a in r.attempts for k in a.scores)
