@@ -3,11 +3,15 @@
 from ade_runtime.policy.budget import (
     BudgetLabel,
     GridPoint,
+    LoopLabel,
     budget_label,
     budget_levels,
     cost_unit,
     grid_points,
     level_index,
+    loop_label,
+    loop_levels,
+    loop_order,
     quantile_level,
 )
 from ade_runtime.policy.config import POLICY_NAMES, PolicyConfig, preset
@@ -35,7 +39,11 @@ __all__ = [
     "PolicySession",
     "ReplayError",
     "Step",
+    "LoopLabel",
     "budget_label",
+    "loop_label",
+    "loop_levels",
+    "loop_order",
     "budget_levels",
     "cost_unit",
     "grid_points",

@@ -111,6 +111,7 @@ def card_budget(
     record: EditRecord, card: Any, quantile: float, image: Image.Image | None = None
 ) -> tuple[int, int]:
     """CARD's attempt budget (at ``quantile``) and reasoning tokens for a logged request."""
-    img = image if image is not None else _load(record, record.source_image)
-    pred = card.predict(record.instruction, img)
+    prior = getattr(getattr(card, "config", None), "is_prior", False)
+    img = image if image is not None or prior else _load(record, record.source_image)
+    pred = card.predict(record.instruction, img, category=record.category)
     return int(pred.quantile(quantile)), int(pred.reasoning_tokens)
