@@ -96,7 +96,8 @@ def _seconds_per_pass(records: list[EditRecord], tokens: list[int], s_max: int, 
 def calibrate_gain_per_cost(
     preds: list[BudgetPrediction], records: list[EditRecord], cfg: CardConfig, s_max: int, unit: str
 ) -> dict[str, Any]:
-    """The multiplier in ``GAIN_GRID`` with the fewest seconds per pass on ``records`` (ties: larger)."""
+    """The multiplier in ``GAIN_GRID`` with the fewest seconds per pass on ``records`` (ties: nearest 1.0,
+    the break-even of the rule)."""
     if len(cfg.token_levels) < 2 or not records:
         return {"gain_per_cost": None, "candidates": [], "why": "one token level: nothing to choose"}
     rows = []
@@ -112,7 +113,7 @@ def calibrate_gain_per_cost(
                 "think_rate": sum(t != cfg.token_levels[0] for t in tokens) / len(tokens),
             }
         )
-    best = min(rows, key=lambda r: (r["seconds_per_pass"], -r["gain_per_cost"]))
+    best = min(rows, key=lambda r: (r["seconds_per_pass"], abs(r["gain_per_cost"] - 1.0)))
     lam = best["gain_per_cost"]
     return {
         "gain_per_cost": lam if math.isfinite(lam) else 1e9,  # inf = never think; JSON has no inf
@@ -165,7 +166,7 @@ def calibrate_beyond_budget(
         for j in range(chosen + 1, len(rows)):
             dc = rows[j]["cost"] - cur["cost"]
             rate = (rows[j]["passes"] - cur["passes"]) / dc if dc > 0 else 0.0
-            if rate >= best_rate:
+            if rate > best_rate:  # ties: the nearer budget (same passes per cost, less spent)
                 best, best_rate = j, rate
         if best is None or best_rate < ref_rate or best_rate <= 0:
             break
