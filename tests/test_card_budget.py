@@ -180,5 +180,8 @@ def test_ablation_bench_shape():
     )
     assert len(res["comparisons"]) == 5 and all(c["score"]["n"] == 12 for c in res["comparisons"])
     assert set(res["targets"]) == {"tokens_beat_never", "tokens_beat_always", "card_no_dearer_than_constant"}
+    assert [r["gain_per_cost"] for r in res["sweep"]] == list(card_ablation.SWEEP)
+    for row in res["sweep"]:  # the random control thinks on as many requests as CARD does
+        assert row["card"]["think_rate"] == row["random"]["think_rate"]
     assert "target" in card_ablation.text(res)
     json.dumps(res)

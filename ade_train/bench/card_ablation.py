@@ -5,7 +5,10 @@ Every arm is ADE's calibrated policy replayed exactly over the same logged attem
 
 - budget: CARD's, the per-category prior's (same artifact format), a constant budget (the policy's
   ``default_budget``) and a constant matched to CARD's mean budget -- all without thinking;
-- tokens, at CARD's budgets: never think, always think (the largest level), as CARD chooses.
+- tokens, at CARD's budgets: never think, always think (the largest level), as CARD chooses;
+- a sweep of the gain-per-cost multiplier (``tokens_card@L``), each beside a control that thinks on a
+  random subset of the same size (``tokens_random@L``): whether CARD's per-request choice of *which*
+  requests think is worth more than the thinking rate alone.
 
 Each arm reports the mean judge score and GPU-seconds per request; each comparison a paired 90%
 bootstrap interval of both differences (``ade_runtime.policy.stats.paired_by_id``), and the issue's
@@ -16,11 +19,13 @@ Output of ``run``::
     {"n_requests", "quantile", "level", "seconds",
      "arms": {name: {"mean_score", "pass_rate", "gpu_seconds_per_request", "mean_budget", "think_rate"}},
      "comparisons": [{"a", "b", "score": PairedDifference dict, "gpu_seconds": PairedDifference dict}],
+     "sweep": [{"gain_per_cost", "card": arm, "random": arm, "score": PairedDifference dict (card - random)}],
      "targets": {name: {"met": bool, "a", "b", "why"}}}
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,6 +36,7 @@ from ade_runtime.policy import PolicyConfig, replay_record
 from ade_runtime.policy.signals import critique_probabilities, record_signals
 from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.predictors.card import choose_tokens
 from ade_runtime.traces import EditRecord
 
 COMPARISONS = (
@@ -40,6 +46,7 @@ COMPARISONS = (
     ("tokens_card", "tokens_never"),
     ("tokens_card", "tokens_always"),
 )
+SWEEP = (0.0, 0.25, 0.5)
 
 
 def _predictions(records: Sequence[EditRecord], card: Any) -> dict[str, Any]:
@@ -74,6 +81,7 @@ def run(
     level: float = 0.9,
     seed: int = 0,
     signals: dict | None = None,
+    sweep: Sequence[float] = SWEEP,
 ) -> dict:
     """The ablations on judged ``records`` with ``predictors`` (CARD + calibration) and the ``prior``
     (a per-category-prior CARD artifact, e.g. ``OUT/alternatives/category_prior``; the arm is left
@@ -130,6 +138,35 @@ def run(
             "score": {o.id: o.score for o in outs},
             "seconds": {o.id: o.seconds for o in outs},
         }
+    sweep_rows = []
+    ids = [r.id for r in records]
+    for lam in sweep:
+        chosen = {}
+        for r in records:
+            p = card[r.id]
+            chosen[r.id] = (
+                choose_tokens(p.token_levels, p.token_pass, p.token_seconds, lam)
+                if p.token_pass is not None and p.token_seconds
+                else p.reasoning_tokens
+            )
+        k = sum(t != never for t in chosen.values())
+        thinks = set(random.Random(seed).sample(ids, k))
+        row: dict[str, Any] = {"gain_per_cost": lam}
+        runs = {}
+        for name, tf in (
+            ("card", lambda r, chosen=chosen: chosen[r.id]),
+            ("random", lambda r, thinks=thinks: always if r.id in thinks else never),
+        ):
+            outs, bs, ts = replay(lambda r: card_budget[r.id], tf)
+            row[name] = _arm(outs, bs, ts, never)
+            runs[name] = outs
+        row["score"] = paired_by_id(
+            {o.id: o.score for o in runs["card"]},
+            {o.id: o.score for o in runs["random"]},
+            level=level,
+            seed=seed,
+        ).to_dict()
+        sweep_rows.append(row)
     comparisons = []
     for a, b in COMPARISONS:
         if a in per_id and b in per_id:
@@ -154,6 +191,7 @@ def run(
         "seconds": round(time.perf_counter() - t0, 1),
         "arms": arms,
         "comparisons": comparisons,
+        "sweep": sweep_rows,
         "targets": check_targets(comparisons),
     }
 
@@ -191,6 +229,13 @@ def text(result: dict) -> str:
         lines.append(
             f"  {name:17s} score {a['mean_score']:.4f}  pass {a['pass_rate']:.3f}  GPU-s "
             f"{a['gpu_seconds_per_request']:.2f}  budget {a['mean_budget']:.2f}  thinks {a['think_rate']:.0%}"
+        )
+    for row in result.get("sweep", []):
+        c, r, d = row["card"], row["random"], row["score"]
+        lines.append(
+            f"  gain/cost {row['gain_per_cost']:<5g} CARD thinks {c['think_rate']:.0%}: score {c['mean_score']:.4f} "
+            f"GPU-s {c['gpu_seconds_per_request']:.2f} | random same rate {r['mean_score']:.4f} GPU-s "
+            f"{r['gpu_seconds_per_request']:.2f} | CARD - random {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
         )
     for name, t in result["targets"].items():
         lines.append(
