@@ -19,7 +19,8 @@ Output of ``run``::
     {"n_requests", "quantile", "level", "seconds",
      "arms": {name: {"mean_score", "pass_rate", "gpu_seconds_per_request", "mean_budget", "think_rate"}},
      "comparisons": [{"a", "b", "score": PairedDifference dict, "gpu_seconds": PairedDifference dict}],
-     "sweep": [{"gain_per_cost", "card": arm, "random": arm, "score": PairedDifference dict (card - random)}],
+     "sweep": [{"gain_per_cost", "card": arm, "random": arm, "score": PairedDifference dict (card - random),
+                "vs_never" / "vs_always": {"score", "gpu_seconds"}}],
      "targets": {name: {"met": bool, "a", "b", "why"}}}
 """
 
@@ -138,7 +139,8 @@ def run(
             "score": {o.id: o.score for o in outs},
             "seconds": {o.id: o.seconds for o in outs},
         }
-    sweep_rows = []
+    sweep_rows: list[dict] = []
+    sweep_outs: list[tuple[dict, list]] = []
     ids = [r.id for r in records]
     for lam in sweep:
         chosen = {}
@@ -166,7 +168,18 @@ def run(
             level=level,
             seed=seed,
         ).to_dict()
+        sweep_outs.append((row, runs["card"]))
         sweep_rows.append(row)
+    for row, outs in sweep_outs:  # each sweep point against never / always thinking, paired
+        for other in ("tokens_never", "tokens_always"):
+            row[f"vs_{other[7:]}"] = {
+                "score": paired_by_id(
+                    {o.id: o.score for o in outs}, per_id[other]["score"], level=level, seed=seed
+                ).to_dict(),
+                "gpu_seconds": paired_by_id(
+                    {o.id: o.seconds for o in outs}, per_id[other]["seconds"], level=level, seed=seed
+                ).to_dict(),
+            }
     comparisons = []
     for a, b in COMPARISONS:
         if a in per_id and b in per_id:
@@ -237,6 +250,13 @@ def text(result: dict) -> str:
             f"GPU-s {c['gpu_seconds_per_request']:.2f} | random same rate {r['mean_score']:.4f} GPU-s "
             f"{r['gpu_seconds_per_request']:.2f} | CARD - random {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
         )
+        for k in ("vs_never", "vs_always"):
+            if k in row:
+                sc, g = row[k]["score"], row[k]["gpu_seconds"]
+                lines.append(
+                    f"      {k}: score {sc['diff']:+.4f} [{sc['lo']:+.4f}, {sc['hi']:+.4f}], GPU-s {g['diff']:+.2f} "
+                    f"[{g['lo']:+.2f}, {g['hi']:+.2f}]"
+                )
     for name, t in result["targets"].items():
         lines.append(
             f"  target {name}: {'met' if t['met'] else 'NOT met'} ({t['a']} vs {t['b']}: {t['why']})"
