@@ -70,7 +70,8 @@ def test_finished_run_reexports_without_retraining(trained, capsys):
     (out / "export" / "card.json").unlink()  # a damaged export is rebuilt from the best checkpoint
     again = train(dict(cfg))
     assert again == m
-    assert "re-exported" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "re-exported" in printed and "exported: card: CARD's validation NLL" in printed  # which and why
     assert (out / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
     CardPredictor.from_pretrained(out / "export")
 

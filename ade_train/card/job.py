@@ -37,8 +37,11 @@ INTENDED_USE = (
 )
 
 
-def _export(out: Path, dm: TraceDataModule, module: CardModule, metrics: dict, warnings: list[str]) -> Path:
+def _export(
+    out: Path, dm: TraceDataModule, notes: dict, module: CardModule, metrics: dict, warnings: list[str]
+) -> Path:
     choice = choose_export(module, dm)
+    notes["exported"] = f"{choice.source}: {choice.reason}"  # the job's notes: a re-export says it too
     predictor = choice.predictor
     info = dm.data_info()
     metrics.update(choice.nll)
@@ -125,9 +128,10 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     out, dm = setup_data(cfg, TraceDataModule)
     module_args = dict(input_dim=dm.input_dim, levels=dm.levels, token_levels=dm.token_levels, **cfg["model"])
     data_note = f"{dm.data_info().n_records} requests ({len(dm.rejects)} rejected lines)"
+    notes = {"data": data_note}
     job = TrainJob("card", "CARD", out, out, "val/nll", CardModule, module_args, dm,
-                   dataset_fingerprint(dm.all_records), partial(_export, out, dm), _report(out, dm),
-                   notes={"data": data_note})  # fmt: skip
+                   dataset_fingerprint(dm.all_records), partial(_export, out, dm, notes), _report(out, dm),
+                   notes=notes)  # fmt: skip
     return fit_and_export(cfg, job)
 
 
