@@ -29,7 +29,7 @@ from PIL import Image
 
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, Backbone, EditRequest
 from ade_runtime.errors import InputError
-from ade_runtime.policy import Key, PolicyConfig, PolicySession, Step, preset
+from ade_runtime.policy import Decision, Key, PolicyConfig, PolicySession, Step, preset
 from ade_runtime.policy.replay import DEFAULT_PREVIEW_STEP
 from ade_runtime.policy.signals import CRITIQUE_FEATURE, preview_confidence
 from ade_runtime.predictors.bundle import Predictors
@@ -75,12 +75,26 @@ class EditResult:
     backbone_seconds: float
     overhead_seconds: float
     failures: list[dict]
+    card: dict | None = None  # CARD's budget and token choice with its inputs (None: CARD not used)
     request: EditRequest | None = None  # the validated request (RGB image, trimmed instruction)
     record: EditRecord | None = None  # the trace record, once logged
 
     @property
     def seconds(self) -> float:
         return self.backbone_seconds + self.overhead_seconds
+
+
+def budget_reason(card: dict) -> str:
+    """One line for the decision log: which budget and tokens CARD chose and why."""
+    why = (
+        f"hopeless (P(beyond)={card['p_beyond']:.2f}): give-up budget {card['budget']}, best attempt so far returned"
+        if card.get("hopeless")
+        else f"quantile {card['quantile']:g} of the need: {card['budget']} attempts"
+    )
+    tok = f"; {card['reasoning_tokens']} reasoning tokens"
+    if card.get("token_pass") and card.get("supports_reasoning"):
+        tok += f" (P(pass) by tokens {card['token_pass']}, gain per cost >= {card['gain_per_cost']:g})"
+    return f"{card.get('source', 'card')}: {why}{tok}"
 
 
 def attempt_seed(base: int, candidate: int, round_: int) -> int:
@@ -141,7 +155,9 @@ class AdaptiveEditor:
         self.max_seconds = max_seconds  # default deadline per request (PolicySession.deadline_reached)
 
     # -- budget -----------------------------------------------------------------------------------
-    def _budget(self, request: EditRequest, failures: list[dict]) -> tuple[int, int]:
+    def _budget(
+        self, request: EditRequest, failures: list[dict], card_log: dict | None = None
+    ) -> tuple[int, int]:
         cfg = self.config
         card = self.predictors.card
         fixed_tokens = (cfg.reasoning_tokens or 0) if self.backbone.supports_reasoning else 0
@@ -153,9 +169,17 @@ class AdaptiveEditor:
             )
             return cfg.default_budget, fixed_tokens
         try:
-            pred = card.predict(request.instruction, request.image)
+            pred = card.predict(request.instruction, request.image, category=request.category)
             budget = int(pred.quantile(cfg.card_quantile))
+            # a backbone without reasoning is unchanged: no tokens, whatever CARD would choose
             tokens = int(pred.reasoning_tokens) if self.backbone.supports_reasoning else 0
+            if card_log is not None:
+                card_log.update(pred.explain(cfg.card_quantile))
+                card_log.update(
+                    source="category_prior" if card.config.is_prior else "card",
+                    reasoning_tokens=max(0, tokens),
+                    supports_reasoning=bool(self.backbone.supports_reasoning),
+                )
             return max(1, budget), max(0, tokens)
         except Exception as exc:  # a failing predictor must not fail the request
             failures.append({"stage": "card", "error": repr(exc), "fallback": "default_budget"})
@@ -231,8 +255,11 @@ class AdaptiveEditor:
         deadline = max_seconds if max_seconds is not None else self.max_seconds
         failures: list[dict] = self.predictors.fallbacks()  # recorded in every trace (meta.ade)
         t_overhead = time.perf_counter()
-        budget, tokens = self._budget(request, failures)
+        card_log: dict[str, Any] = {}
+        budget, tokens = self._budget(request, failures, card_log)
         session = PolicySession(self.config, budget, tokens, max_seconds=deadline)
+        if card_log:
+            session.decisions.append(Decision("budget", None, budget_reason(card_log)))
         overhead = time.perf_counter() - t_overhead
         state = self.backbone.prepare(request)
         logs: dict[Key, AttemptLog] = {}
@@ -311,6 +338,7 @@ class AdaptiveEditor:
             backbone_seconds=backbone_s,
             overhead_seconds=overhead,
             failures=failures,
+            card=card_log or None,
             request=request,
         )
 

@@ -42,6 +42,8 @@ def summary(result: EditResult) -> dict:
         "confidence": result.confidence,
         "budget": result.budget,
         "reasoning_tokens": result.reasoning_tokens,
+        "card": result.card,  # CARD's budget and token choice and why (None: CARD not used)
+        "decisions": result.decisions,  # the decision log, the budget/token choice first
         "attempts": len(result.attempts),
         "pruned": sum(1 for a in result.attempts if a.output is not None and a.output.pruned),
         "stop_reason": result.stop_reason,

@@ -7,6 +7,12 @@ its cheapest passing grid point; its budget level is the number of attempts ``K 
 there. Requests that pass nowhere are right-censored ("beyond" the largest level),
 never dropped. Training (labels), calibration (replay) and the loop share this module
 so that a budget means the same thing everywhere (docs/DESIGN.md, "Budget levels").
+
+CARD trains on the *loop-order* labels (``loop_label``): the attempts of one token level in the
+order ``PolicySession`` visits them (candidate 0 rounds 0..s_max-1, then candidate 1, ...), and
+the need is the position of the first passing attempt in that order, so a predicted budget is
+the number of attempts the loop itself would run. The rectangle grid points above stay for
+replay's diagnostics and the older labels.
 """
 
 from __future__ import annotations
@@ -153,6 +159,76 @@ def budget_label(record: EditRecord, levels: list[int], unit: str = "nfe") -> Bu
         return BudgetLabel(level_index=len(levels), censored=True, point=None, cost=None)
     cost, _, attempts, point = best
     return BudgetLabel(level_index=level_index(levels, attempts), censored=False, point=point, cost=cost)
+
+
+def loop_order(record: EditRecord, reasoning_tokens: int, s_max: int) -> list[Attempt]:
+    """Attempts at ``reasoning_tokens`` in the loop's depth-first order, each chain cut at ``s_max`` rounds.
+
+    The order ends at the first missing attempt: the loop (and replay) stop there too.
+    """
+    if s_max < 1:
+        raise ValueError(f"s_max must be >= 1, got {s_max}")
+    cells = {(a.candidate, a.round): a for a in record.attempts if a.reasoning_tokens == reasoning_tokens}
+    if not cells:
+        return []
+    out: list[Attempt] = []
+    for c in range(1 + max(c for c, _ in cells)):
+        for r in range(s_max):
+            a = cells.get((c, r))
+            if a is None:
+                if r == 0:
+                    return out
+                break  # a shorter chain: the grid's rounds end here, the loop moves on
+            out.append(a)
+    return out
+
+
+@dataclass(frozen=True)
+class LoopLabel:
+    """The realised need of one request in loop order at its base token level.
+
+    ``need`` is the 1-based position of the first passing attempt (None: censored, nothing in the
+    ``length`` attempts passed); ``token_pass[t]`` the share of round-0 attempts at ``t`` that pass
+    (a single attempt's pass probability, the quantity the token choice trades against its cost).
+    """
+
+    level_index: int
+    censored: bool
+    need: int | None
+    length: int
+    cost: float | None
+    token_pass: dict[int, float]
+
+
+def loop_levels(records: Iterable[EditRecord], s_max: int) -> list[int]:
+    """Budget levels in loop order: 1 .. the longest base-level order of any record."""
+    longest = 0
+    for rec in records:
+        levels = reasoning_levels(rec)
+        if levels:
+            longest = max(longest, len(loop_order(rec, levels[0], s_max)))
+    return list(range(1, longest + 1))
+
+
+def loop_label(record: EditRecord, levels: list[int], s_max: int, unit: str = "nfe") -> LoopLabel | None:
+    """The loop-order need of ``record`` at its smallest token level (None when nothing is judged)."""
+    if not is_judged(record):
+        return None
+    tokens = reasoning_levels(record)
+    order = loop_order(record, tokens[0], s_max)
+    token_pass: dict[int, float] = {}
+    for t in tokens:
+        first = [
+            a for a in record.attempts if a.reasoning_tokens == t and a.round == 0 and a.judge is not None
+        ]
+        if first:
+            token_pass[t] = sum(a.judge.passed for a in first) / len(first)  # type: ignore[union-attr]
+    cost = 0.0
+    for i, a in enumerate(order):
+        cost += attempt_cost(a, unit)
+        if a.judge is not None and a.judge.passed:
+            return LoopLabel(level_index(levels, i + 1), False, i + 1, len(order), cost, token_pass)
+    return LoopLabel(len(levels), True, None, len(order), None, token_pass)
 
 
 def quantile_level(levels: list[int], probs: list[float], q: float) -> int:

@@ -108,9 +108,10 @@ def record_signals(
 
 
 def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = None) -> Any:
-    """CARD's prediction (``BudgetPrediction``) for a logged request."""
-    img = image if image is not None else _load(record, record.source_image)
-    return card.predict(record.instruction, img)
+    """CARD's prediction (``BudgetPrediction``) for a logged request (a per-category prior needs no image)."""
+    prior = getattr(getattr(card, "config", None), "is_prior", False)
+    img = image if image is not None or prior else _load(record, record.source_image)
+    return card.predict(record.instruction, img, category=record.category)
 
 
 def card_budget(

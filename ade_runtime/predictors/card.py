@@ -2,8 +2,14 @@
 
 A small MLP over request features (``features.RequestFeaturizer``) gives a distribution over the
 dataset's budget levels (attempt counts ``K * R``) plus a "beyond" class for requests that passed
-nowhere in the grid (right-censored), and a distribution over reasoning-token levels. The runtime
-takes ``quantile(q)`` as the request's attempt budget and the most probable token level
+nowhere in the grid (right-censored), and per reasoning-token level the pass probability of one
+attempt (``token_target="pass"``; older artifacts: a distribution over token levels). The runtime
+takes ``quantile(q)`` as the request's attempt budget; when q falls in the "beyond" mass the
+request is hopeless and gets the small calibrated ``beyond_budget`` (an early give-up that returns
+the best attempt so far), never the largest level. It thinks at level t when the gain in pass
+probability is worth the extra seconds: ``p_t - p_0 >= gain_per_cost * p_0 * (s_t - s_0) / s_0``
+(1.0 = break-even in expected seconds per pass; calibrated on the calibration split). A per-category
+prior is exported in the same format (``category_probs``) when CARD does not beat it on validation
 (docs/DESIGN.md, "Budget levels"; labels in ``ade_runtime.policy.budget``). Pure torch: training
 lives in ``ade_train.card`` and exports through ``save_pretrained``.
 
@@ -45,6 +51,31 @@ class CardConfig(ArtifactConfig):
     )
     hidden: list[int] = field(default_factory=lambda: [128, 64], metadata={"help": "MLP hidden sizes"})
     dropout: float = field(default=0.1, metadata={"help": "dropout after each hidden layer, in [0, 1)"})
+    token_target: str = field(
+        default="level",
+        metadata={
+            "help": "token head: 'pass' (P(pass) of one attempt per level) or 'level' (softmax choice)"
+        },
+    )
+    token_seconds: list[float] = field(
+        default_factory=list, metadata={"help": "modelled cost of one attempt per token level (trace unit)"}
+    )
+    gain_per_cost: float | None = field(
+        default=None, metadata={"help": "think when gain >= this x p_0 x relative extra cost (None: 1.0)"}
+    )
+    beyond_budget: int | None = field(
+        default=None,
+        metadata={"help": "attempts for a hopeless request (q in the beyond mass); None: levels[0]"},
+    )
+    category_probs: dict[str, list[float]] | None = field(
+        default=None, metadata={"help": "per-category prior: category -> level probs + beyond ('*': all)"}
+    )
+    category_token_pass: dict[str, list[float]] | None = field(
+        default=None, metadata={"help": "per-category prior: category -> P(pass) per token level"}
+    )
+    label_s_max: int | None = field(
+        default=None, metadata={"help": "rounds per chain of the loop-order labels (None: rectangle labels)"}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_dim, int) or isinstance(self.input_dim, bool) or self.input_dim < 1:
@@ -66,6 +97,43 @@ class CardConfig(ArtifactConfig):
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"CardConfig.dropout must be in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
+        if self.token_target not in ("pass", "level"):
+            raise ValueError(f"CardConfig.token_target must be 'pass' or 'level', got {self.token_target!r}")
+        self.token_seconds = [float(v) for v in self.token_seconds]
+        if self.token_seconds and (
+            len(self.token_seconds) != len(self.token_levels) or min(self.token_seconds) <= 0
+        ):
+            raise ValueError(
+                f"CardConfig.token_seconds needs one positive cost per token level, got {self.token_seconds}"
+            )
+        if self.gain_per_cost is not None and not float(self.gain_per_cost) >= 0:
+            raise ValueError(f"CardConfig.gain_per_cost must be >= 0 or None, got {self.gain_per_cost!r}")
+        if self.beyond_budget is not None and (
+            not isinstance(self.beyond_budget, int)
+            or isinstance(self.beyond_budget, bool)
+            or self.beyond_budget < 1
+        ):
+            raise ValueError(
+                f"CardConfig.beyond_budget must be an int >= 1 or None, got {self.beyond_budget!r}"
+            )
+        for name, width in (
+            ("category_probs", self.n_budget_classes),
+            ("category_token_pass", len(self.token_levels)),
+        ):
+            table = getattr(self, name)
+            if table is None:
+                continue
+            if not isinstance(table, dict) or "*" not in table:
+                raise ValueError(f"CardConfig.{name} must be a dict with a '*' (all categories) row")
+            for cat, row in table.items():
+                if not isinstance(row, (list, tuple)) or len(row) != width:
+                    raise ValueError(f"CardConfig.{name}[{cat!r}] must hold {width} numbers, got {row!r}")
+            setattr(self, name, {str(k): [float(v) for v in row] for k, row in table.items()})
+
+    @property
+    def is_prior(self) -> bool:
+        """True when this artifact is the per-category prior (predictions come from the table)."""
+        return self.category_probs is not None
 
     @property
     def n_budget_classes(self) -> int:
@@ -107,6 +175,23 @@ class CardModel(nn.Module):
         return self.budget_head(h), self.token_head(h)
 
 
+def choose_tokens(
+    token_levels: list[int], p_pass: list[float], seconds: list[float], gain_per_cost: float = 1.0
+) -> int:
+    """The token level whose gain in P(pass) over the smallest level best pays for its extra seconds.
+
+    Level t is worth it when ``p_t - p_0 >= gain_per_cost * p_0 * (s_t - s_0) / s_0``; at 1.0 that is
+    exactly where thinking lowers the expected seconds per passing attempt (s_t / p_t < s_0 / p_0).
+    """
+    p0, s0 = p_pass[0], seconds[0]
+    best, best_value = 0, 0.0
+    for i in range(1, len(token_levels)):
+        value = (p_pass[i] - p0) - gain_per_cost * p0 * (seconds[i] - s0) / s0
+        if value > best_value:
+            best, best_value = i, value
+    return token_levels[best]
+
+
 @dataclass
 class BudgetPrediction:
     """CARD's output for one request."""
@@ -114,15 +199,30 @@ class BudgetPrediction:
     levels: list[int]  # attempt counts, ascending
     probs: list[float]  # P(level) for each level, then P(beyond)
     token_levels: list[int]
-    token_probs: list[float]
+    token_probs: list[float]  # P(pass) of one attempt per level (token_pass), else the level distribution
+    token_pass: list[float] | None = None
+    token_seconds: list[float] | None = None
+    gain_per_cost: float | None = None
+    beyond_budget: int | None = None
+
+    def hopeless(self, q: float) -> bool:
+        """True when the q-quantile of the need falls in the beyond mass (no level reaches q)."""
+        return sum(self.probs[:-1]) / sum(self.probs) < q - 1e-12
 
     def quantile(self, q: float) -> int:
-        """Attempt budget: smallest level whose CDF >= q (the largest level when q is in the beyond mass)."""
-        return quantile_level(self.levels, self.probs, q)
+        """Attempt budget: smallest level whose CDF >= q; a hopeless request gets ``beyond_budget``."""
+        level = quantile_level(self.levels, self.probs, q)  # checks q and the probabilities
+        if self.hopeless(q):
+            # spending most where it helps least is what this avoids: the calibrated give-up budget
+            return int(self.beyond_budget) if self.beyond_budget is not None else self.levels[0]
+        return level
 
     @property
     def reasoning_tokens(self) -> int:
-        """The most probable reasoning-token level."""
+        """By gain per cost when P(pass) per level and costs are known, else the most probable level."""
+        if self.token_pass is not None and self.token_seconds:
+            lam = 1.0 if self.gain_per_cost is None else float(self.gain_per_cost)
+            return choose_tokens(self.token_levels, self.token_pass, self.token_seconds, lam)
         return self.token_levels[max(range(len(self.token_probs)), key=self.token_probs.__getitem__)]
 
     @property
@@ -133,6 +233,22 @@ class BudgetPrediction:
     @property
     def p_beyond(self) -> float:
         return float(self.probs[-1])
+
+    def explain(self, q: float) -> dict[str, Any]:
+        """The budget and token choice with their reasons (the loop's decision log)."""
+        out: dict[str, Any] = {
+            "quantile": q,
+            "budget": self.quantile(q),
+            "p_beyond": round(self.p_beyond, 4),
+            "hopeless": self.hopeless(q),
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+        if self.token_pass is not None:
+            out["token_pass"] = {
+                str(t): round(p, 4) for t, p in zip(self.token_levels, self.token_pass, strict=True)
+            }
+            out["gain_per_cost"] = 1.0 if self.gain_per_cost is None else self.gain_per_cost
+        return out
 
 
 class CardPredictor:
@@ -167,23 +283,54 @@ class CardPredictor:
         self.model.eval()
         ref = self.model.feature_mean
         b, t = self.model(x.to(device=ref.device, dtype=ref.dtype))
-        return b.float().softmax(-1).cpu(), t.float().softmax(-1).cpu()
+        b, t = b.float().cpu(), t.float().cpu()
+        return b.softmax(-1), (t.sigmoid() if self.config.token_target == "pass" else t.softmax(-1))
 
-    def predict_features(self, x: torch.Tensor) -> list[BudgetPrediction]:
-        probs, tprobs = self.predict_proba(x)
+    def _prediction(self, probs: list[float], tprobs: list[float]) -> BudgetPrediction:
         cfg = self.config
-        return [
-            BudgetPrediction(list(cfg.levels), p.tolist(), list(cfg.token_levels), tp.tolist())
-            for p, tp in zip(probs, tprobs, strict=True)
-        ]
+        passes = cfg.token_target == "pass" or cfg.category_token_pass is not None
+        return BudgetPrediction(
+            list(cfg.levels),
+            probs,
+            list(cfg.token_levels),
+            tprobs,
+            token_pass=list(tprobs) if passes else None,
+            token_seconds=list(cfg.token_seconds) or None,
+            gain_per_cost=cfg.gain_per_cost,
+            beyond_budget=cfg.beyond_budget,
+        )
 
-    def predict(self, instruction: str, image: Any) -> BudgetPrediction:
-        """Budget for one request; ``image`` is a PIL image or a path."""
+    def predict_features(
+        self, x: torch.Tensor, categories: list[str | None] | None = None
+    ) -> list[BudgetPrediction]:
+        """Predictions for feature rows; a per-category prior reads ``categories`` instead ('*' when unknown)."""
+        cfg = self.config
+        if cfg.category_probs is not None:
+            cats = categories if categories is not None else [None] * len(x)
+            tok = cfg.category_token_pass or {}
+            return [
+                self._prediction(
+                    list(cfg.category_probs.get(str(c), cfg.category_probs["*"])),
+                    list(tok.get(str(c), tok.get("*", [1.0] * len(cfg.token_levels)))),
+                )
+                for c in cats
+            ]
+        probs, tprobs = self.predict_proba(x)
+        return [self._prediction(p.tolist(), tp.tolist()) for p, tp in zip(probs, tprobs, strict=True)]
+
+    def predict(self, instruction: str, image: Any, category: str | None = None) -> BudgetPrediction:
+        """Budget for one request; ``image`` is a PIL image or a path. ``category`` is read by the prior only."""
+        if self.config.is_prior:  # the table needs no features
+            return self.predict_features(torch.zeros(1, self.config.input_dim), [category])[0]
         return self.predict_features(self.featurizer.featurize([instruction], [image]))[0]
 
-    def predict_many(self, instructions: list[str], images: list[Any]) -> list[BudgetPrediction]:
+    def predict_many(
+        self, instructions: list[str], images: list[Any], categories: list[str | None] | None = None
+    ) -> list[BudgetPrediction]:
         """Budgets for a batch of requests (one image per instruction)."""
-        return self.predict_features(self.featurizer.featurize(list(instructions), list(images)))
+        if self.config.is_prior:
+            return self.predict_features(torch.zeros(len(instructions), self.config.input_dim), categories)
+        return self.predict_features(self.featurizer.featurize(list(instructions), list(images)), categories)
 
     def save_pretrained(
         self,

@@ -34,7 +34,7 @@ def _card_predictions(records: Sequence[EditRecord], card) -> dict:
     out = {}
     for rec in records:
         with Image.open(rec.resolve(rec.source_image)) as im:
-            out[rec.id] = card.predict(rec.instruction, im.convert("RGB"))
+            out[rec.id] = card.predict(rec.instruction, im.convert("RGB"), category=rec.category)
     return out
 
 

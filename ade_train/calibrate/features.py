@@ -102,7 +102,7 @@ class SignalTable:
         """``rec -> BudgetPrediction`` from the exported CARD on the request's instruction and source."""
 
         def fn(rec: EditRecord) -> Any:
-            return card.predict(rec.instruction, _open(rec, rec.source_image))
+            return card.predict(rec.instruction, _open(rec, rec.source_image), category=rec.category)
 
         return fn
 

@@ -26,7 +26,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import TensorDataset
 
 from ade_runtime.errors import TraceError
-from ade_runtime.policy import budget
+from ade_runtime.policy import PolicyConfig, budget
 from ade_runtime.predictors.features import RequestFeaturizer
 from ade_runtime.traces import EditRecord, TraceDataset
 from ade_train.export import DataInfo, data_source
@@ -36,11 +36,11 @@ from ade_train.summary import report_rejects
 
 log = logging.getLogger(__name__)
 
-TENSOR_KEYS = ("x", "level", "censor_from", "censored", "token")
+TENSOR_KEYS = ("x", "level", "censor_from", "censored", "token_pass")
 
 
 class TraceDataModule(SplitLoaders, LightningDataModule):
-    """CARD's data: request features ``x``, budget level, censoring, token level per request."""
+    """CARD's data: request features ``x``, loop-order budget level, censoring, P(pass) per token level."""
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         image_check: str = "header",
+        s_max: int | None = None,
     ) -> None:
         """
         Args:
@@ -67,6 +68,8 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
             batch_size: requests per batch.
             num_workers: DataLoader workers (the tensors are in memory, 0 is usually fastest).
             image_check: reader image check: "none", "header" or "decode".
+            s_max: rounds per chain of the loop-order labels (default: PolicyConfig's s_max, the
+                loop's own); set it to the policy's s_max when that differs.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -81,6 +84,9 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.image_check = image_check
+        self.s_max = int(s_max) if s_max is not None else PolicyConfig().s_max
+        if self.s_max < 1:
+            raise ValueError(f"s_max must be >= 1, got {s_max}")
         self._ready = False
 
     # -- loading ---------------------------------------------------------------------------------
@@ -104,11 +110,11 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
                 f"{self.data_dir}: no valid records ({len(self.rejects)} rejected); run `ade-traces validate` on it"
             )
         self.unit = budget.cost_unit(records)
-        self.levels = budget.budget_levels(records)
+        self.levels = budget.loop_levels(records, self.s_max)
         self.token_levels = sorted({a.reasoning_tokens for r in records for a in r.attempts})
-        labelled: list[tuple[EditRecord, budget.BudgetLabel]] = []
+        labelled: list[tuple[EditRecord, budget.LoopLabel]] = []
         for rec in records:
-            label = budget.budget_label(rec, self.levels, self.unit)
+            label = budget.loop_label(rec, self.levels, self.s_max, self.unit)
             if label is not None:  # no judged attempt at all: nothing to learn from
                 labelled.append((rec, label))
         self.n_unjudged = len(records) - len(labelled)
@@ -136,20 +142,34 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
         level = torch.empty(n, dtype=torch.long)
         censor_from = torch.empty(n, dtype=torch.long)
         censored = torch.zeros(n, dtype=torch.bool)
-        token = torch.full((n,), -1, dtype=torch.long)
-        for i, (rec, label) in enumerate(labelled):
+        token_pass = torch.full((n, len(self.token_levels)), float("nan"))
+        for i, (_rec, label) in enumerate(labelled):
             level[i] = label.level_index
             censored[i] = label.censored
-            if label.censored:
-                # the record's own grid ends at its largest level: the need is above it
-                own = budget.budget_levels([rec])
-                censor_from[i] = budget.level_index(self.levels, own[-1] + 1) if own else 0
-            else:
-                censor_from[i] = label.level_index
-                token[i] = self.token_levels.index(label.reasoning_tokens)
-        self._all = {"x": x, "level": level, "censor_from": censor_from, "censored": censored, "token": token}
+            # censored: the request's own order ends at label.length attempts, so its need is above that
+            censor_from[i] = (
+                budget.level_index(self.levels, label.length + 1) if label.censored else label.level_index
+            )
+            for t, p in label.token_pass.items():
+                token_pass[i, self.token_levels.index(t)] = p
+        self.token_seconds = self._token_seconds()
+        self._all = {
+            "x": x, "level": level, "censor_from": censor_from, "censored": censored, "token_pass": token_pass,
+        }  # fmt: skip
         self._write_splits()
         self._ready = True
+
+    def _token_seconds(self) -> list[float]:
+        """Mean cost of one attempt per token level on the train split (the trade the token choice makes)."""
+        train = set(self.split_ids["train"])
+        costs: dict[int, list[float]] = {t: [] for t in self.token_levels}
+        for rec in self.all_records:
+            if rec.id in train:
+                for a in rec.attempts:
+                    costs[a.reasoning_tokens].append(budget.attempt_cost(a, self.unit))
+        overall = [c for v in costs.values() for c in v]
+        fallback = sum(overall) / len(overall) if overall else 1.0
+        return [max(1e-9, sum(v) / len(v)) if v else fallback for v in costs.values()]
 
     def _write_splits(self) -> None:
         if self.out_dir is None or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
@@ -170,7 +190,8 @@ class TraceDataModule(SplitLoaders, LightningDataModule):
         return [self.all_records[self._index[i]] for i in self.split_ids[split]]
 
     def tensors(self, split: str) -> dict[str, torch.Tensor]:
-        """``x`` [N, D], ``level`` (index, ``len(levels)`` = beyond), ``censor_from``, ``censored``, ``token`` (-1 = none)."""
+        """``x`` [N, D], ``level`` (index, ``len(levels)`` = beyond), ``censor_from``, ``censored``,
+        ``token_pass`` [N, token levels] (share of round-0 attempts passing; NaN = level not logged)."""
         self._check_split(split)
         idx = torch.tensor([self._index[i] for i in self.split_ids[split]], dtype=torch.long)
         return {k: v[idx] for k, v in self._all.items()}

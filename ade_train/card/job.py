@@ -3,8 +3,10 @@
 The job brings ``CardModule`` (``ade_train.card.module``), ``TraceDataModule``
 (``ade_train.card.data``) and ``ade_train/configs/card.yaml``; ``ade_train.runner.fit_and_export``
 does the rest (checkpoints, resume checks, W&B, early stopping, export, summary). Its report puts
-CARD's validation NLL beside the constant prior's and the per-category prior's, and says so when
-CARD does not beat them (which one is exported is the CARD issue's decision: CARD is, today).
+CARD's validation and test NLL beside the constant prior's and the per-category prior's, exports
+CARD only when it beats the per-category prior on validation (else that prior, in the same format)
+and says which and why; the token and hopeless-request thresholds are calibrated on the calibration
+split (``ade_train.card.choice``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from typing import Any
 import torch
 
 from ade_runtime.artifacts import CARD_NAME
-from ade_runtime.predictors.card import CardModel, CardPredictor
 from ade_train import tracking
+from ade_train.card.choice import choose_export, split_nll
 from ade_train.card.data import TraceDataModule
-from ade_train.card.metrics import category_prior_probs, censored_nll, prior_probs
 from ade_train.card.module import CardModule
 from ade_train.card.report import plot_coverage
 from ade_train.export import PredictorSection, export_predictors
@@ -36,48 +37,51 @@ INTENDED_USE = (
 )
 
 
-def _export(out: Path, dm: TraceDataModule, module: CardModule, metrics: dict, warnings: list[str]) -> Path:
-    predictor = CardPredictor(CardModel(module.config), dm.featurizer)
-    predictor.model.load_state_dict(module.model.state_dict())
+def _export(
+    out: Path, dm: TraceDataModule, notes: dict, module: CardModule, metrics: dict, warnings: list[str]
+) -> Path:
+    choice = choose_export(module, dm)
+    notes["exported"] = f"{choice.source}: {choice.reason}"  # the job's notes: a re-export says it too
+    predictor = choice.predictor
     info = dm.data_info()
+    metrics.update(choice.nll)
     test_metrics = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
+    th = choice.thresholds
     section = PredictorSection(
         name=CARD_NAME,
-        title="CARD budget predictor",
+        title="CARD budget predictor" if choice.source == "card" else "CARD artifact: per-category prior",
         data=info,
         metrics=test_metrics,
         encoders={role: fp for role, fp in dm.featurizer.fingerprints.items()},
         intended_use=INTENDED_USE,
-        limitations="Budgets are in attempts of the training grid; requests beyond it get the largest level.",
-        extra={"levels": module.config.levels, "token_levels": module.config.token_levels, "unit": dm.unit},
+        limitations="Budgets are in attempts of the training grid in loop order (s_max "
+        f"{dm.s_max}); requests whose need quantile falls beyond it get the calibrated give-up budget. "
+        "The per-category prior reads the request's category ('*' row when it is unknown).",
+        extra={
+            "levels": predictor.config.levels,
+            "token_levels": predictor.config.token_levels,
+            "unit": dm.unit,
+            "exported": choice.source,
+            "why": choice.reason,
+            "baselines_nll": choice.nll,
+            "thresholds": {
+                k: (v if not isinstance(v, dict) else {"value": v.get(k), "why": v.get("why")})
+                for k, v in th.items()
+            },
+        },  # fmt: skip
         warnings=list(warnings),
     )
     write = lambda d: predictor.save_pretrained(d, data_fingerprint=info.fingerprint, metrics=test_metrics)  # noqa: E731
+    if choice.alternative is not None:  # the one not exported, for the benchmark's ablations
+        alt = "category_prior" if choice.source == "card" else "card"
+        choice.alternative.save_pretrained(out / "alternatives" / alt, data_fingerprint=info.fingerprint)
     return export_predictors(out, [(section, write)])
 
 
 def validation_baselines(module: CardModule, dm: TraceDataModule) -> dict[str, float]:
     """CARD's, the constant prior's and the per-category prior's NLL on the validation split."""
-    split = "val" if dm.split_ids["val"] else "train"
-    t, train = dm.tensors(split), dm.tensors("train")
-    n = module.config.n_budget_classes
-    module.eval()
-    with torch.no_grad():
-        logits = module(t["x"])[0]
-
-    def nll(probs: torch.Tensor) -> float:
-        return float(
-            censored_nll(probs.clamp_min(1e-12).log(), t["level"], t["censor_from"], t["censored"]).mean()
-        )
-
-    cats = [str(r.category) for r in dm.records(split)]
-    train_cats = [str(r.category) for r in dm.records("train")]
-    per_cat = category_prior_probs(train["level"], train["censored"], train_cats, cats, n)
-    return {
-        "val/card_nll": float(censored_nll(logits, t["level"], t["censor_from"], t["censored"]).mean()),
-        "val/prior_nll": nll(prior_probs(train["level"], train["censored"], n, len(cats))),
-        "val/category_prior_nll": nll(per_cat),
-    }
+    nll = split_nll(module, dm, "val" if dm.split_ids["val"] else "train")
+    return {f"val/{k}_nll": v for k, v in nll.items()}
 
 
 def _report(out: Path, dm: TraceDataModule):
@@ -94,11 +98,23 @@ def _report(out: Path, dm: TraceDataModule):
         )  # fmt: skip
         tracking.log_images(logger, "test/coverage_curve", [path])
         warning = card_warning(base["val/card_nll"], base["val/prior_nll"], base["val/category_prior_nll"])
-        notes = {
-            "coverage plot": str(path),
-            "baselines (val NLL)": f"CARD {base['val/card_nll']:.4f}, constant prior {base['val/prior_nll']:.4f}, "
-            f"per-category prior {base['val/category_prior_nll']:.4f}; exported: CARD",
-        }
+        choice = choose_export(module, dm)
+        metrics.update(choice.nll)
+        notes = {"coverage plot": str(path)}
+        for split in ("val", "test"):
+            if f"{split}/card_nll" in choice.nll:
+                n = choice.nll
+                notes[f"baselines ({split} NLL)"] = (
+                    f"CARD {n[f'{split}/card_nll']:.4f}, constant prior {n[f'{split}/prior_nll']:.4f}, "
+                    f"per-category prior {n[f'{split}/category_prior_nll']:.4f}"
+                )
+        notes["exported"] = f"{choice.source}: {choice.reason}"
+        for name in ("gain_per_cost", "beyond_budget"):
+            if name in choice.thresholds:
+                t = choice.thresholds[name]
+                notes[f"calibrated {name}"] = f"{t[name]} ({t['why']})"
+        if choice.source != "card" and warning:
+            warning += "; the per-category prior is exported instead"
         return notes, [warning] if warning else []
 
     return report
@@ -112,9 +128,10 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
     out, dm = setup_data(cfg, TraceDataModule)
     module_args = dict(input_dim=dm.input_dim, levels=dm.levels, token_levels=dm.token_levels, **cfg["model"])
     data_note = f"{dm.data_info().n_records} requests ({len(dm.rejects)} rejected lines)"
+    notes = {"data": data_note}
     job = TrainJob("card", "CARD", out, out, "val/nll", CardModule, module_args, dm,
-                   dataset_fingerprint(dm.all_records), partial(_export, out, dm), _report(out, dm),
-                   notes={"data": data_note})  # fmt: skip
+                   dataset_fingerprint(dm.all_records), partial(_export, out, dm, notes), _report(out, dm),
+                   notes=notes)  # fmt: skip
     return fit_and_export(cfg, job)
 
 

@@ -2,9 +2,10 @@
 
 Loss: negative log-likelihood over ``levels + [beyond]`` with right-censoring (a request that passed
 nowhere in its own grid contributes minus the log survival mass above its grid, as in discrete-time
-survival models), plus cross-entropy over reasoning-token levels on uncensored requests.
+survival models), plus the binary cross-entropy of the token head's P(pass) of one attempt at each
+reasoning-token level against the share of the request's round-0 attempts that passed there.
 Metrics follow the CARD evaluation: rank agreement with the realised need, level accuracy / MAE,
-coverage of the budget quantiles the runtime uses, and token accuracy.
+coverage of the budget quantiles the runtime uses, and the token head's Brier score.
 """
 
 from __future__ import annotations
@@ -28,19 +29,26 @@ def censored_nll(
     return -torch.where(censored, survival, exact)
 
 
+def token_bce(token_logits: torch.Tensor, token_pass: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of P(pass) per token level against the observed pass shares (NaN targets skipped)."""
+    seen = torch.isfinite(token_pass)
+    if not seen.any():
+        return token_logits.new_zeros(())
+    return F.binary_cross_entropy_with_logits(token_logits[seen], token_pass[seen])
+
+
 def card_loss(
     budget_logits: torch.Tensor,
     token_logits: torch.Tensor,
     level: torch.Tensor,
     censor_from: torch.Tensor,
     censored: torch.Tensor,
-    token: torch.Tensor,
+    token_pass: torch.Tensor,
     token_weight: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, budget NLL, token CE); the token term is 0 when no request in the batch is uncensored."""
+    """(total, budget NLL, token BCE); the token term is 0 when no token level was logged."""
     nll = censored_nll(budget_logits, level, censor_from, censored).mean()
-    has_token = token >= 0
-    tok = F.cross_entropy(token_logits[has_token], token[has_token]) if has_token.any() else nll.new_zeros(())
+    tok = token_bce(token_logits, token_pass)
     return nll + token_weight * tok, nll, tok
 
 
@@ -66,7 +74,7 @@ def card_metrics(
     token_probs: torch.Tensor,
     level: torch.Tensor,
     censored: torch.Tensor,
-    token: torch.Tensor,
+    token_pass: torch.Tensor,
     levels: Sequence[int],
     quantiles: Sequence[float] = (0.5, 0.8, 0.9),
 ) -> dict[str, float]:
@@ -74,7 +82,8 @@ def card_metrics(
 
     ``spearman``: expected level vs realised level; ``acc`` / ``mae``: argmax level vs realised (MAE in
     levels); ``cov@q``: share of requests with need <= the q-quantile budget; ``budget@q``: mean attempts
-    of that budget; ``token_acc``: most probable token level on uncensored requests.
+    of that budget; ``token_brier``: squared error of P(pass) per token level (``token_probs``) against
+    the observed pass shares ``token_pass``.
     """
     n_levels = len(levels)
     need = torch.where(censored, torch.full_like(level, n_levels), level)
@@ -92,11 +101,9 @@ def card_metrics(
         qi = quantile_index(probs, q)
         out[f"cov@{q:g}"] = float((need <= qi).float().mean())
         out[f"budget@{q:g}"] = float(lv[qi].mean())
-    has_token = token >= 0
-    out["token_acc"] = (
-        float((token_probs.argmax(-1)[has_token] == token[has_token]).float().mean())
-        if has_token.any()
-        else float("nan")
+    seen = torch.isfinite(token_pass)
+    out["token_brier"] = (
+        float(((token_probs[seen] - token_pass[seen]) ** 2).mean()) if seen.any() else float("nan")
     )
     return out
 
@@ -128,3 +135,11 @@ def category_prior_probs(
     if not categories:
         return overall.expand(0, n_classes)
     return torch.stack([rows.get(c, overall) for c in categories])
+
+
+def token_pass_prior(token_pass: torch.Tensor) -> torch.Tensor:
+    """Mean observed P(pass) per token level (NaN-skipping; 0.5 for a level never logged)."""
+    seen = torch.isfinite(token_pass)
+    total = torch.where(seen, token_pass, torch.zeros_like(token_pass)).sum(0)
+    n = seen.sum(0)
+    return torch.where(n > 0, total / n.clamp_min(1), torch.full_like(total, 0.5))

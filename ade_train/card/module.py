@@ -16,11 +16,11 @@ import torch
 from ade_runtime.errors import InputError
 from ade_runtime.predictors.card import CardConfig, CardModel
 from ade_train.card.data import TraceDataModule
-from ade_train.card.metrics import card_loss, card_metrics, censored_nll, prior_probs
+from ade_train.card.metrics import card_loss, card_metrics, censored_nll, prior_probs, token_pass_prior
 
 
 class CardModule(L.LightningModule):
-    """CARD training: censored NLL over budget levels + token-level CE; metrics on val/test."""
+    """CARD training: censored NLL over loop-order budget levels + token P(pass) BCE; metrics on val/test."""
 
     def __init__(
         self,
@@ -42,6 +42,7 @@ class CardModule(L.LightningModule):
             token_levels=list(token_levels or [0]),
             hidden=list(hidden or [128, 64]),
             dropout=dropout,
+            token_target="pass",
         )
         self.model = CardModel(self.config)
         self.quantiles = [float(q) for q in (quantiles or [0.5, 0.8, 0.9])]
@@ -61,20 +62,23 @@ class CardModule(L.LightningModule):
                 # so the head should learn departures from it (a resume loads the checkpoint over this).
                 with torch.no_grad():
                     self.model.budget_head.bias.copy_(self._prior.clamp_min(1e-6).log())
+                    self.model.token_head.bias.copy_(
+                        token_pass_prior(train["token_pass"]).clamp(1e-3, 1 - 1e-3).logit()
+                    )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(x)
 
     def _loss(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        x, level, censor_from, censored, token = batch
+        x, level, censor_from, censored, token_pass = batch
         b, t = self(x)
-        total, nll, tok = card_loss(b, t, level, censor_from, censored, token, self.hparams.token_weight)
+        total, nll, tok = card_loss(b, t, level, censor_from, censored, token_pass, self.hparams.token_weight)
         return total, nll, tok, b, t
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, nll, tok, _, _ = self._loss(batch)
         self.log_dict(
-            {"train/loss": total, "train/nll": nll, "train/token_ce": tok},
+            {"train/loss": total, "train/nll": nll, "train/token_bce": tok},
             on_epoch=True,
             on_step=False,
             sync_dist=True,
@@ -85,8 +89,8 @@ class CardModule(L.LightningModule):
         total, nll, _, b, t = self._loss(batch)
         self.log(f"{prefix}/loss", total, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
         self.log(f"{prefix}/nll", nll, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
-        _, level, censor_from, censored, token = batch
-        self._outputs.append((b.softmax(-1), t.softmax(-1), level, censor_from, censored, token))
+        _, level, censor_from, censored, token_pass = batch
+        self._outputs.append((b.softmax(-1), t.sigmoid(), level, censor_from, censored, token_pass))
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -101,15 +105,15 @@ class CardModule(L.LightningModule):
         self._outputs.clear()
         if self.trainer.world_size > 1:  # every rank computes the metrics of the whole split
             cols = [self.all_gather(c).flatten(0, 1) for c in cols]
-        probs, tprobs, level, censor_from, censored, token = cols
-        m = card_metrics(probs, tprobs, level, censored, token, self.config.levels, self.quantiles)
+        probs, tprobs, level, censor_from, censored, token_pass = cols
+        m = card_metrics(probs, tprobs, level, censored, token_pass, self.config.levels, self.quantiles)
         if prefix == "test" and self._prior is not None:
             base = card_metrics(
                 self._prior.expand_as(probs),
                 tprobs,
                 level,
                 censored,
-                token,
+                token_pass,
                 self.config.levels,
                 self.quantiles,
             )

@@ -26,7 +26,7 @@ def _other_featurizer(dim: int = 32) -> RequestFeaturizer:
 
 
 def _predictor(seed: int = 0) -> CardPredictor:
-    """tests/predictor_helpers.card with non-trivial feature statistics (they must round-trip)."""
+    """tests/helpers/predictors.card with non-trivial feature statistics (they must round-trip)."""
     predictor = card(seed=seed)
     predictor.model.set_feature_stats(torch.randn(20, predictor.featurizer.dim) * 3 + 1)
     return predictor
@@ -47,7 +47,9 @@ def test_budget_prediction_quantiles():
     b = BudgetPrediction(
         levels=[1, 2, 4], probs=[0.5, 0.3, 0.1, 0.1], token_levels=[0, 64], token_probs=[0.2, 0.8]
     )
-    assert [b.quantile(q) for q in (0.5, 0.8, 0.85, 0.95)] == [1, 2, 4, 4]
+    # q = 0.95 falls in the beyond mass: a hopeless request gets the give-up budget, never the largest level
+    assert [b.quantile(q) for q in (0.5, 0.8, 0.85, 0.95)] == [1, 2, 4, 1]
+    assert not b.hopeless(0.9) and b.hopeless(0.95)
     assert b.reasoning_tokens == 64
     assert b.expected_level == pytest.approx(0.3 + 0.2 + 0.3)
     assert b.p_beyond == pytest.approx(0.1)

@@ -47,7 +47,7 @@ def test_tiny_training_run_on_the_fixture(tmp_path):
          "--model.hidden=[32]", "--early_stopping_patience=null"]
     )  # fmt: skip
     m = train(cfg)
-    assert m["epochs"] == 8 and all(k in m for k in ("test/spearman", "test/cov@0.8", "test/token_acc"))
+    assert m["epochs"] == 8 and all(k in m for k in ("test/spearman", "test/cov@0.8", "test/token_brier"))
     section = read_manifest(tmp_path / "export")["predictors"]["card"]
     assert section["data"]["source"] == "testbed"
     assert "synthetic testbed" in (tmp_path / "export" / "README.md").read_text()
@@ -58,8 +58,8 @@ def test_tiny_training_run_on_the_fixture(tmp_path):
     dm.setup("fit")
     t = dm.tensors("train")
     probs, tprobs = card.predict_proba(t["x"])
-    fit = card_metrics(probs, tprobs, t["level"], t["censored"], t["token"], card.config.levels)
+    fit = card_metrics(probs, tprobs, t["level"], t["censored"], t["token_pass"], card.config.levels)
     prior = prior_probs(t["level"], t["censored"], len(card.config.levels) + 1, len(probs))
-    constant = card_metrics(prior, tprobs, t["level"], t["censored"], t["token"], card.config.levels)
+    constant = card_metrics(prior, tprobs, t["level"], t["censored"], t["token_pass"], card.config.levels)
     assert constant["spearman"] == 0.0 and fit["spearman"] > 0.3
     assert fit["mae"] < constant["mae"]

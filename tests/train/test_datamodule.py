@@ -55,16 +55,29 @@ def test_splits_are_disjoint_stratified_deterministic(foreign, tmp_path):
 
 def test_tensors_hold_the_budget_labels(foreign, tmp_path):
     dm = _dm(foreign, tmp_path / "out")
-    assert dm.levels == [1, 2, 3, 4, 6] and dm.token_levels == [0, 96]
+    # loop-order levels: 3 candidates x 2 rounds visited depth-first, so 1..6 attempts
+    assert dm.levels == [1, 2, 3, 4, 5, 6] and dm.token_levels == [0, 96]
     t = dm.tensors("train")
     n = len(dm.split_ids["train"])
     assert t["x"].shape == (n, dm.input_dim) and dm.input_dim == 64 + dm.featurizer.image_encoder.dim
-    for rec, level, censored, token in zip(
-        dm.records("train"), t["level"], t["censored"], t["token"], strict=True
+    assert t["token_pass"].shape == (n, 2)
+    for rec, level, censored, token_pass in zip(
+        dm.records("train"), t["level"], t["censored"], t["token_pass"], strict=True
     ):
-        label = budget.budget_label(rec, dm.levels, dm.unit)
+        label = budget.loop_label(rec, dm.levels, dm.s_max, dm.unit)
         assert int(level) == label.level_index and bool(censored) == label.censored
-        assert int(token) == (-1 if label.censored else dm.token_levels.index(label.reasoning_tokens))
+        order = budget.loop_order(rec, 0, dm.s_max)
+        passed = [a.judge is not None and a.judge.passed for a in order]
+        if not label.censored:  # the need is the first passing attempt in the loop's order
+            assert passed.index(True) == label.need - 1
+        else:
+            assert not any(passed)
+        for j, tok in enumerate(dm.token_levels):
+            first = [
+                a.judge.passed for a in rec.attempts if a.reasoning_tokens == tok and a.round == 0 and a.judge
+            ]
+            if first:
+                assert float(token_pass[j]) == pytest.approx(sum(first) / len(first))
     assert t["censored"].any() and (~t["censored"]).any()
     assert (t["censor_from"][t["censored"]] == len(dm.levels)).all()  # full grids: censored above all levels
 

@@ -57,7 +57,7 @@ def test_export_loads_and_orders_requests_by_difficulty(trained, acme):
     easy = card.predict("warp the teapot slightly", img)
     hard = card.predict("warp the teapot impossibly", img)
     assert easy.expected_level < hard.expected_level and hard.p_beyond > easy.p_beyond
-    assert card.config.levels == [1, 2, 3, 4, 6] and card.config.token_levels == [0, 96]
+    assert card.config.levels == [1, 2, 3, 4, 5, 6] and card.config.token_levels == [0, 96]  # loop order
     section = read_manifest(export)["predictors"]["card"]
     assert section["data"]["source"] == "real" and section["data"]["backbones"] == ["acme-edit-v2"]
     assert section["metrics"]["test/spearman"] == pytest.approx(m["test/spearman"])
@@ -70,7 +70,8 @@ def test_finished_run_reexports_without_retraining(trained, capsys):
     (out / "export" / "card.json").unlink()  # a damaged export is rebuilt from the best checkpoint
     again = train(dict(cfg))
     assert again == m
-    assert "re-exported" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "re-exported" in printed and "exported: card: CARD's validation NLL" in printed  # which and why
     assert (out / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
     CardPredictor.from_pretrained(out / "export")
 
@@ -154,4 +155,4 @@ def test_same_out_with_other_data_is_refused_not_mixed(acme, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "levels" in err and "--force" in err
     assert cli_main(["--data", str(acme), *args, "--force"]) == 0
-    assert CardPredictor.from_pretrained(out / "export").config.levels == [1, 2, 3, 4, 6]
+    assert CardPredictor.from_pretrained(out / "export").config.levels == [1, 2, 3, 4, 5, 6]
