@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.policy.config import PolicyConfig, preset
-from ade_runtime.policy.session import Key, PolicySession
+from ade_runtime.policy.session import Decision, Key, PolicySession
 from ade_runtime.traces.records import Attempt, EditRecord
 
 DEFAULT_PREVIEW_STEP = 4
@@ -105,6 +105,10 @@ def replay_record(
         )
 
     session = PolicySession(config, attempts_budget, t, max_seconds=max_seconds)
+    if config.use_card:  # the live loop logs CARD's choice first, too
+        session.decisions.append(
+            Decision("budget", None, f"card: {attempts_budget} attempts; {t} reasoning tokens")
+        )
     nfe = seconds = 0.0
     missing: Key | None = None
     while (step := session.next_step()) is not None:

@@ -23,10 +23,17 @@ def calibrator(bias: float, weight: float = 0.0, policy: PolicyConfig | None = N
     return Calibrator(cfg, primary=t)
 
 
-def card(levels=(1, 2, 4, 8), seed=0) -> CardPredictor:
+def card(levels=(1, 2, 4, 8), seed=0, beyond_budget: int | None = None) -> CardPredictor:
     torch.manual_seed(seed)
     feat = RequestFeaturizer(
         build_text_encoder({"kind": "hashing", "dim": 64}), build_image_encoder({"kind": "pixels"})
     )
-    model = CardModel(CardConfig(input_dim=feat.dim, levels=list(levels), token_levels=[0, 512], hidden=[16]))
+    cfg = CardConfig(
+        input_dim=feat.dim,
+        levels=list(levels),
+        token_levels=[0, 512],
+        hidden=[16],
+        beyond_budget=beyond_budget,
+    )
+    model = CardModel(cfg)
     return CardPredictor(model, feat)
