@@ -266,6 +266,15 @@ def write_report(out_dir: Path, results: dict) -> Path:
     lines += ["### Per category", "", category_table(replay), "", "![per category](categories.png)", ""]
     if "live" in results:
         lines += live_section(results["live"])
+    if results.get("card_ablation"):
+        ab = results["card_ablation"]
+        lines += [
+            "## CARD ablations (replay, held-out shift)",
+            "",
+            f"Exported predictor: {ab['exported']}.",
+            "",
+        ]
+        lines += ["```", ab["text"], "```", ""]
     for key, title in (
         ("closed_loop", "Closed loop: recalibration on critique-led traces"),
         ("controller", "Controller overhead per decision (CPU)"),

@@ -232,6 +232,25 @@ def flux_mechanics() -> dict:
     return fm.measure(size=32, steps=8, preview_step=2)
 
 
+def card_ablation_of(records, predictors: Predictors, pred_dir: Path) -> dict | None:
+    """CARD vs the per-category prior vs a constant budget; thinking never / always / as CARD chooses."""
+    from ade_runtime.predictors.card import CardPredictor
+    from ade_train.bench import card_ablation
+
+    if predictors.card is None:
+        return None
+    exported_prior = bool(getattr(predictors.card.config, "is_prior", False))
+    alt = pred_dir / "alternatives" / ("card" if exported_prior else "category_prior")
+    other = CardPredictor.from_pretrained(alt) if (alt / "card.json").is_file() else None
+    if exported_prior and other is not None:  # the export is the prior: ablate the CARD it beat
+        predictors = Predictors(card=other, critique=predictors.critique, calibrator=predictors.calibrator)
+        other = CardPredictor.from_pretrained(pred_dir / "export")
+    result = card_ablation.run(records, predictors, prior=other)
+    result["text"] = card_ablation.text(result)
+    result["exported"] = "category_prior" if exported_prior else "card"
+    return result
+
+
 def certificate_of(export_dir: Path) -> dict:
     """What calibration certified for an export: read from the training OUT's calibration report."""
     report = export_dir.parent / "calibration_report.json"
@@ -329,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     from ade_train.bench import certification
 
     results["certification"] = certification.run(records, predictors, n_splits=args.resplits, seed=args.seed)
+    results["card_ablation"] = card_ablation_of(records, predictors, pred_dir)
     results["live"] = live_loop(
         predictors, args.live_requests, args.seed + 2002, {"ade_make_train": default_preds}
     )
