@@ -247,6 +247,7 @@ class AdaptiveEditor:
         return keep
 
     # -- the loop ---------------------------------------------------------------------------------
+    # long function: the loop in one piece so its order of actions reads top to bottom; the rules live in PolicySession
     def edit(self, request: EditRequest, *, max_seconds: float | None = None) -> EditResult:
         """Run the loop on one request; ``max_seconds`` (default: the editor's) caps its compute in
         backbone + controller seconds: when the next attempt would exceed it, the best so far is

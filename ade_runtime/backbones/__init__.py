@@ -57,6 +57,7 @@ def _checked(name: str, pipeline_kwargs: dict[str, Any], allowed: tuple[str, ...
     return dict(pipeline_kwargs)
 
 
+# long function: one branch per backbone and its options, read top to bottom
 def load_backbone(
     name: str,
     model: str | None = None,

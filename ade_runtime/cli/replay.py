@@ -29,6 +29,7 @@ from ade_runtime.traces import load_records
 REFERENCE = "best_of_8"
 
 
+# long function: the replay pipeline in order: signals once, every policy, intervals, curves
 def evaluate(
     records,
     predictors: Predictors,

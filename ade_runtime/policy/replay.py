@@ -62,6 +62,7 @@ def _seconds(a: Attempt) -> float:
     return float(a.cost.latency_s) if a.cost.latency_s is not None else float("nan")
 
 
+# long function: mirrors AdaptiveEditor.edit step for step, kept whole so the two read side by side
 def replay_record(
     record: EditRecord,
     config: PolicyConfig,

@@ -74,6 +74,7 @@ def _arm(outcomes: list, budgets: list[int], tokens: list[int], base_tokens: int
     }
 
 
+# long function: the ablation arms and their paired comparisons, built in one table
 def run(
     records: Sequence[EditRecord],
     predictors: Predictors,

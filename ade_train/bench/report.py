@@ -52,6 +52,7 @@ WHY = {
 }
 
 
+# long function: one entry per benchmark target
 def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None = None) -> list[dict]:
     """The issue's targets, each with the measured value, whether it is met and by how much."""
     pol = replay["policies"]

@@ -271,6 +271,7 @@ def certificate_of(export_dir: Path) -> dict:
     }
 
 
+# long function: the benchmark's steps in the order they run
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ade-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/sample", help="training traces (generated when missing)")

@@ -55,6 +55,7 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
+# long function: mostly the tiny configs of every pipeline component, literal
 def tiny_kontext_pipeline(seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
     """A tiny FluxKontextPipeline on CPU in float32 (vae_scale_factor 1, so sizes are multiples of 2)."""
     import torch

@@ -182,6 +182,7 @@ def _choose_map(
     return (fallback, None, warning) if warning else (primary, fallback, None)
 
 
+# long function: the calibration job's steps in order (fit, search, certify, report, export)
 def train(cfg: CalibrateConfig) -> dict[str, Any]:
     """Run the whole calibration job; returns the metrics (also in OUT/calibration_report.json)."""
     from ade_train.calibrate.plots import plot_compute_quality, plot_reliability

@@ -162,6 +162,7 @@ def guarantee_margins(ours: Sequence[Outcome], reference: Sequence[Outcome], tar
     }
 
 
+# long function: replay of the grid and the choice, one pass over the candidates
 def search_thresholds(
     records: Sequence[EditRecord],
     signals: SignalFn,

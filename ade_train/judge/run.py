@@ -252,6 +252,7 @@ def _write_dataset(
     return placed, labelled
 
 
+# long function: the two passes (accept, judge) and the journal, which share their state
 def judge_traces(
     traces: str | os.PathLike,
     out: str | os.PathLike,
