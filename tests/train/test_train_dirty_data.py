@@ -1,5 +1,5 @@
 """ade-train on a dirty dataset: one corrupt source PNG and one cut line are skipped and reported
-(shard, line, id, reason) by `ade-train card` and `ade-train calibrate`; the rest trains and exports."""
+(shard, line, id, reason) by `ade-train card`, `critique` and `calibrate`; the rest trains and exports."""
 
 import json
 import shutil
@@ -45,3 +45,29 @@ def test_card_and_calibrate_skip_and_report_bad_records(tmp_path, capsys):
     assert manifest["calibration"]["data"]["fingerprint"] == card["fingerprint"]
     assert manifest["calibration"]["data"]["path"] == card["path"]
     assert manifest["calibration"]["data"]["n_rejected"] == 2
+
+
+def test_critique_skips_and_reports_bad_records(tmp_path, capsys):
+    from test_critique_train import SMALL, _frozen_dino
+
+    from ade_train.critique import cli_main as critique_main
+
+    data, bad_id, n_lines = dirty_copy(tmp_path / "dirty")
+    out = tmp_path / "out"
+    dino = _frozen_dino(tmp_path / "dinov2-tiny")
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-wandb",
+        "--encoder",
+        str(dino),
+        "--image-size",
+        "64",
+    ]
+    assert critique_main([*args, *SMALL, "--max-epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 bad record(s)" in err and f"id={bad_id} corrupt_image" in err
+    assert f"traces-00000.jsonl:{n_lines} " in err
+    assert read_manifest(out / "export")["predictors"]["critique"]["data"]["n_rejected"] == 2
