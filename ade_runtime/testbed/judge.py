@@ -197,8 +197,18 @@ def _perceived_adherence(output_img: Image.Image, instruction: str) -> float | N
         return None
 
 
-def online_scores(source_img: Image.Image, output_img: Image.Image, instruction: str) -> dict[str, float]:
-    """Cheap pixel-only scores: ``clip_i`` (similarity to source), ``clip_t`` (noisy adherence)."""
+def online_scores(
+    source_img: Image.Image,
+    output_img: Image.Image,
+    instruction: str,
+    *,
+    semantic_weight: float = SEMANTIC_WEIGHT,
+) -> dict[str, float]:
+    """Cheap scores: ``clip_i`` (pixel similarity to source) and ``clip_t`` (noisy adherence).
+
+    ``clip_t`` is NOT pixels-only: besides pixel cues it holds ``semantic_weight`` x a view of the
+    judge's own score of the output (the stand-in for what a pretrained text-image scorer knows);
+    ``semantic_weight=0`` gives the pixels-only variant (docs/testbed.md gives both AUROCs)."""
     s, o = _small(source_img), _small(output_img)
     change = float(np.abs(s - o).mean() / 255.0)
     clip_i = 0.98 - 0.9 * min(1.0, 3.0 * change) ** 0.7 * 0.35
@@ -228,5 +238,5 @@ def online_scores(source_img: Image.Image, output_img: Image.Image, instruction:
     if sem is not None:
         # A learned text-image scorer partly perceives whether the asked edit happened (what makes
         # CLIP-T useful for Best-of-N at all); weak next to the pixel cues and the noise above.
-        clip_t += SEMANTIC_WEIGHT * (sem - 0.6)
+        clip_t += semantic_weight * (sem - 0.6)
     return {"clip_t": float(clip_t), "clip_i": float(clip_i)}

@@ -278,6 +278,7 @@ def write_report(out_dir: Path, results: dict) -> Path:
         lines += ["```", ab["text"], "```", ""]
     for key, title in (
         ("closed_loop", "Closed loop: recalibration on critique-led traces"),
+        ("testbed_honesty", "How much of the testbed's clip_t is the judge (AUROC against pass)"),
         ("controller", "Controller overhead per decision (CPU)"),
         ("analytic", "Analytic overhead (FLOPs)"),
         ("flux", "Tiny FLUX.1 Kontext mechanics"),

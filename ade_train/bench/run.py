@@ -350,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results["certification"] = certification.run(records, predictors, n_splits=args.resplits, seed=args.seed)
     results["card_ablation"] = card_ablation_of(records, predictors, pred_dir)
+    from ade_train.bench.testbed_honesty import clip_t_auroc
+
+    results["testbed_honesty"] = clip_t_auroc(load_records(data, images="none")[0])
     results["live"] = live_loop(
         predictors, args.live_requests, args.seed + 2002, {"ade_make_train": default_preds}
     )

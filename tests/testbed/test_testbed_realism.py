@@ -61,3 +61,13 @@ def test_auroc_matches_definition():
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert auroc([1, 1, 1], [0, 1, 1]) == pytest.approx(0.5)
     assert auroc([0.2, 0.3], [1, 1]) == 0.5
+
+
+def test_clip_t_holds_a_judge_term_and_says_how_strong_it_is(testbed_records):
+    """The testbed's clip_t is better than its pixel cues because it sees the judge; the AUROC with and
+    without that term is measured, and switching it off is possible (an honest pixels-only variant)."""
+    from ade_train.bench.testbed_honesty import clip_t_auroc
+
+    out = clip_t_auroc(testbed_records)
+    assert out["n_attempts"] > 500
+    assert out["auroc_clip_t"] > out["auroc_clip_t_pixels_only"] + 0.05 > 0.55
