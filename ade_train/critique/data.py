@@ -26,7 +26,7 @@ from PIL import Image
 
 from ade_runtime.errors import InputError, TraceError
 from ade_runtime.policy import budget
-from ade_runtime.predictors.critique import crop_window, to_view
+from ade_runtime.predictors.regions import crop_window, to_view
 from ade_runtime.traces import TraceDataset
 from ade_runtime.traces.records import EditRecord, Flaw
 from ade_train.export import DataInfo, data_source

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, flaw_regions
+from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead
+from ade_runtime.predictors.regions import flaw_regions
 from ade_train.critique.data import box_iou
 from ade_train.quality import auroc
 
