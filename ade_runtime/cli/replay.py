@@ -38,6 +38,7 @@ def evaluate(
     use_critique: bool = True,
     desc: str = "replay",
     ci: float | None = None,
+    ade_policies: dict | None = None,
 ) -> dict:
     """Replay ``policies`` over ``records``; returns ``{"policies": {name: summary}, ...}``.
 
@@ -124,6 +125,7 @@ def evaluate(
             overhead=overhead,
             card=(lambda r: preds[r.id]) if card is not None else None,
             level=ci,
+            ade_policies=ade_policies,
         )
     return out
 

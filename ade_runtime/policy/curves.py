@@ -108,8 +108,12 @@ def compute_curves(
     score_names: Sequence[str] | None = None,
     level: float = 0.9,
     seed: int = 0,
+    ade_policies: Mapping[str, PolicyConfig] | None = None,
 ) -> dict:
-    """All curves and their points; ``signals`` is the calibrated confidence (None: no calibrator)."""
+    """All curves and their points; ``signals`` is the calibrated confidence (None: no calibrator).
+
+    ``ade_policies`` (label -> policy, e.g. the settings certified at other quality targets) add the
+    curve "ade across targets"."""
     if not records:
         raise ValueError("compute_curves: no records")
     ns = _n_values(records)
@@ -146,6 +150,11 @@ def compute_curves(
                 points.append(_point("card_only", f"card_only q={q:g}", outs, card_quantile=q))
             outs = _replay(records, preset("ade", base), signals, overhead, card)
             points.append(_point("ade", "ade (calibrated)", outs))
+        for label, pol in (ade_policies or {}).items():
+            if pol.use_card and card is None:
+                continue
+            outs = _replay(records, pol, signals, overhead, card)
+            points.append(_point("ade across targets", label, outs))
     ref = _reference(points, levels[0])
     for p in points:
         d = paired_by_id(p["_scores"], ref["_scores"], level=level, seed=seed)

@@ -154,6 +154,19 @@ def plot_curves(curves: dict, path: Path, save) -> None:
         if name == "ade":
             ax.scatter(xs, ys, marker="*", s=260, c="C3", zorder=5, label="ADE (certified thresholds)")
             continue
+        if name == "ade across targets":
+            ax.plot(
+                xs,
+                ys,
+                "-",
+                marker="*",
+                ms=9,
+                lw=2.0,
+                color="C3",
+                zorder=4,
+                label="ADE certified at 0.9-1.02 x Bo8",
+            )
+            continue
         dashed = "judge" in name
         ax.plot(xs, ys, "--" if dashed else "-", marker="o", ms=3, lw=1.2, color=f"C{i % 10}",
                 alpha=0.6 if dashed else 0.9, label=name)  # fmt: skip

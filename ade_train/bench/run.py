@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ade_runtime.overhead import analytic_overhead
-from ade_runtime.policy import POLICY_NAMES
+from ade_runtime.policy import POLICY_NAMES, PolicyConfig
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces import load_records
@@ -251,6 +251,19 @@ def card_ablation_of(records, predictors: Predictors, pred_dir: Path) -> dict | 
     return result
 
 
+def target_curve(export_dir: Path) -> dict[str, PolicyConfig]:
+    """The settings calibration certified at each quality target (its report's ``by_target``)."""
+    report = export_dir.parent / "calibration_report.json"
+    if not report.is_file():
+        return {}
+    rows = (json.loads(report.read_text()).get("certificate") or {}).get("by_target", [])
+    return {
+        f"ade certified >= {r['target']:g} x Bo8": PolicyConfig.from_dict(r["policy"])
+        for r in rows
+        if r.get("certified")
+    }
+
+
 def certificate_of(export_dir: Path) -> dict:
     """What calibration certified for an export: read from the training OUT's calibration report."""
     report = export_dir.parent / "calibration_report.json"
@@ -309,7 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     records, rejects = load_records(heldout, images="none")
     from ade_runtime.cli.replay import evaluate
 
-    replay = evaluate(records, predictors, list(POLICY_NAMES), desc="bench replay", ci=0.9)
+    replay = evaluate(
+        records,
+        predictors,
+        list(POLICY_NAMES),
+        desc="bench replay",
+        ci=0.9,
+        ade_policies=target_curve(loop_export),
+    )
     default_row = evaluate(
         records, default_preds, ["best_of_8", "ade"], desc="bench replay (make train)", ci=0.9
     )

@@ -159,12 +159,41 @@ def _card_pred(card, rec):
         return card.predict(rec.instruction, im.convert("RGB"))
 
 
+TARGET_CURVE = (0.9, 0.95, 0.98, 1.0, 1.02)  # the relative targets of the exported "ADE across targets" curve
+
+
+def certified_curve(result, certify_ids: set[str], spec: RiskSpec) -> list[dict]:
+    """The cheapest certified setting at each target of ``TARGET_CURVE`` (same data, same front): what
+    the policy would be at a lower or higher quality target, for the compute-quality curves."""
+    out = []
+    if spec.form != "relative":
+        return out
+    for target in TARGET_CURVE:
+        c = certify_grid(
+            spec.with_target(target),
+            result.outcomes,
+            result.reference_outcomes,
+            certify_ids,
+            result.compute_key,
+        )
+        out.append(
+            {
+                "target": target,
+                "certified": c.chosen is not None,
+                "p_value": c.p_value,
+                "policy": None if c.chosen is None else result.configs[c.chosen].to_dict(),
+            }
+        )
+    return out
+
+
 def run_certification(
     cfg, result, certify_ids: set[str], test_records, calibrator, card, critique, overhead, score_names
 ) -> tuple[Decision, dict | None]:
     """Certify the replayed grid, decide what to export, and measure the paired slack on the test split."""
     spec = spec_of(cfg)
     cert = certify_grid(spec, result.outcomes, result.reference_outcomes, certify_ids, result.compute_key)
+    result.target_curve = certified_curve(result, certify_ids, spec)
     search_choice = next(i for i, r in enumerate(result.candidates) if r["chosen"])
     decision = decide(
         cert, result.configs, search_choice, cfg.policy_base, cfg.reference_policy, cfg.allow_uncertified

@@ -260,7 +260,7 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     if map_warning:
         metrics.update(rejected_ece_after=fitted["ece_after"], rejected_brier_after=fitted["brier_after"])
     report = build_report(cfg, metrics, result, primary, fallback, list(cheap), notes, warnings)
-    report["certificate"] = {**decision.to_dict(), "heldout": heldout}
+    report["certificate"] = {**decision.to_dict(), "heldout": heldout, "by_target": result.target_curve}
     write_json(out / f"{PREFIX}report.json", report)
     export = export_calibration(
         out, calibrator, metrics, result, split, primary, notes + result.warnings, warnings

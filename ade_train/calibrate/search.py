@@ -114,6 +114,7 @@ class SearchResult:
     guarantee: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     choice_warnings: int = 0  # the last this-many warnings are about the search's own choice
+    target_curve: list[dict] = field(default_factory=list)  # the certified setting at other targets
     # the replay itself, for certification: setting k's outcome on every request, and the reference's
     configs: list[PolicyConfig] = field(default_factory=list, repr=False)
     outcomes: list[list[Outcome]] = field(default_factory=list, repr=False)

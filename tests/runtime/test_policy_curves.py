@@ -63,3 +63,23 @@ def test_curves_cover_every_selector_and_reasoning_level(records):
 def test_a_cheap_score_selector_ranks_by_its_raw_value(records):
     conf, prev = score_selector("clip_t")(records[0])
     assert prev is None and set(conf) == {a.key for a in records[0].attempts}
+
+
+def test_extra_ade_policies_form_their_own_curve(records):
+    cal = calibrator(bias=-4.0, weight=12.0)
+    pols = {
+        "strict": replace(PolicyConfig(), tau_high=0.95),
+        "lenient": replace(PolicyConfig(), tau_high=0.5),
+    }
+    res = compute_curves(
+        records, PolicyConfig(use_card=False), lambda r: record_signals(r, cal), ade_policies=pols
+    )
+    pts = [p for p in res["points"] if p["curve"] == "ade across targets"]
+    assert [p["policy"] for p in pts] == []  # CARD policies without a CARD are skipped
+    pols = {k: replace(v, use_card=False) for k, v in pols.items()}
+    res = compute_curves(
+        records, PolicyConfig(use_card=False), lambda r: record_signals(r, cal), ade_policies=pols
+    )
+    pts = {p["policy"]: p for p in res["points"] if p["curve"] == "ade across targets"}
+    assert set(pts) == {"strict", "lenient"}
+    assert pts["strict"]["nfe_per_request"] >= pts["lenient"]["nfe_per_request"]

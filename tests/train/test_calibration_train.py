@@ -408,6 +408,11 @@ def test_a_certifiable_target_exports_the_cheapest_certified_setting(tmp_path, d
     held = report["certificate"]["heldout"]
     assert held["split"] == "test" and held["n"] > 0 and held["lo"] <= held["diff"] <= held["hi"]
     assert "certified" in (out / "export" / "README.md").read_text()
+    # the same data, certified at other targets: the "ADE across targets" curve of the bench
+    curve = report["certificate"]["by_target"]
+    assert [r["target"] for r in curve] == [0.9, 0.95, 0.98, 1.0, 1.02]
+    certified = [r["certified"] for r in curve]
+    assert certified == sorted(certified, reverse=True)  # a lower target is never harder to certify
 
 
 def test_the_absolute_form_certifies_a_pass_rate(tmp_path, dataset):
