@@ -126,7 +126,8 @@ def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
         return replace(
             base,
             **{**off, "refine": True, "use_mask": True},
-            default_budget=base.s_max,
+            s_max=max(2, base.s_max),  # a chain: at least one refinement, even when S_max = 1 was certified
+            default_budget=max(2, base.s_max),
             max_candidates=1,
             fixed_rounds=True,
         )

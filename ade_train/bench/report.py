@@ -41,13 +41,18 @@ WHY = {
         "DINOv2 critique, images stored for every attempt) is what would close it."
     ),
     "live": (
-        "Replay refines with the prompts logged in the traces, which the testbed generator wrote from the "
-        "judge's exact flaws; the live loop refines with the critique head's feedback, whose pointing is "
-        "weak, and in the testbed a refinement that names the wrong region fixes little (11% vs 53% "
-        "with the right one). So replay overstates what refinement buys live. Closing it: a stronger "
-        "critique, or calibrating on traces collected with the critique's own feedback (`ade-collect "
-        "--predictors`, then `ade-judge`, then `ade-train calibrate`) so that replay and live agree; the "
-        "row 'ADE without refinement' shows the same thresholds with S_max = 1 live."
+        "The thresholds were certified on critique-led traces from the training world; the live requests "
+        "come from the shifted world, where the cheap-score confidence is less sharp. The difference is "
+        "level (its interval holds 0) but its lower end passes the -0.01 margin: at this per-request "
+        "variance 500 paired requests resolve about +-0.017, so the target asks for more than the sample "
+        "can show; a sharper verifier (issue 13: a critique trained on every attempt, a VLM reward model "
+        "in a cascade) is what would narrow both the gap and the interval."
+    ),
+    "share": (
+        "The certificate buys its guarantee with compute: the cheapest setting that *certifies* >= 1 x "
+        "Best-of-8 at delta 0.1 on 378 requests is dearer than the cheapest that merely *meets* it on "
+        "them (the uncertified search chose 18% of Best-of-8's NFE and missed its target on 22-40% of "
+        "re-splits). More calibration requests or a sharper confidence lower the price."
     ),
 }
 
@@ -81,12 +86,15 @@ def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None 
                 "why": "live",
             }
         )
+        if name != "ade":
+            continue
         out.append(
             {
                 "target": f"live loop: {name} spends <= 25% of best_of_8's GPU-seconds (checks included)",
                 "value": f"{100 * c['gpu_seconds_share_of_best_of_8']:.1f}%",
                 "met": c["gpu_seconds_share_of_best_of_8"] <= 0.25,
                 "gap": 0.25 - c["gpu_seconds_share_of_best_of_8"],
+                "why": "share",
             }
         )
     ade, b8, orc = pol.get("ade", {}), pol.get("best_of_8", {}), pol.get("oracle", {})
@@ -109,6 +117,7 @@ def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None 
                 "value": f"{100 * frac:.1f}%",
                 "met": frac <= 0.25,
                 "gap": 0.25 - frac,
+                "why": "share",
             }
         )
     if "nfe_per_request" in ade and orc.get("nfe_per_request"):
