@@ -142,11 +142,13 @@ def plot_curves(curves: dict, path: Path, save) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.6, 5.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.0, 5.0), dpi=120)
     by: dict[str, list[dict]] = {}
     for pt in curves["points"]:
         if pt["gpu_seconds_per_request"] is not None:
             by.setdefault(pt["curve"], []).append(pt)
+    cmap = plt.get_cmap("tab20")
+    palette = [cmap(i) for i in range(20) if i not in (6, 7)]  # tab20's reds are ADE's
     for i, (name, pts) in enumerate(sorted(by.items())):
         pts = sorted(pts, key=lambda p: p["gpu_seconds_per_request"])
         xs = [p["gpu_seconds_per_request"] for p in pts]
@@ -168,13 +170,18 @@ def plot_curves(curves: dict, path: Path, save) -> None:
             )
             continue
         dashed = "judge" in name
-        ax.plot(xs, ys, "--" if dashed else "-", marker="o", ms=3, lw=1.2, color=f"C{i % 10}",
+        ax.plot(xs, ys, "--" if dashed else "-", marker="o", ms=3, lw=1.2, color=palette[i % len(palette)],
                 alpha=0.6 if dashed else 0.9, label=name)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("modelled GPU-seconds per request (log; verifier cost included)")
     ax.set_ylabel("mean judge score")
-    ax.set_title("Compute vs quality, every baseline as a curve (synthetic testbed)")
+    ax.set_title("Compute vs quality, every baseline as a curve (synthetic testbed, replay)", fontsize=10)
+    ax.text(
+        0.01, 0.01, "replayed refinement rounds follow the traces' judge-written prompts: chain curves\n"
+        "(card_only, fixed chains) are an upper bound for what a perfect critique could buy",
+        transform=ax.transAxes, fontsize=6.5, va="bottom", color="0.35",
+    )  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     save(fig, path)
