@@ -39,6 +39,7 @@ def evaluate(
     desc: str = "replay",
     ci: float | None = None,
     ade_policies: dict | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     """Replay ``policies`` over ``records``; returns ``{"policies": {name: summary}, ...}``.
 
@@ -92,6 +93,7 @@ def evaluate(
                 signals=lambda r: signals[r.id],
                 card=(lambda r: budgets[r.id]) if card is not None else None,
                 overhead=overhead,
+                max_seconds=max_seconds,
             )
         except ReplayError as exc:
             out["policies"][name] = {"error": str(exc)}
@@ -201,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-critique", action="store_true", help="do not run the critique head on stored images")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="a per-request deadline in modelled seconds, the rule ade-serve and AdaptiveEditor apply (needs latency_s)",
+    )
+    p.add_argument(
         "--ci",
         nargs="?",
         type=float,
@@ -224,7 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if args.ci is not None and not 0.0 < args.ci < 1.0:
         raise InputError(f"--ci {args.ci}: give a level in (0, 1), e.g. --ci 0.9")
-    result = evaluate(records, predictors, policies, use_critique=not args.no_critique, ci=args.ci)
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise InputError(f"--max-seconds {args.max_seconds}: give a positive number of seconds")
+    result = evaluate(
+        records,
+        predictors,
+        policies,
+        use_critique=not args.no_critique,
+        ci=args.ci,
+        max_seconds=args.max_seconds,
+    )
     for rid, why in result.get("skipped", {}).items():
         print(f"ade-replay: record {rid} skipped: {why}", file=sys.stderr)
     result["rejected"] = len(rejects) + len(result.get("skipped", {}))

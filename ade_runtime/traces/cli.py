@@ -143,9 +143,8 @@ class _AtomicLines:
     def __init__(self, target: str):
         self.target = Path(target)
         parent = self.target.parent
-        if not parent.is_dir():
-            raise ADEError(f"--rejects {target}: directory {parent} does not exist; create it first")
-        try:
+        try:  # like every --out: the folder is made before any work starts
+            parent.mkdir(parents=True, exist_ok=True)
             fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
             os.fchmod(fd, file_mode())  # readable like the shards, not mkstemp's 0600
         except OSError as exc:

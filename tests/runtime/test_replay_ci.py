@@ -41,3 +41,14 @@ def test_cli_prints_intervals_and_curves(tmp_path, capsys, monkeypatch):
     assert result["policies"]["ade"]["vs_best_of_8"]["verdict"] in ("win", "loss", "level")
     assert result["curves"]["points"]
     assert main(["--traces", str(FIXTURE), "--predictors", str(tmp_path), "--ci", "1.5"]) == 2
+
+
+def test_cli_applies_a_deadline_and_checks_it(tmp_path, capsys, monkeypatch, tiny_predictors):
+    monkeypatch.setattr("ade_runtime.cli.replay.load_predictors", lambda args, prog: tiny_predictors)
+    base = ["--traces", str(FIXTURE), "--predictors", str(tmp_path), "--policies", "best_of_4", "--json"]
+    assert main(base) == 0
+    free = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["policies"]["best_of_4"]
+    assert main([*base, "--max-seconds", "10"]) == 0
+    capped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["policies"]["best_of_4"]
+    assert capped["gpu_seconds_per_request"] < free["gpu_seconds_per_request"]
+    assert main([*base, "--max-seconds", "-1"]) == 2

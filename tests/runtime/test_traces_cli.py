@@ -90,10 +90,11 @@ def test_unusable_path_exits_2_with_one_line(tmp_path, setup):
         assert "Traceback" not in res.stderr and str(path) in res.stderr
 
 
-def test_rejects_file_in_missing_directory_exits_2(tmp_path, capsys):
+def test_rejects_file_where_no_folder_can_be_made_exits_2(tmp_path, capsys):
     good_dataset(tmp_path)
-    assert main(["validate", str(tmp_path), "--rejects", str(tmp_path / "no" / "r.jsonl")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")  # a missing folder is created; one under a file cannot be
+    assert main(["validate", str(tmp_path), "--rejects", str(tmp_path / "a-file" / "r.jsonl")]) == 2
+    assert "--rejects" in capsys.readouterr().err
 
 
 def stats_dataset(root: Path) -> None:
@@ -152,3 +153,10 @@ def test_stats_table_is_readable(tmp_path):
     assert "requests            5" in out
     assert "r0: 50.0%  r1: 75.0%" in out and "k1: 25.0%  k2: 50.0%  k3: 50.0%" in out
     assert "single attempt     25.0%" in out and "never passes       25.0%" in out
+
+
+def test_rejects_file_in_a_new_folder_is_written(tmp_path):
+    write_shard(tmp_path / "ds", ["not json"])
+    target = tmp_path / "reports" / "new" / "rejects.jsonl"
+    proc = run("validate", str(tmp_path / "ds"), "--rejects", str(target), "--no-images")
+    assert proc.returncode == 1 and json.loads(target.read_text().splitlines()[0])["reason"] == "invalid_json"
