@@ -34,7 +34,7 @@ from typing import Any
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe
 from ade_runtime.policy import PolicyConfig, replay_record
-from ade_runtime.policy.signals import critique_probabilities, record_signals
+from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
 from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.card import choose_tokens
@@ -51,16 +51,7 @@ SWEEP = (0.0, 0.25, 0.5)
 
 
 def _predictions(records: Sequence[EditRecord], card: Any) -> dict[str, Any]:
-    from PIL import Image
-
-    out = {}
-    for rec in records:
-        if getattr(card.config, "is_prior", False):
-            out[rec.id] = card.predict(rec.instruction, None, category=rec.category)
-            continue
-        with Image.open(rec.resolve(rec.source_image)) as im:
-            out[rec.id] = card.predict(rec.instruction, im.convert("RGB"), category=rec.category)
-    return out
+    return {rec.id: card_prediction(rec, card) for rec in records}
 
 
 def _arm(outcomes: list, budgets: list[int], tokens: list[int], base_tokens: int) -> dict[str, float]:

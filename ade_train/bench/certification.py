@@ -21,21 +21,11 @@ import numpy as np
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe
 from ade_runtime.policy import PolicyConfig, budget_levels, preset, replay_record
-from ade_runtime.policy.signals import critique_probabilities, record_signals
+from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
 from ade_train.calibrate.certify import RiskSpec, resplit_coverage
-
-
-def _card_predictions(records: Sequence[EditRecord], card) -> dict:
-    from PIL import Image
-
-    out = {}
-    for rec in records:
-        with Image.open(rec.resolve(rec.source_image)) as im:
-            out[rec.id] = card.predict(rec.instruction, im.convert("RGB"), category=rec.category)
-    return out
 
 
 def policy_matrix(
@@ -52,7 +42,9 @@ def policy_matrix(
     for rec in progress(records, desc="certification: signals"):
         cp = critique_probabilities(rec, predictors.critique) if predictors.critique is not None else {}
         signals[rec.id] = record_signals(rec, predictors.calibrator, critique_p=cp)
-    cards = _card_predictions(records, predictors.card) if predictors.card is not None else {}
+    cards = (
+        {r.id: card_prediction(r, predictors.card) for r in records} if predictors.card is not None else {}
+    )
     n, k = len(records), len(configs)
     scores, passed, seconds = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     for j, cfg in enumerate(progress(configs, desc="certification: replay grid")):

@@ -138,10 +138,11 @@ def held_out_slack(
 def _replayer(records, score_names, calibrator, card, critique, overhead):
     """``(policy, name) -> outcomes`` over ``records``, with their signals and CARD predictions computed once."""
     from ade_runtime.policy import replay_policy
+    from ade_runtime.policy.signals import card_prediction
     from ade_train.calibrate.features import build_signal_table
 
     signals = build_signal_table(records, score_names, critique).signals(calibrator)
-    preds = {r.id: _card_pred(card, r) for r in records} if card is not None else {}
+    preds = {r.id: card_prediction(r, card) for r in records} if card is not None else {}
 
     def replay(policy: PolicyConfig, name: str = "ade") -> list[Outcome]:
         def card_fn(r):
@@ -150,13 +151,6 @@ def _replayer(records, score_names, calibrator, card, critique, overhead):
         return replay_policy(records, name, policy, signals, card_fn if card is not None else None, overhead)
 
     return replay
-
-
-def _card_pred(card, rec):
-    from PIL import Image
-
-    with Image.open(rec.resolve(rec.source_image)) as im:
-        return card.predict(rec.instruction, im.convert("RGB"))
 
 
 TARGET_CURVE = (0.9, 0.95, 0.98, 1.0, 1.02)  # the relative targets of the exported "ADE across targets" curve

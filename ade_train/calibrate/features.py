@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.policy.signals import (
     CRITIQUE_FEATURE,
     attempt_features,
+    card_prediction,
     critique_probabilities,
     preview_features,
     record_signals,
@@ -30,11 +30,6 @@ from ade_runtime.predictors.calibration import Calibrator
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]
-
-
-def _open(rec: EditRecord, rel: str) -> Image.Image:
-    with Image.open(rec.resolve(rel)) as im:
-        return im.convert("RGB")
 
 
 @dataclass
@@ -102,7 +97,7 @@ class SignalTable:
         """``rec -> BudgetPrediction`` from the exported CARD on the request's instruction and source."""
 
         def fn(rec: EditRecord) -> Any:
-            return card.predict(rec.instruction, _open(rec, rec.source_image), category=rec.category)
+            return card_prediction(rec, card)
 
         return fn
 
