@@ -15,7 +15,7 @@ Public API::
     log_images(logger, "val/examples", [png, ...])
     log_export_artifact(logger, export_dir)
     run_dir(logger) -> Path | None                                  # the local run files
-    read_run_metrics(run_dir) -> {"history": [...], "summary": {...}}  # offline run, no network
+    read_run_metrics(run_dir) -> {"history", "summary", "complete"}  # offline run, no network
 """
 
 from __future__ import annotations
@@ -187,18 +187,66 @@ def log_export_artifact(
     logger.experiment.log_artifact(art)
 
 
-def finish(logger: WandbLogger | None) -> None:
-    """Close the run so its files are complete on disk (call once at the end of a job, rank 0)."""
+def finish(logger: WandbLogger | None, wait_s: float = 60.0) -> None:
+    """Close the run so its files are complete on disk (call once at the end of a job, rank 0).
+
+    ``run.finish()`` can return while wandb-core is still writing the run file (it buffers whole
+    32 KB blocks), so an offline run is only complete once its ``exit`` record is on disk: this
+    waits up to ``wait_s`` seconds for it, then warns instead of failing the job.
+    """
     if logger is None or _rank() != 0:
         return
     exp = getattr(logger, "_experiment", None)
-    if exp is not None:
-        exp.finish()
+    if exp is None:
+        return
+    d = getattr(exp, "dir", None)
+    exp.finish()
+    if d and not _wait_complete(Path(d).parent, wait_s):
+        import warnings
+
+        warnings.warn(
+            f"{Path(d).parent}: the W&B run file has no exit record {wait_s:.0f} s after finish(); "
+            "it may be incomplete (wandb-core still writing?)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _run_file(run_directory: Path) -> Path | None:
+    files = sorted(Path(run_directory).glob("run-*.wandb"))
+    return files[0] if files else None
+
+
+def _wait_complete(run_directory: Path, wait_s: float) -> bool:
+    """Poll the run file until it holds its ``exit`` record; False if it does not within ``wait_s``."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        f = _run_file(run_directory)
+        if f is not None and _has_exit(_log_records(f), pb):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _has_exit(records: list[bytes], pb: Any) -> bool:
+    for raw in reversed(records):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "exit":
+            return True
+    return False
 
 
 def _log_records(path: Path) -> list[bytes]:
     """Records of a W&B ``.wandb`` file: a 7-byte W&B header then LevelDB-log framed records."""
     data = path.read_bytes()
+    if len(data) < 7:  # just created: wandb-core has not written the header yet
+        return []
     if data[:4] != b":W&B":
         raise ValueError(f"{path}: not a W&B run file (bad header)")
     block, pos, pending, out = 32768, 7, b"", []
@@ -207,6 +255,8 @@ def _log_records(path: Path) -> list[bytes]:
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written: stop before it
+            break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0:
             break
@@ -222,19 +272,21 @@ def _log_records(path: Path) -> list[bytes]:
     return out
 
 
-def read_run_metrics(run_directory: str | Path) -> dict[str, Any]:
-    """Metrics of a local (offline) run: ``{"history": [row, ...], "summary": {key: value}}``.
+def read_run_metrics(run_directory: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """Metrics of a local (offline) run: ``{"history": [row, ...], "summary": {...}, "complete": bool}``.
 
     Reads the run's ``run-*.wandb`` file directly, so it works without network or a W&B account.
+    A run still being written (or one that was killed) has no ``exit`` record yet: this waits up
+    to ``wait_s`` seconds for it and then returns what is on disk with ``complete`` False.
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
-    files = sorted(Path(run_directory).glob("run-*.wandb"))
-    if not files:
+    if _run_file(Path(run_directory)) is None:
         raise FileNotFoundError(f"{run_directory}: no run-*.wandb file; is this a W&B run directory?")
+    complete = _wait_complete(Path(run_directory), wait_s)
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for raw in _log_records(files[0]):
+    for raw in _log_records(_run_file(Path(run_directory))):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
@@ -246,4 +298,4 @@ def read_run_metrics(run_directory: str | Path) -> dict[str, Any]:
             history.append(row)
         else:
             summary.update(row)
-    return {"history": history, "summary": summary}
+    return {"history": history, "summary": summary, "complete": complete}

@@ -41,10 +41,18 @@ def test_offline_run_holds_metrics_media_and_reuses_run_id(tmp_path, monkeypatch
     rd = tracking.run_dir(logger)
     tracking.finish(logger)
     assert rd.name.startswith("offline-run-")
-    got = tracking.read_run_metrics(rd)
+    got = tracking.read_run_metrics(rd, wait_s=0)  # finish() waited for the exit record
+    assert got["complete"], "finish() returned before the run file held its exit record"
     assert any(row.get("val/spearman") == 0.25 for row in got["history"])
     assert got["summary"]["val/spearman"] == 0.25
     assert list((rd / "files" / "media" / "images").rglob("*.png"))
+    # a run file cut short (a killed job, or wandb-core still writing) reads as incomplete
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    whole = next(rd.glob("run-*.wandb")).read_bytes()
+    (cut / "run-x.wandb").write_bytes(whole[: len(whole) // 2])
+    partial = tracking.read_run_metrics(cut, wait_s=0)
+    assert not partial["complete"] and len(partial["history"]) <= len(got["history"])
     run_id = json.loads((tmp_path / "out" / tracking.RUN_FILE).read_text())["id"]
     assert run_id in rd.name
     # a second attempt of the same job continues the same run
