@@ -97,17 +97,31 @@ def analytic_overhead(backbone: str = "flux-kontext", nfe_per_attempt: int = 28)
     )
 
 
-def overhead_for(backbone: str, *, critique: bool, seconds_per_nfe: float | None) -> Overhead:
-    """Replay's per-attempt overhead in GPU-seconds for ``backbone`` (0 when seconds are unknown)."""
+def overhead_for(
+    backbone: str, *, critique: bool, seconds_per_nfe: float | None, verify_s: float = 0.0
+) -> Overhead:
+    """Replay's per-attempt overhead in GPU-seconds for ``backbone`` (0 when seconds are unknown);
+    ``verify_s`` is one call of the expensive verifier (``verifier_seconds``)."""
     if not seconds_per_nfe:
-        return Overhead()
+        return Overhead(verify_s=verify_s)
     rep = analytic_overhead(backbone)
     per_flop = seconds_per_nfe / rep.flops_per_nfe
     return Overhead(
         score_s=rep.score_flops * per_flop,
         critique_s=(rep.critique_flops * per_flop) if critique else 0.0,
         preview_s=rep.score_flops * per_flop,
+        verify_s=verify_s,
     )
+
+
+def verifier_seconds(records: Iterable[EditRecord]) -> float:
+    """GPU-seconds per call of the expensive verifier the traces logged (``meta.reward_model``, as the
+    testbed's emulated VLM reward model and ``ade-collect --verifier`` write it); 0 when none did."""
+    for rec in records:
+        rm = rec.meta.get("reward_model") if isinstance(rec.meta, dict) else None
+        if isinstance(rm, dict) and isinstance(rm.get("seconds_per_call"), (int, float)):
+            return float(rm["seconds_per_call"])
+    return 0.0
 
 
 def seconds_per_nfe(records: Iterable[EditRecord], limit: int = 200) -> float | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ade_runtime.cli._io import add_predictor_args, cli_main, load_predictors, reject_lines
 from ade_runtime.errors import InputError
-from ade_runtime.overhead import overhead_for, seconds_per_nfe
+from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import POLICY_NAMES, PolicyConfig, ReplayError, replay_policy, summarize
 from ade_runtime.policy.curves import compute_curves, format_curves
 from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
@@ -74,6 +74,7 @@ def evaluate(
         records[0].backbone if records else "flux-kontext",
         critique=use_critique and crit is not None,
         seconds_per_nfe=seconds_per_nfe(records),
+        verify_s=verifier_seconds(records),
     )
     out: dict = {
         "policies": {},

@@ -61,6 +61,11 @@ class PolicyConfig(ArtifactConfig):
     reasoning_tokens: int | None = config_field(
         "thinking budget when CARD does not choose it (None: no thinking)", default=None
     )
+    verify_band: tuple[float, float] | None = config_field(
+        "the verifier cascade: the expensive verifier (a VLM reward model) checks an attempt only when the "
+        "cheap-signal confidence is within [low, high]; None: it checks every finished attempt",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         for name in ("tau_high", "tau_low", "card_quantile"):
@@ -84,6 +89,17 @@ class PolicyConfig(ArtifactConfig):
         rt = self.reasoning_tokens
         if rt is not None and (not isinstance(rt, int) or isinstance(rt, bool) or rt < 0):
             raise ValueError(f"PolicyConfig.reasoning_tokens must be an int >= 0 or None, got {rt!r}")
+        band = self.verify_band
+        if band is not None:
+            try:
+                lo, hi = (float(v) for v in band)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"PolicyConfig.verify_band must be [low, high] or None, got {band!r}"
+                ) from None
+            if not (0.0 <= lo <= hi <= 1.0):
+                raise ValueError(f"PolicyConfig.verify_band must satisfy 0 <= low <= high <= 1, got {band!r}")
+            object.__setattr__(self, "verify_band", (lo, hi))
         if self.select not in ("confidence", "judge"):
             raise ValueError(f"PolicyConfig.select must be 'confidence' or 'judge', got {self.select!r}")
 
@@ -119,9 +135,10 @@ def preset(name: str, base: PolicyConfig | None = None) -> PolicyConfig:
             default_budget=n,
             max_candidates=n,
             select="judge" if m.group(2) else "confidence",
+            verify_band=None,  # the strongest Best-of-N: every candidate checked by the whole verifier stack
         )
     if name == "single":
-        return replace(base, **off, s_max=1, default_budget=1, max_candidates=1)
+        return replace(base, **off, s_max=1, default_budget=1, max_candidates=1, verify_band=None)
     if name == "fixed_chain":
         return replace(
             base,

@@ -62,7 +62,8 @@ def _replay(
 ) -> list[Outcome]:
     out = []
     for rec in records:
-        conf, prev = signals(rec)
+        sig = signals(rec)
+        conf, prev = sig[0], sig[1]
         budget = tokens = None
         if cfg.use_card:
             pred = card(rec)  # type: ignore[misc]
@@ -76,6 +77,7 @@ def _replay(
                 reasoning_tokens=tokens,
                 preview=prev if cfg.prune_threshold is not None else None,
                 overhead=overhead,
+                first_stage=sig[2] if len(sig) > 2 else None,
             )
         )
     return out

@@ -28,6 +28,7 @@ class Overhead:
     score_s: float = 0.0  # cheap online scores of a finished attempt
     critique_s: float = 0.0  # critique head on a finished attempt (0 when the calibrator does not use it)
     preview_s: float = 0.0  # decoding and scoring a one-step preview
+    verify_s: float = 0.0  # one call of the expensive verifier (a VLM reward model), when it runs
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Outcome:
     complete: bool = True
     missing: Key | None = None
     decisions: list[dict] = field(default_factory=list)
+    verifier_calls: int = 0  # calls of the expensive verifier (charged overhead.verify_s each)
 
 
 class ReplayError(ValueError):
@@ -74,11 +76,16 @@ def replay_record(
     overhead: Overhead = Overhead(),
     preview_step: int | None = None,
     max_seconds: float | None = None,
+    first_stage: Mapping[Key, float] | None = None,
 ) -> Outcome:
     """Replay ``config`` on one record.
 
     ``confidence`` maps attempt keys to calibrated P(pass); ``preview`` to the calibrated
     confidence of their one-step preview (needed when ``config.prune_threshold`` is set).
+    ``first_stage`` (given when the verifier stack has an expensive verifier) maps keys to the
+    confidence from the cheap signals alone: the expensive verifier is called, and charged
+    ``overhead.verify_s``, when it lies in ``config.verify_band`` (always when the band is None);
+    otherwise the attempt keeps its first-stage confidence, as the live cascade does.
     ``budget``/``reasoning_tokens`` come from CARD when ``config.use_card``. ``max_seconds`` is the
     live loop's deadline (``PolicySession.deadline_reached``), charged with the logged seconds.
     """
@@ -111,6 +118,7 @@ def replay_record(
             Decision("budget", None, f"card: {attempts_budget} attempts; {t} reasoning tokens")
         )
     nfe = seconds = 0.0
+    calls = 0
     missing: Key | None = None
     while (step := session.next_step()) is not None:
         a = grid.get(step.key)
@@ -135,6 +143,13 @@ def replay_record(
         # every finished attempt is scored and critiqued: the calibrated confidence reads both
         seconds += _seconds(a) + overhead.score_s + overhead.critique_s
         c = confidence.get(step.key)
+        if first_stage is not None:
+            p1 = first_stage.get(step.key)
+            if needs_verifier(config, p1):
+                seconds += overhead.verify_s
+                calls += 1
+            else:
+                c = p1
         if config.select == "judge":
             c = a.judge.score if a.judge is not None else None
         session.observe(step, c, seconds=seconds - before)
@@ -160,7 +175,17 @@ def replay_record(
         complete=missing is None,
         missing=missing,
         decisions=[d.to_json() for d in session.decisions],
+        verifier_calls=calls,
     )
+
+
+def needs_verifier(config: PolicyConfig, first_stage: float | None) -> bool:
+    """The cascade's rule, shared by the live loop and replay: call the expensive verifier when the
+    cheap-signal confidence is unknown or inside ``config.verify_band`` (always without a band)."""
+    band = config.verify_band
+    if band is None or first_stage is None or not math.isfinite(first_stage):
+        return True
+    return band[0] <= first_stage <= band[1]
 
 
 def replay_oracle(record: EditRecord) -> Outcome:
@@ -213,6 +238,7 @@ def summarize(outcomes: list[Outcome]) -> dict:
             "nfe_per_request": sum(o.nfe for o in items) / n,
             "gpu_seconds_per_request": (sum(secs) / n) if all(math.isfinite(s) for s in secs) else None,
             "attempts_per_request": sum(o.attempts for o in items) / n,
+            "verifier_calls_per_request": sum(o.verifier_calls for o in items) / n,
             "incomplete": sum(not o.complete for o in items),
         }
 
@@ -224,7 +250,8 @@ def summarize(outcomes: list[Outcome]) -> dict:
     return out
 
 
-SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float] | None]]
+# signals(rec) -> (confidence, preview) or (confidence, preview, first_stage); see record_signals
+SignalFn = Callable[[EditRecord], tuple]
 CardFn = Callable[[EditRecord], tuple[int, int]]
 
 
@@ -249,7 +276,9 @@ def replay_policy(
             raise ReplayError(
                 f"record {rec.id!r} has no judge labels; replay needs judged traces (see ade-judge)"
             )
-        conf, prev = signals(rec)
+        sig = signals(rec)
+        conf, prev = sig[0], sig[1]
+        first = sig[2] if len(sig) > 2 else None
         budget, tokens = card(rec) if (config.use_card and card is not None) else (None, None)
         outcomes.append(
             replay_record(
@@ -261,6 +290,7 @@ def replay_policy(
                 preview=prev,
                 overhead=overhead,
                 max_seconds=max_seconds,
+                first_stage=first,
             )
         )
     return outcomes

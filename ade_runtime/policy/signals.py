@@ -21,6 +21,7 @@ from ade_runtime.traces.records import Attempt, EditRecord
 
 PREVIEW_PREFIX = "preview_"
 CRITIQUE_FEATURE = "critique"
+VLM_FEATURE = "vlm"  # what the expensive verifier (a VLM reward model) writes; not a cheap score
 # What the runtime itself logs beside the cheap scores: its confidence (an output) and the critique
 # probability of the model that served the request (replaced by the current critique's, when any).
 DERIVED_SCORES = ("confidence", CRITIQUE_FEATURE)
@@ -50,7 +51,7 @@ def preview_confidence(calibrator: Any, scores: Mapping[str, float] | None) -> f
     """Confidence of a preview through the calibrator's cheap-score map; None when it cannot say."""
     if calibrator is None or not scores:
         return None
-    feats = {k: v for k, v in scores.items() if k != CRITIQUE_FEATURE}
+    feats = {k: v for k, v in scores.items() if k not in (CRITIQUE_FEATURE, VLM_FEATURE)}
     if calibrator.uses_fallback(feats) == "missing":
         return None
     p = float(calibrator.predict_proba(feats))
@@ -79,32 +80,48 @@ def critique_probabilities(record: EditRecord, critique: Any, batch_size: int = 
     return out
 
 
+def reads_verifier(calibrator: Any) -> bool:
+    """Whether the calibrator's primary map reads the expensive verifier's score (a cascade)."""
+    return calibrator is not None and VLM_FEATURE in getattr(calibrator, "feature_names", ())
+
+
+def first_stage_features(features: Mapping[str, float]) -> dict[str, float]:
+    """The cheap part of an attempt's features: what the cascade knows before the expensive verifier."""
+    return {k: v for k, v in features.items() if k != VLM_FEATURE}
+
+
 def record_signals(
     record: EditRecord,
     calibrator: Any,
     critique: Any = None,
     critique_p: Mapping[Key, float] | None = None,
-) -> tuple[dict[Key, float], dict[Key, float] | None]:
-    """(confidence, preview confidence) of every attempt of ``record``.
+) -> tuple[dict[Key, float], dict[Key, float] | None, dict[Key, float] | None]:
+    """(confidence, preview confidence, first-stage confidence) of every attempt of ``record``.
 
     ``critique_p`` may be passed precomputed (e.g. cached); otherwise it is computed with
     ``critique`` when given. Without a calibrator the confidence is the critique
-    probability where there is one (the loop's documented fallback), else NaN.
+    probability where there is one (the loop's documented fallback), else NaN. The first-stage
+    confidence (the cheap signals only) is given when the calibrator reads the expensive
+    verifier's score (``vlm``), so replay can run the cascade and charge each verifier call.
     """
     if critique_p is None:
         critique_p = critique_probabilities(record, critique) if critique is not None else {}
     conf: dict[Key, float] = {}
     prev: dict[Key, float] = {}
+    first: dict[Key, float] | None = {} if reads_verifier(calibrator) else None
     for a in record.attempts:
         cp = critique_p.get(a.key)
+        feats = attempt_features(a, cp)
         if calibrator is not None:
-            conf[a.key] = float(calibrator.predict_proba(attempt_features(a, cp)))
+            conf[a.key] = float(calibrator.predict_proba(feats))
+            if first is not None:
+                first[a.key] = float(calibrator.predict_proba(first_stage_features(feats)))
         else:
             conf[a.key] = float(cp) if cp is not None else float("nan")
         pc = preview_confidence(calibrator, preview_features(a))
         if pc is not None:
             prev[a.key] = pc
-    return conf, (prev or None)
+    return conf, (prev or None), first
 
 
 def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = None) -> Any:

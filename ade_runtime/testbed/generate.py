@@ -39,10 +39,12 @@ from ade_runtime.testbed.costs import get_cost
 from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image
 from ade_runtime.testbed.instructions import CATEGORIES
 from ade_runtime.testbed.judge import judge_scenes, online_scores
+from ade_runtime.testbed.reward import EmulatedRewardModel
 from ade_runtime.testbed.world import Request, World
 from ade_runtime.traces.records import Attempt, Cost, EditRecord
 
 CHUNK = 50  # requests per shard; the unit of resumption
+REWARD = EmulatedRewardModel()  # scores every attempt as the testbed's expensive verifier (``vlm``)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class GenConfig:
     image_every: int = 20  # store attempt images for every n-th request (1: all)
     ambiguity: float = 0.1  # share of references that are ambiguous when possible
     workers: int = 2
+    reward_model: bool = True  # log the emulated VLM reward model's score (``vlm``) on every attempt
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,7 +140,12 @@ def run_grid(
                     scene, _ = _parse_chunk(key, "output image")
                     judge = judge_scenes(scene, req.source, req.instruction)
                     pscores = online_scores(source_img, previews[0], req.instruction)
-                    cache[key] = (judge, online_scores(source_img, out.image, req.instruction), pscores)
+                    scores = online_scores(source_img, out.image, req.instruction)
+                    if cfg.reward_model:  # the emulated VLM reward model's score (an expensive verifier)
+                        scores[REWARD.feature] = round(
+                            REWARD.score_scene(key, judge.score, req.instruction), 6
+                        )
+                    cache[key] = (judge, scores, pscores)
                 judge, scores, pscores = cache[key]
                 rel = None
                 if keep_images:  # equal outputs share one file, named by content
@@ -164,6 +172,15 @@ def run_grid(
     return attempts, images
 
 
+REWARD_META = {
+    "feature": REWARD.feature,
+    "emulated": True,
+    "noise_sd": REWARD.noise_sd,
+    "seconds_per_call": REWARD.seconds_per_call,
+    "flops_per_call": REWARD.flops_per_call,
+}
+
+
 def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecord:
     cost = get_cost(cfg.backbone)
     meta = {
@@ -177,6 +194,7 @@ def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecor
         "s_per_nfe": cost.s_per_nfe,
         "s_per_reasoning_token": cost.s_per_reasoning_token,
         "n_objects": len(req.source.objects),
+        **({"reward_model": REWARD_META} if cfg.reward_model else {}),
         **{k: (int(v) if k != "min_target_size" else v) for k, v in req.features.items()},
     }
     return EditRecord(

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ade_runtime.overhead import overhead_for, seconds_per_nfe
+from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import PolicyConfig, replay_record
 from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
 from ade_runtime.policy.stats import paired_by_id
@@ -88,6 +88,7 @@ def run(
         records[0].backbone,
         critique=predictors.critique is not None,
         seconds_per_nfe=seconds_per_nfe(records),
+        verify_s=verifier_seconds(records),
     )
     if signals is None:
         signals = {}
@@ -104,10 +105,19 @@ def run(
     def replay(budget_of, tokens_of) -> tuple[list, list[int], list[int]]:
         outs, bs, ts = [], [], []
         for rec in records:
-            conf, prev = signals[rec.id]
+            conf, prev, first = signals[rec.id]
             b, t = int(budget_of(rec)), int(tokens_of(rec))
             outs.append(
-                replay_record(rec, base, conf, budget=b, reasoning_tokens=t, preview=prev, overhead=overhead)
+                replay_record(
+                    rec,
+                    base,
+                    conf,
+                    budget=b,
+                    reasoning_tokens=t,
+                    preview=prev,
+                    overhead=overhead,
+                    first_stage=first,
+                )
             )
             bs.append(b)
             ts.append(t)

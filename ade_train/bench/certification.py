@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ade_runtime.overhead import overhead_for, seconds_per_nfe
+from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import PolicyConfig, budget_levels, preset, replay_record
 from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
 from ade_runtime.predictors.bundle import Predictors
@@ -37,6 +37,7 @@ def policy_matrix(
         records[0].backbone,
         critique=predictors.critique is not None,
         seconds_per_nfe=seconds_per_nfe(records),
+        verify_s=verifier_seconds(records),
     )
     signals = {}
     for rec in progress(records, desc="certification: signals"):
@@ -49,7 +50,7 @@ def policy_matrix(
     scores, passed, seconds = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     for j, cfg in enumerate(progress(configs, desc="certification: replay grid")):
         for i, rec in enumerate(records):
-            conf, prev = signals[rec.id]
+            conf, prev, first = signals[rec.id]
             budget = tokens = None
             if cfg.use_card and rec.id in cards:
                 budget, tokens = (
@@ -57,11 +58,21 @@ def policy_matrix(
                     cards[rec.id].reasoning_tokens,
                 )
             o = replay_record(
-                rec, cfg, conf, budget=budget, reasoning_tokens=tokens, preview=prev, overhead=overhead
+                rec,
+                cfg,
+                conf,
+                budget=budget,
+                reasoning_tokens=tokens,
+                preview=prev,
+                overhead=overhead,
+                first_stage=first,
             )
             scores[i, j], passed[i, j], seconds[i, j] = o.score, float(o.passed), o.seconds
     ref_cfg = preset(reference, base)
-    ref = [replay_record(rec, ref_cfg, signals[rec.id][0], overhead=overhead) for rec in records]
+    ref = [
+        replay_record(rec, ref_cfg, signals[rec.id][0], overhead=overhead, first_stage=signals[rec.id][2])
+        for rec in records
+    ]
     return {
         "scores": scores,
         "passed": passed,

@@ -74,9 +74,11 @@ def test_live_and_replay_agree_request_by_request(grid, use_card):
         rounds |= {a.step.round for a in live.attempts}
         budgets.add(live.budget)
         rec = records[req.id]
-        conf, prev = record_signals(rec, preds.calibrator)
+        conf, prev, first = record_signals(rec, preds.calibrator)
         budget, tokens = card_budget(rec, preds.card, policy.card_quantile) if use_card else (None, None)
-        rep = replay_record(rec, policy, conf, budget=budget, reasoning_tokens=tokens, preview=prev)
+        rep = replay_record(
+            rec, policy, conf, budget=budget, reasoning_tokens=tokens, preview=prev, first_stage=first
+        )
         assert live.chosen == rep.chosen, req.id
         assert live.nfe == rep.nfe, req.id
         assert len([a for a in live.attempts if a.output is not None]) == rep.attempts, req.id

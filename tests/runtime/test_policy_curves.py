@@ -42,7 +42,7 @@ def test_curves_cover_every_selector_and_reasoning_level(records):
     )
     # the fixture logs 4 candidates: the reference is the largest Best-of-N it allows
     assert res["reference"] == "best_of_4 by confidence"
-    assert res["selectors"] == ["confidence", "clip_i", "clip_t", "judge"]
+    assert res["selectors"] == ["confidence", "clip_i", "clip_t", "vlm", "judge"]
     bon = [p for p in res["points"] if p["curve"].startswith("best_of_N")]
     assert {p["n"] for p in bon} == {1, 2, 4}
     assert {p["reasoning_tokens"] for p in bon} == {0, 512}

@@ -55,7 +55,8 @@ def test_generate_writes_valid_complete_grid(tmp_path, capsys):
         stored = int(rec.id.split("-")[1]) % 2 == 0
         for a in rec.attempts:
             assert (a.image is not None) == stored
-            assert {"clip_t", "clip_i", "preview_clip_t", "preview_clip_i"} == set(a.scores)
+            assert {"clip_t", "clip_i", "vlm", "preview_clip_t", "preview_clip_i"} == set(a.scores)
+            assert 0.0 <= a.scores["vlm"] <= 1.0
             assert a.cost.nfe == rec.meta["nfe_per_attempt"] and a.cost.latency_s > 0
             for f in a.judge.flaws:
                 assert 0 <= f.box[0] < f.box[2] <= 1 and 0 <= f.box[1] < f.box[3] <= 1
