@@ -2,7 +2,9 @@
 
 Per request: CARD sets the attempt budget and the reasoning budget; candidates are
 explored depth-first; a candidate may be pruned from its one-step preview; every finished
-attempt is scored, critiqued and given a calibrated confidence; the request stops as soon
+attempt is scored, critiqued and given a calibrated confidence (through the verifier cascade: an
+expensive verifier such as a VLM reward model is asked only when the cheap signals leave the
+confidence inside ``PolicyConfig.verify_band``, and every call is counted); the request stops as soon
 as the confidence reaches tau_high, otherwise the critique's feedback (and its region,
 intersected with the SRM attention mask) drives the next refinement round; at the budget
 the attempt with the highest confidence is returned. The decision rules are
@@ -30,10 +32,16 @@ from PIL import Image
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, Backbone, EditRequest
 from ade_runtime.errors import InputError
 from ade_runtime.policy import Decision, Key, PolicyConfig, PolicySession, Step, preset
-from ade_runtime.policy.replay import DEFAULT_PREVIEW_STEP
-from ade_runtime.policy.signals import CRITIQUE_FEATURE, preview_confidence
+from ade_runtime.policy.replay import DEFAULT_PREVIEW_STEP, needs_verifier
+from ade_runtime.policy.signals import (
+    CRITIQUE_FEATURE,
+    first_stage_features,
+    preview_confidence,
+    reads_verifier,
+)
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces.records import EditRecord
+from ade_runtime.verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ class AttemptLog:
     mask: np.ndarray | None = None
     error: str | None = None
     overhead_s: float = 0.0
+    first_stage: float | None = None  # the confidence from the cheap signals alone (the cascade's stage 1)
+    verifier_calls: list[dict] = field(default_factory=list)  # expensive-verifier calls on this attempt
 
 
 @dataclass
@@ -76,12 +86,23 @@ class EditResult:
     overhead_seconds: float
     failures: list[dict]
     card: dict | None = None  # CARD's budget and token choice with its inputs (None: CARD not used)
+    verifier: dict | None = None  # the expensive verifier in the stack: name, feature, cost per call
     request: EditRequest | None = None  # the validated request (RGB image, trimmed instruction)
     record: EditRecord | None = None  # the trace record, once logged
 
     @property
     def seconds(self) -> float:
         return self.backbone_seconds + self.overhead_seconds
+
+    @property
+    def verifier_calls(self) -> list[dict]:
+        """Every expensive-verifier call of the request, in order, with its cost."""
+        return [c for a in self.attempts for c in a.verifier_calls]
+
+    @property
+    def verifier_seconds(self) -> float:
+        """GPU-seconds the expensive verifier was charged (its modelled cost, or measured wall time)."""
+        return float(sum(c["seconds"] for c in self.verifier_calls))
 
 
 def budget_reason(card: dict) -> str:
@@ -145,6 +166,7 @@ class AdaptiveEditor:
         scorer: Scorer | None = None,
         seed: int = 0,
         max_seconds: float | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.backbone = backbone
         self.predictors = predictors or Predictors()
@@ -153,6 +175,29 @@ class AdaptiveEditor:
         self.scorer = scorer
         self.seed = seed
         self.max_seconds = max_seconds  # default deadline per request (PolicySession.deadline_reached)
+        self.verifier = verifier  # the expensive verifier (VLM reward model) of the cascade, if any
+        self._verifier_unread = verifier is not None and not reads_verifier(self.predictors.calibrator)
+        if self._verifier_unread:
+            log.warning(
+                "verifier %r is loaded but the calibration does not read its score (%r): it is not called; "
+                "calibrate on traces that carry it (ade-train calibrate)",
+                getattr(verifier, "name", verifier),
+                "vlm",
+            )
+
+    def verifier_info(self) -> dict | None:
+        """What traces record of the expensive verifier (``meta.ade.verifier``)."""
+        v = self.verifier
+        if v is None:
+            return None
+        cost = getattr(v, "cost", None)
+        return {
+            "name": getattr(v, "name", type(v).__name__),
+            "seconds_per_call": float(getattr(cost, "seconds", 0.0) or 0.0),
+            "flops_per_call": getattr(cost, "flops", None),
+            "cost_source": getattr(cost, "source", ""),
+            "called": not self._verifier_unread,
+        }
 
     # -- budget -----------------------------------------------------------------------------------
     def _budget(
@@ -211,8 +256,29 @@ class AdaptiveEditor:
                 entry.mask = c.mask
             except Exception as exc:
                 failures.append({"stage": "critique", "key": list(entry.step.key), "error": repr(exc)})
-        entry.confidence = self._confidence(entry.scores, entry.critique_p, failures, entry.step.key)
+        # the cascade: the cheap signals first; the expensive verifier only inside the uncertain band
+        first = self._confidence(
+            first_stage_features(entry.scores), entry.critique_p, failures, entry.step.key
+        )
+        entry.first_stage = entry.confidence = first
         entry.overhead_s += time.perf_counter() - t0
+        if self.verifier is not None and not self._verifier_unread and needs_verifier(self.config, first):
+            t1 = time.perf_counter()
+            try:
+                verdict = self.verifier.verify(request.image, out.image, request.instruction)
+                entry.scores.update(verdict.scores)
+                entry.verifier_calls.append(verdict.call_record(self.verifier.name, entry.step.key))
+                entry.confidence = self._confidence(entry.scores, entry.critique_p, failures, entry.step.key)
+            except Exception as exc:  # a failing verifier leaves the first-stage confidence
+                failures.append(
+                    {
+                        "stage": "verifier",
+                        "key": list(entry.step.key),
+                        "error": repr(exc),
+                        "fallback": "first_stage",
+                    }
+                )
+            entry.overhead_s += time.perf_counter() - t1
 
     def _confidence(
         self, scores: dict[str, float], critique_p: float | None, failures: list[dict], key
@@ -341,6 +407,7 @@ class AdaptiveEditor:
             failures=failures,
             card=card_log or None,
             request=request,
+            verifier=self.verifier_info(),
         )
 
     def _preview_step(self) -> int:

@@ -116,11 +116,13 @@ def overhead_for(
 
 def verifier_seconds(records: Iterable[EditRecord]) -> float:
     """GPU-seconds per call of the expensive verifier the traces logged (``meta.reward_model``, as the
-    testbed's emulated VLM reward model and ``ade-collect --verifier`` write it); 0 when none did."""
+    testbed's emulated VLM reward model writes it, or ``meta.ade.verifier`` of a served request); 0 when none did."""
     for rec in records:
-        rm = rec.meta.get("reward_model") if isinstance(rec.meta, dict) else None
-        if isinstance(rm, dict) and isinstance(rm.get("seconds_per_call"), (int, float)):
-            return float(rm["seconds_per_call"])
+        meta = rec.meta if isinstance(rec.meta, dict) else {}
+        ade = meta.get("ade") if isinstance(meta.get("ade"), dict) else {}
+        for rm in (meta.get("reward_model"), ade.get("verifier")):
+            if isinstance(rm, dict) and isinstance(rm.get("seconds_per_call"), (int, float)):
+                return float(rm["seconds_per_call"])
     return 0.0
 
 

@@ -102,6 +102,15 @@ def result_meta(result: EditResult) -> dict[str, Any]:
         "backbone_seconds": round(result.backbone_seconds, 6),
         "overhead_seconds": round(result.overhead_seconds, 6),
         "failures": [{k: v for k, v in f.items() if k != "trace"} for f in result.failures],
+        **(
+            {
+                "verifier": result.verifier,
+                "verifier_calls": result.verifier_calls,
+                "verifier_seconds": round(result.verifier_seconds, 6),
+            }
+            if result.verifier is not None
+            else {}
+        ),
     }
 
 
