@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.errors import InputError, VerifierError
+from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
 from ade_runtime.verifiers.viescore import questions, verdict_from_answers, well_formed
 
@@ -218,7 +219,7 @@ class OpenAIVerifier:
         base_url: str | None = None,
         api_key: str | None = None,
         name: str | None = None,
-        feature: str = "vlm",
+        feature: str = VLM_FEATURE,
         cost: VerifierCost | None = None,
         params: float | None = None,
         max_tokens: int = 512,

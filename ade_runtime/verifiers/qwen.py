@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.errors import BackboneUnavailableError, InputError
+from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
 from ade_runtime.verifiers.viescore import BOX_FORMATS, questions, verdict_from_answers
 
@@ -172,7 +173,7 @@ class QwenVLVerifier:
         vlm: QwenVL,
         *,
         name: str = "vlm",
-        feature: str = "vlm",
+        feature: str = VLM_FEATURE,
         cost: VerifierCost | None = None,
         max_new_tokens: int = 256,
         batch_size: int = 4,
