@@ -28,6 +28,7 @@ from PIL import Image
 from ade_runtime.errors import BackboneUnavailableError, InputError
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
+from ade_runtime.verifiers.factory import CostMeter, Metered
 
 INSTALL = "pip install 'ade-adaptive[editscore]'"
 # EditScore weights (LoRA) -> (base VLM, editscore backbone), from the package's evaluate_*.sh scripts
@@ -43,7 +44,7 @@ BACKBONES = ("qwen25vl", "qwen25vl_vllm", "qwen3vl", "qwen3vl_vllm", "openai", "
 SUB_SCORES = ("prompt_following", "consistency", "perceptual_quality")
 
 
-class EditScoreVerifier:
+class EditScoreVerifier(Metered):
     """Expensive verifier through the ``editscore`` package (``editscore:<EditScore weights, id or path>``).
 
     ``base_model`` / ``backbone`` default from the weights' name for the published EditScore models
@@ -101,13 +102,12 @@ class EditScoreVerifier:
             **editscore_opts,
         )
         self.name, self.feature = name or f"editscore:{weights}", feature
-        self.modelled = cost is not None
-        self.cost = cost or VerifierCost(source="measured wall time of each call")
+        self.meter = CostMeter(cost)
 
     def verify(self, source: Image.Image, attempt: Image.Image, instruction: str) -> Verdict:
         t0 = time.monotonic()
         out = self.scorer.evaluate([source.convert("RGB"), attempt.convert("RGB")], instruction)
-        seconds = self.cost.seconds if self.modelled else time.monotonic() - t0
+        seconds = self.meter.charge(time.monotonic() - t0)
         flops = self.cost.flops
         detail: dict[str, Any] = {k: float(out[k]) for k in SUB_SCORES if k in out}
         reasoning = [str(out.get(k, "")) for k in ("SC_reasoning", "PQ_reasoning")]

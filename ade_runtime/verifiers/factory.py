@@ -31,6 +31,44 @@ def modelled_cost(seconds: float | None, flops: float | None = None) -> Verifier
     )
 
 
+class CostMeter:
+    """What an expensive verifier charges per call: the modelled cost when one is given, else the
+    measured wall time; ``cost`` is then the running mean of the measured calls (0 before the first),
+    so a caller can price the next call."""
+
+    def __init__(self, modelled: VerifierCost | None = None) -> None:
+        self.modelled = modelled is not None
+        self.cost = modelled or VerifierCost(source="measured: no call yet")
+        self.calls, self._total = 0, 0.0
+
+    def charge(self, measured_seconds: float, calls: int = 1) -> float:
+        """Seconds to charge for one call whose wall time was ``measured_seconds`` (``calls`` calls
+        when one measurement covers a batch: each is charged its share)."""
+        if self.modelled:
+            return self.cost.seconds
+        share = max(0.0, float(measured_seconds)) / calls
+        self.calls += calls
+        self._total += share * calls
+        self.cost = VerifierCost(
+            seconds=self._total / self.calls, source=f"measured: mean wall time of {self.calls} call(s)"
+        )
+        return share
+
+
+class Metered:
+    """Base of the expensive verifiers: ``cost`` and ``modelled`` read the verifier's ``meter``."""
+
+    meter: CostMeter
+
+    @property
+    def cost(self) -> VerifierCost:
+        return self.meter.cost
+
+    @property
+    def modelled(self) -> bool:
+        return self.meter.modelled
+
+
 def load_verifier(
     spec: str,
     *,

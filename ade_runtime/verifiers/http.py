@@ -30,6 +30,7 @@ from PIL import Image
 from ade_runtime.errors import InputError, VerifierError
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
+from ade_runtime.verifiers.factory import CostMeter, Metered
 from ade_runtime.verifiers.viescore import questions, verdict_from_answers, well_formed
 
 
@@ -203,7 +204,7 @@ class ChatClient:
         )
 
 
-class OpenAIVerifier:
+class OpenAIVerifier(Metered):
     """Expensive verifier: VIEScore O / 10 from any OpenAI-compatible endpoint (``openai:<model>``).
 
     Two requests per attempt (SC, then PQ; PQ is not asked after a malformed SC answer). ``base_url``
@@ -244,8 +245,7 @@ class OpenAIVerifier:
             temperature,
             box_format,
         )
-        self.modelled = cost is not None
-        self.cost = cost or VerifierCost(source="measured wall time of each call")
+        self.meter = CostMeter(cost)
 
     def verify(self, source: Image.Image, attempt: Image.Image, instruction: str) -> Verdict:
         texts: list[str] = []
@@ -261,7 +261,7 @@ class OpenAIVerifier:
                 raise VerifierError(
                     f"verifier {self.name!r}: {exc.message} (check --verifier-url, the model name and "
                     "OPENAI_API_KEY)",
-                    seconds=self.cost.seconds if self.modelled else seconds,
+                    seconds=self.meter.charge(seconds),
                 ) from None
             seconds += reply.seconds
             calls += reply.calls
@@ -279,5 +279,5 @@ class OpenAIVerifier:
         detail: dict[str, Any] = {"requests": calls}
         if known:
             detail.update(tokens_in=tokens[0], tokens_out=tokens[1])
-        charged = self.cost.seconds if self.modelled else seconds
+        charged = self.meter.charge(seconds)
         return verdict_from_answers(texts, self.feature, charged, flops, **detail)

@@ -31,6 +31,7 @@ from PIL import Image
 from ade_runtime.errors import BackboneUnavailableError, InputError
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
+from ade_runtime.verifiers.factory import CostMeter, Metered
 from ade_runtime.verifiers.viescore import BOX_FORMATS, questions, verdict_from_answers
 
 IMAGE_PAD = "<|image_pad|>"
@@ -159,7 +160,7 @@ class QwenVL:
         return Generation(answers, seen, n_in, n_out, time.monotonic() - t0)
 
 
-class QwenVLVerifier:
+class QwenVLVerifier(Metered):
     """Expensive verifier: VIEScore O / 10 from a local Qwen2-VL / Qwen2.5-VL (``vlm:<id or path>``).
 
     ``verify`` asks one attempt's two questions in one ``generate`` call; ``verify_batch`` asks
@@ -184,8 +185,7 @@ class QwenVLVerifier:
             raise InputError("vlm verifier: feature must be a non-empty score name")
         self.vlm, self.name, self.feature = vlm, name, feature
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.modelled = cost is not None  # a modelled cost is charged instead of the measured wall time
-        self.cost = cost or VerifierCost(source="measured wall time of each call")
+        self.meter = CostMeter(cost)  # a modelled cost is charged instead of the measured wall time
 
     @classmethod
     def from_pretrained(
@@ -210,12 +210,10 @@ class QwenVLVerifier:
         prompts = [q for src, att, instr in items for q in questions(instr, src, att, self.vlm.box_format)]
         gen = self.vlm.generate(prompts, self.max_new_tokens)
         n = len(items)
-        seconds = self.cost.seconds if self.modelled else gen.seconds / n
-        flops = (
-            self.cost.flops
-            if self.cost.flops is not None
-            else 2.0 * self.vlm.n_params * (gen.tokens_in + gen.tokens_out) / n
-        )
+        seconds = self.meter.charge(gen.seconds, calls=n)
+        flops = self.cost.flops
+        if flops is None:
+            flops = 2.0 * self.vlm.n_params * (gen.tokens_in + gen.tokens_out) / n
         return [
             verdict_from_answers(
                 gen.answers[2 * j : 2 * j + 2],

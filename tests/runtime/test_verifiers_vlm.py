@@ -102,6 +102,9 @@ def test_qwen_verifier_batches_and_a_random_model_gives_a_paid_verdict_without_s
         assert v.scores == {} and v.detail["failure"] == "malformed" and v.detail["raw"]
         assert v.seconds > 0 and v.flops > 0
     assert verdicts[0].seconds == verdicts[1].seconds  # one call's time split over its two attempts
+    # not modelled: the verifier's cost per call is the running mean of what it measured
+    assert not verifier.modelled and "measured" in verifier.cost.source
+    assert verifier.cost.seconds == pytest.approx(sum(v.seconds for v in verdicts) / 3)
     batch0 = calls[0]["prompt_tokens"] + calls[0]["new_tokens"]
     assert verdicts[0].flops == pytest.approx(2 * vlm.n_params * batch0 / 2)
 
@@ -112,6 +115,7 @@ def test_qwen_verifier_charges_a_modelled_cost_when_given():
     verifier = QwenVLVerifier(vlm, max_new_tokens=4, cost=VerifierCost(seconds=1.5, source="doc"))
     verdict = verifier.verify(*_images(), "x")
     assert verdict.seconds == 1.5 and verdict.scores[VLM_FEATURE] == pytest.approx(EXPECTED)
+    assert verifier.modelled and verifier.cost == VerifierCost(seconds=1.5, source="doc")
 
 
 def test_load_verifier_loads_a_saved_tiny_model_and_names_bad_directories(tmp_path):
