@@ -31,7 +31,7 @@ from ade_runtime.errors import InputError, VerifierError
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
 from ade_runtime.verifiers.factory import CostMeter, Metered
-from ade_runtime.verifiers.viescore import questions, verdict_from_answers, well_formed
+from ade_runtime.verifiers.viescore import BOX_FORMATS, questions, verdict_from_answers, well_formed
 
 
 class RateLimiter:
@@ -237,6 +237,8 @@ class OpenAIVerifier(Metered):
             api_key = os.environ.get("OPENAI_API_KEY", "")
         if max_tokens < 1 or not feature or (params is not None and not params > 0):
             raise InputError("openai verifier: need max_tokens >= 1, a non-empty feature and params > 0")
+        if box_format not in BOX_FORMATS:
+            raise InputError(f"openai verifier: box_format must be one of {BOX_FORMATS}, got {box_format!r}")
         self.client = ChatClient(base_url, model, api_key, **client)
         self.name, self.feature = name or f"openai:{model}", feature
         self.params, self.max_tokens, self.temperature, self.box_format = (
@@ -280,4 +282,4 @@ class OpenAIVerifier(Metered):
         if known:
             detail.update(tokens_in=tokens[0], tokens_out=tokens[1])
         charged = self.meter.charge(seconds)
-        return verdict_from_answers(texts, self.feature, charged, flops, **detail)
+        return verdict_from_answers(texts, self.feature, charged, flops, box_format=self.box_format, **detail)

@@ -220,6 +220,9 @@ class QwenVLVerifier(Metered):
                 self.feature,
                 seconds,
                 flops,
+                box_format=self.vlm.box_format,
+                height=gen.seen[2 * j][0],
+                width=gen.seen[2 * j][1],
                 tokens_in=gen.tokens_in // n,
                 tokens_out=gen.tokens_out // n,
             )

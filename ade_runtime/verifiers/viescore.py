@@ -228,11 +228,20 @@ def answer_flaws(
 
 
 def verdict_from_answers(
-    texts: list[str], feature: str, seconds: float, flops: float | None = None, **detail: Any
+    texts: list[str],
+    feature: str,
+    seconds: float,
+    flops: float | None = None,
+    *,
+    box_format: str = "unit",
+    width: float | None = None,
+    height: float | None = None,
+    **detail: Any,
 ) -> Verdict:
-    """A verifier's verdict from the SC / PQ answer texts: ``{feature: O / 10}``, or, for an answer
-    that is not the requested JSON, no scores and ``detail["failure"] = "malformed"`` (the call
-    was still paid for: ``seconds`` and ``flops`` are kept)."""
+    """A verifier's verdict from the SC / PQ answer texts: ``{feature: O / 10}`` with the sub-scores
+    and the flaws (boxes normalised to [0, 1]) in ``detail``; for an answer that is not the
+    requested JSON, no scores and ``detail["failure"] = "malformed"`` (the call was still paid
+    for: ``seconds`` and ``flops`` are kept)."""
     raw = "\n---\n".join(texts)
     try:
         sc, pq = parse_pair(texts)
@@ -241,4 +250,8 @@ def verdict_from_answers(
             {}, seconds, flops, {"failure": "malformed", "message": str(exc), "raw": raw, **detail}
         )
     score, sc_v, pq_v = overall(sc, pq)
-    return Verdict({feature: score}, seconds, flops, {"sc": sc_v, "pq": pq_v, "raw": raw, **detail})
+    flaws, _ = answer_flaws(sc, box_format, width, height)
+    found = [{"kind": f.kind, "box": list(f.box)} for f in flaws]
+    return Verdict(
+        {feature: score}, seconds, flops, {"sc": sc_v, "pq": pq_v, "flaws": found, "raw": raw, **detail}
+    )

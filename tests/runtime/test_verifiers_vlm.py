@@ -28,7 +28,7 @@ from ade_runtime.verifiers.editscore import EditScoreVerifier
 from ade_runtime.verifiers.http import OpenAIVerifier
 from ade_runtime.verifiers.qwen import QwenVL, QwenVLVerifier
 
-SC = {"score": [8, 9], "flaws": [], "reasoning": "ok"}
+SC = {"score": [8, 9], "flaws": [{"kind": "artifact", "box": [0.1, 0.2, 0.5, 0.6]}], "reasoning": "ok"}
 PQ = {"score": [9, 7], "reasoning": "fine"}
 EXPECTED = (8 * 7) ** 0.5 / 10  # VIEScore O / 10 = sqrt(min(SC) * min(PQ)) / 10
 
@@ -203,6 +203,7 @@ def test_openai_verifier_scores_through_the_endpoint_with_key_from_env(server, m
     assert {r[2] for r in server.requests} == {"Bearer sk-local"}
     assert {r[3] for r in server.requests} == {"editscore-7b"}
     assert (verdict.detail["tokens_in"], verdict.detail["tokens_out"]) == (200, 40)
+    assert verdict.detail["flaws"] == [{"kind": "artifact", "box": pytest.approx([0.1, 0.2, 0.5, 0.6])}]
     assert verdict.flops == pytest.approx(2 * 7e9 * 240)
     assert 0 < verdict.seconds < 5
 
