@@ -11,13 +11,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import argparse
 import json
 import sys
-import threading
 import time
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from helpers.chat_server import ChatHandler, serve
 from helpers.tiny_qwen import tiny_image_processor, tiny_model, tiny_tokenizer
 from PIL import Image
 
@@ -136,55 +135,31 @@ def test_load_verifier_loads_a_saved_tiny_model_and_names_bad_directories(tmp_pa
 # -- OpenAIVerifier against a loopback server ---------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+class _Handler(ChatHandler):
+    """Answers by the instruction: BADREQUEST -> 400, SLOW -> 0.5 s, MALFORMED -> prose, else SC / PQ."""
 
-    def do_POST(self):
+    def answer(self, n_images, text, body):
         srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = body["messages"][0]["content"]
-        n_images = sum(c["type"] == "image_url" for c in content)
-        text = next(c["text"] for c in content if c["type"] == "text")
         mode = text.rsplit("Editing instruction: ", 1)[-1] if n_images == 2 else srv.last
         with srv.lock:
             srv.requests.append((n_images, mode, self.headers.get("Authorization"), body["model"]))
             srv.last = mode
         if len(srv.requests) > 50:
-            return self._send(503, {"error": "runaway client"})
+            return self.send_json(503, {"error": "runaway client"})
         if mode == "BADREQUEST":
-            return self._send(400, {"error": "unknown model"})
+            return self.send_json(400, {"error": "unknown model"})
         if mode == "SLOW":
             time.sleep(0.5)
-        if mode == "MALFORMED":
-            answer = "looks good to me"
-        else:
-            answer = json.dumps(SC if n_images == 2 else PQ)
-        usage = {"prompt_tokens": 100, "completion_tokens": 20}
-        return self._send(200, {"choices": [{"message": {"content": answer}}], "usage": usage})
-
-    def _send(self, code, obj):
-        data = json.dumps(obj).encode()
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        self.send_answer(
+            "looks good to me" if mode == "MALFORMED" else json.dumps(SC if n_images == 2 else PQ)
+        )
 
 
 @pytest.fixture
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads, srv.block_on_close = True, False
-    srv.lock, srv.requests, srv.last = threading.Lock(), [], ""
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.base_url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Handler) as srv:
+        srv.last = ""
+        yield srv
 
 
 def _openai(server, **kw) -> OpenAIVerifier:
