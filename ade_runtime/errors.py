@@ -21,3 +21,14 @@ class InputError(ADEError, ValueError):
 
 class BackboneUnavailableError(ADEError, ImportError):
     """A backbone's library is not installed; the message names what to install."""
+
+
+class VerifierError(ADEError):
+    """A verifier call produced no score (unreadable answer, HTTP error after retries, timeout).
+
+    ``seconds`` is what the failed call cost, so that budgets can still charge it.
+    """
+
+    def __init__(self, message: str, seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.seconds = float(seconds)

@@ -4,7 +4,17 @@ See ``base.py`` for the protocol and docs/verifiers.md for the options and what 
 """
 
 from ade_runtime.verifiers.base import ScorerVerifier, Verdict, Verifier, VerifierCost, finite_scores
+from ade_runtime.verifiers.factory import SPEC_FORMS, load_verifier
 
 VLM_FEATURE = "vlm"  # the calibrator feature an expensive (VLM reward model) verifier writes
 
-__all__ = ["VLM_FEATURE", "ScorerVerifier", "Verdict", "Verifier", "VerifierCost", "finite_scores"]
+__all__ = [
+    "SPEC_FORMS",
+    "VLM_FEATURE",
+    "ScorerVerifier",
+    "Verdict",
+    "Verifier",
+    "VerifierCost",
+    "finite_scores",
+    "load_verifier",
+]

@@ -138,20 +138,6 @@ def make_label(
     )
 
 
-def valid_box(box: Any) -> tuple[float, float, float, float] | None:
-    """A normalised (x0, y0, x1, y1) box with 0 <= x0 < x1 <= 1 (same for y), or None."""
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        return None
-    try:
-        x0, y0, x1, y1 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        return None
-    vals = (x0, y0, x1, y1)
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in vals) or not (x0 < x1 and y0 < y1):
-        return None
-    return vals
-
-
 @dataclass
 class CostSummary:
     """Running totals over a judging run (and across resumed runs, rebuilt from the journal)."""

@@ -22,8 +22,9 @@ from typing import Any
 from ade_runtime.errors import InputError
 from ade_runtime.traces.records import Flaw
 from ade_runtime.traces.records import Judge as JudgeLabel
+from ade_runtime.verifiers.viescore import valid_box
 
-from .base import AttemptRef, JudgeFailure, JudgeItem, JudgeResult, make_label, valid_box
+from .base import AttemptRef, JudgeFailure, JudgeItem, JudgeResult, make_label
 from .viescore import DEFAULT_PASS_THRESHOLD
 
 KEY_COLUMNS = ("id", "candidate", "round", "reasoning_tokens")
