@@ -45,6 +45,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def check_verifier_args(args: argparse.Namespace) -> None:
+    """The cheap checks of the verifier options, before anything loads."""
+    from ade_runtime.verifiers.factory import check_spec
+
+    spec = (getattr(args, "verifier", None) or "none").strip()
+    if spec.lower() != "none":
+        check_spec(spec)
+
+
 def build_verifier(args: argparse.Namespace, **opts: Any) -> Verifier | None:
     """The verifier ``--verifier`` names, or None for ``none``; ``--device`` / ``--dtype`` (when the
     CLI has them) place a local VLM. Raises ``InputError`` (one line) for a bad combination."""

@@ -39,6 +39,7 @@ from ade_runtime.cli._io import (
     prepare_out_dir,
     reject_lines,
 )
+from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
@@ -125,8 +126,10 @@ def run_grid(
     seed: int,
     critique=None,
     scorer=None,
+    verifier=None,
 ) -> list[AttemptLog]:
-    """Every attempt of the grid for one request, in trace order."""
+    """Every attempt of the grid for one request, in trace order. ``verifier`` (an expensive verifier)
+    scores every attempt, so that replay can run the cascade at any band and charge each call."""
     state = backbone.prepare(request)
     logs: list[AttemptLog] = []
     for t in levels:
@@ -158,6 +161,10 @@ def run_grid(
                         entry.scores = {
                             k: float(v) for k, v in scorer(request.image, img, request.instruction).items()
                         }
+                    if verifier is not None:
+                        verdict = verifier.verify(request.image, img, request.instruction)
+                        entry.scores.update(verdict.scores)
+                        entry.verifier_calls.append(verdict.call_record(verifier.name, step.key))
                     if critique is not None:
                         crit = critique.predict(
                             request.image,
@@ -227,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     add_predictor_args(
         p, required=False, help="export directory whose critique writes the refinement prompts (OUT/export)"
     )
+    add_verifier_args(p)
     p.add_argument("--shard", default="0/1", help="k/n: take requests k, k+n, k+2n, ...")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     check_backbone_name(args.backbone)
     pipeline_kwargs(args)  # a JSON typo is refused before anything loads
+    check_verifier_args(args)
     k, n = parse_shard(args.shard)
     try:
         levels = sorted({int(x) for x in args.reasoning.split(",") if x.strip()})
@@ -286,6 +295,7 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
     critique = load_predictors(args, "ade-collect").critique if args.predictors else None
     backbone = build_backbone(args, "ade-collect")
     scorer = build_scorer(args, args.backbone)
+    verifier = build_verifier(args)
     written = 0
     with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
         for _, request in progress(todo_checked, desc="ade-collect"):
@@ -300,12 +310,21 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
                     seed=args.seed,
                     critique=critique,
                     scorer=scorer,
+                    verifier=verifier,
                 )
             except InputError as exc:  # the backbone refuses this request (e.g. prepare): skip it
                 print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
             errors = [{"key": list(e.step.key), "error": e.error} for e in logs if e.error]
+            if verifier is not None:  # what replay charges per call (verifier_seconds)
+                calls = [c for e in logs for c in e.verifier_calls]
+                request.meta["reward_model"] = {
+                    "name": verifier.name,
+                    "seconds_per_call": (sum(c["seconds"] for c in calls) / len(calls)) if calls else 0.0,
+                    "calls": len(calls),
+                    "cost_source": getattr(verifier.cost, "source", ""),
+                }
             record = build_record(
                 request,
                 logs,

@@ -30,6 +30,7 @@ from ade_runtime.cli._io import (
     prepare_out_dir,
     prepare_out_file,
 )
+from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor, EditResult, validate_request
 from ade_runtime.policy import POLICY_NAMES
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     add_predictor_args(
         p, required=True, help="export directory of `make train` (OUT/export; OUT itself works too)"
     )
+    add_verifier_args(p)
     p.add_argument("--image", required=True, help="source image (PNG/JPEG/WebP)")
     p.add_argument("--instruction", required=True, help="the edit instruction")
     p.add_argument(
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # everything cheap first: output paths, the image and the instruction, then predictors and backbone
     check_backbone_name(args.backbone)
     pipeline_kwargs(args)  # a JSON typo is refused before anything loads
+    check_verifier_args(args)
     out = prepare_out_file(args.out)
     if args.trace_dir:
         prepare_out_dir(args.trace_dir, "--trace-dir")
@@ -111,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     backbone = build_backbone(args, "ade-edit")
     request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
     scorer = build_scorer(args, args.backbone)
-    editor = AdaptiveEditor(backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed)
+    verifier = build_verifier(args)
+    editor = AdaptiveEditor(
+        backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed, verifier=verifier
+    )
     result = editor.edit(request)
     if result.image is None:
         print("ade-edit: every attempt failed; nothing to write (see the failures below)", file=sys.stderr)
@@ -132,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         f"budget {s['budget']} attempts, {s['attempts']} run ({s['pruned']} pruned), stopped: {s['stop_reason']}, "
         f"chosen {s['chosen']} with confidence {conf}, NFE {s['nfe']}"
     )
+    if result.verifier is not None:
+        v = result.verifier
+        print(
+            f"verifier {v['name']}: {len(result.verifier_calls)} call(s), {result.verifier_seconds:.2f} GPU-s"
+            + ("" if v["called"] else " (not called: the calibration does not read its score)")
+        )
     if result.image is not None:
         print(f"image written to {out}")
     if args.trace_dir:

@@ -69,6 +69,15 @@ class Metered:
         return self.meter.modelled
 
 
+def check_spec(spec: str) -> None:
+    """Refuse a malformed spec (one line) without loading anything."""
+    kind, sep, arg = (spec or "").strip().partition(":")
+    kind, arg = kind.lower(), arg.strip()
+    if (kind in ("vlm", "openai", "editscore") and arg) or (kind == "emulated" and not sep):
+        return
+    raise InputError(f"--verifier {spec!r} is not a verifier spec; use one of: {', '.join(SPEC_FORMS)}")
+
+
 def load_verifier(
     spec: str,
     *,

@@ -21,7 +21,7 @@ from ade_runtime.policy.signals import record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
 from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
-from ade_runtime.testbed.imageio import make_image
+from ade_runtime.testbed.imageio import make_image, save_png
 from ade_runtime.testbed.reward import (
     DEFAULT_PAIRWISE_ACCURACY,
     EmulatedRewardModel,
@@ -205,3 +205,43 @@ def test_emulated_reward_model_accuracy_on_the_fixture_and_its_errors():
         sharp.verify(plain, plain, "make it red")
     with pytest.raises(InputError, match="noise_sd"):
         EmulatedRewardModel(noise_sd=-1.0)
+
+
+def test_ade_edit_runs_the_cascade_and_ade_collect_scores_every_attempt(tmp_path, capsys):
+    import json
+
+    from ade_runtime.cli import collect, edit
+
+    export = tmp_path / "export"
+    cascade_calibrator().save_pretrained(export)
+    world = World(seed=8, size=64)
+    r = world.sample_request(np.random.default_rng(8))
+    src = tmp_path / "src.png"
+    save_png(make_image(r.source, r.source, world.size), src)
+    common = ["--backbone", "testbed", "--predictors", str(export), "--allow-fallback"]
+    rc = edit.main(
+        [*common, "--image", str(src), "--instruction", r.instruction, "--out", str(tmp_path / "o.png")]
+        + ["--trace-dir", str(tmp_path / "t"), "--verifier", "emulated", "--json"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "verifier emulated-vlm:" in out, out
+    records, _ = load_records(tmp_path / "t", images="none")
+    ade = records[0].meta["ade"]
+    assert ade["verifier"]["name"] == "emulated-vlm" and ade["verifier"]["called"] is True
+    assert len(ade["verifier_calls"]) == sum("vlm" in a.scores for a in records[0].attempts)
+    # a bad spec is one line, exit 2, before anything loads
+    assert edit.main([*common, "--image", str(src), "--instruction", "x", "--out", str(tmp_path / "p.png")]
+                     + ["--verifier", "gpt:nope"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "gpt:nope" in err and len(err.strip().splitlines()) == 1, err
+    # ade-collect with the verifier: every attempt carries its score, the cost per call is in meta
+    reqs = tmp_path / "requests.jsonl"
+    reqs.write_text(json.dumps({"id": "c0", "image": str(src), "instruction": r.instruction}) + "\n")
+    rc = collect.main(
+        ["--backbone", "testbed", "--requests", str(reqs), "--out", str(tmp_path / "c"), "--candidates", "2"]
+        + ["--rounds", "1", "--reasoning", "0", "--verifier", "emulated"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    (rec,), _ = load_records(tmp_path / "c", images="none")
+    assert all("vlm" in a.scores for a in rec.attempts)
+    assert rec.meta["reward_model"]["seconds_per_call"] == 1.0 and verifier_seconds([rec]) == 1.0
