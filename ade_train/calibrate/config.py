@@ -27,6 +27,8 @@ class CalibrateConfig:
     # collected for calibration alone, e.g. ade-collect with this export's critique writing the refinements)
     score_names: list[str] | None = None  # cheap signals; None = those every judged attempt has
     use_critique: bool = True  # use the exported critique's p_pass when OUT/export has one
+    use_verifier: bool = True  # read the expensive verifier's score (``vlm``) when the traces carry it
+    verify_s: float | None = None  # GPU-seconds per verifier call; None = the traces' meta.reward_model
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # methods compared on held-out data
     held_out_fraction: float = 0.3  # requests held out to choose the method
     min_isotonic_samples: int = 1000  # isotonic maps need at least this many fitting attempts
@@ -57,6 +59,8 @@ class CalibrateConfig:
             raise InputError(f"methods {self.methods}: choose a non-empty subset of {list(METHODS)}")
         if not 0.0 < self.held_out_fraction < 1.0:
             raise InputError(f"held_out_fraction={self.held_out_fraction}: use a value in (0, 1), e.g. 0.3")
+        if self.verify_s is not None and self.verify_s < 0:
+            raise InputError(f"verify_s={self.verify_s} must be >= 0 (GPU-seconds per verifier call)")
         for name in ("score_s", "critique_s", "preview_s", "C"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)} must be >= 0")

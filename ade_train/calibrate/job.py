@@ -25,7 +25,9 @@ import numpy as np
 
 from ade_runtime.artifacts import CARD_NAME, CRITIQUE_NAME, atomic_write_bytes
 from ade_runtime.errors import InputError, TraceError
+from ade_runtime.overhead import verifier_seconds
 from ade_runtime.policy import Overhead, cost_unit
+from ade_runtime.policy.signals import VLM_FEATURE
 from ade_runtime.predictors.calibration import CRITIQUE_FEATURE, CalibrationConfig, Calibrator
 from ade_runtime.traces.records import EditRecord
 from ade_train.calibrate.certified import certificate_metrics, certify_mask, run_certification
@@ -196,15 +198,20 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
     card, critique, notes = _load_predictors(export_dir, cfg.use_critique)
     table = build_signal_table(records, cfg.score_names, critique)
     notes += table.notes
-    cheap = table.score_names
-    primary_names = [*cheap, CRITIQUE_FEATURE] if critique is not None else list(cheap)
+    # the expensive verifier's score (a VLM reward model) is not a cheap signal: it is the cascade's
+    # second stage, read by the primary map only; the fallback map (cheap scores) is the first stage
+    cheap = [n for n in table.score_names if n != VLM_FEATURE]
+    expensive = [VLM_FEATURE] if cfg.use_verifier and VLM_FEATURE in table.score_names else []
+    if VLM_FEATURE in table.score_names and not cfg.use_verifier:
+        notes.append("use_verifier is off: the traces' vlm score is not a calibration input")
+    primary_names = [*cheap, *([CRITIQUE_FEATURE] if critique is not None else []), *expensive]
     # split discipline: the map is fitted on the fit part; the certify part only certifies thresholds
     cert_mask = certify_mask([r.id for r in records], cfg.certify_fraction, cfg.seed)
     certify_ids = {r.id for r, m in zip(records, cert_mask, strict=True) if m}
     fit_table = table.subset({r.id for r in records} - certify_ids)
     fitted = _fit_head(fit_table, primary_names, cfg)
     # the cheap-score fallback answers when the critique is missing (no image, pruned, failed)
-    cheap_fit = _fit_head(fit_table, cheap, cfg) if critique is not None and cheap else None
+    cheap_fit = _fit_head(fit_table, cheap, cfg) if (critique is not None or expensive) and cheap else None
     primary, fallback, map_warning = _choose_map(fitted, cheap_fit, list(cheap))
     warnings = [map_warning] if map_warning else []
     if map_warning:  # the exported map reads no critique: its "critique missing -> fallback" note is moot
@@ -228,7 +235,7 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
         calibrator,
         card,
         used_critique,
-        _overhead(cfg, used_critique),
+        _overhead(cfg, used_critique, records),
         list(cheap),
     )
     (warnings if decision.status != "certified" else notes).append(decision.text)
@@ -283,7 +290,7 @@ def _search(cfg: CalibrateConfig, records, table: SignalTable, calibrator, card,
         notes.append(
             "traces have no latency_s: compute is NFE, the modelled scoring/critique/preview seconds are not counted"
         )
-    overhead = _overhead(cfg, critique)
+    overhead = _overhead(cfg, critique, records)
     result = search_thresholds(
         records,
         table.signals(calibrator),
@@ -302,11 +309,13 @@ def _search(cfg: CalibrateConfig, records, table: SignalTable, calibrator, card,
     return result  # its warnings are printed in the summary, after certification decided which apply
 
 
-def _overhead(cfg: CalibrateConfig, critique) -> Overhead:
+def _overhead(cfg: CalibrateConfig, critique, records=()) -> Overhead:
+    verify_s = cfg.verify_s if cfg.verify_s is not None else verifier_seconds(records)
     return Overhead(
         score_s=cfg.score_s,
         critique_s=cfg.critique_s if critique is not None else 0.0,
         preview_s=cfg.preview_s,
+        verify_s=verify_s,
     )
 
 

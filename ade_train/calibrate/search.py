@@ -30,7 +30,7 @@ SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float]
 CardFn = Callable[[EditRecord], tuple[int, int]]
 # CARD's prediction for a record: anything with .quantile(q) -> attempts and .reasoning_tokens
 CardPredictFn = Callable[[EditRecord], Any]
-SEARCHED = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold")
+SEARCHED = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold", "verify_band")
 COLUMNS = (*SEARCHED, "default_budget", "use_card")  # what a candidate row records of its PolicyConfig
 
 
@@ -43,6 +43,7 @@ class SearchGrid:
     s_max: Sequence[int] = (1, 2, 3)
     card_quantile: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
     prune_threshold: Sequence[float | None] = (None, 0.05, 0.1, 0.2)
+    verify_band: Sequence[tuple[float, float] | None] = (None, (0.15, 0.85), (0.3, 0.7))  # with a verifier
     default_budget: Sequence[int] | None = (
         None  # searched instead of card_quantile without CARD; None = the grid's levels
     )
@@ -65,15 +66,26 @@ class SearchGrid:
                 raise ValueError(f"SearchGrid.{name} has values outside [0, 1]: {bad}")
         if any(q <= 0.0 for q in self.card_quantile):
             raise ValueError("SearchGrid.card_quantile values must be > 0")
+        self.verify_band = [None if b is None else (float(b[0]), float(b[1])) for b in self.verify_band]
+        if any(b is not None and not (0.0 <= b[0] <= b[1] <= 1.0) for b in self.verify_band):
+            raise ValueError(
+                f"SearchGrid.verify_band: bands are [low, high] in [0, 1], got {self.verify_band}"
+            )
         if any(int(s) < 1 for s in self.s_max):
             raise ValueError(f"SearchGrid.s_max values must be >= 1, got {list(self.s_max)}")
 
     def configs(
-        self, base: PolicyConfig, *, use_card: bool, use_prune: bool, levels: Sequence[int] = ()
+        self,
+        base: PolicyConfig,
+        *,
+        use_card: bool,
+        use_prune: bool,
+        levels: Sequence[int] = (),
+        use_verifier: bool = False,
     ) -> list[PolicyConfig]:
         """Every valid candidate. Without CARD the fixed attempt budget (``default_budget``: these values,
         else the budget ``levels`` the traces offer) is searched instead of the quantile; without
-        previews pruning stays off."""
+        previews pruning stays off; without an expensive verifier the cascade band is not searched."""
         quantiles = self.card_quantile if use_card else [base.card_quantile]
         budgets = (
             [base.default_budget]
@@ -81,9 +93,10 @@ class SearchGrid:
             else list(self.default_budget or levels or [base.default_budget])
         )
         prunes = self.prune_threshold if use_prune else [None]
+        bands = self.verify_band if use_verifier else [None]
         out = []
-        axes = itertools.product(self.tau_high, self.tau_low, self.s_max, quantiles, budgets, prunes)
-        for th, tl, s, q, b, pr in axes:
+        axes = itertools.product(self.tau_high, self.tau_low, self.s_max, quantiles, budgets, prunes, bands)
+        for th, tl, s, q, b, pr, vb in axes:
             if tl > th:
                 continue
             out.append(
@@ -96,6 +109,7 @@ class SearchGrid:
                     default_budget=int(b),
                     prune_threshold=None if pr is None else float(pr),
                     use_card=use_card,
+                    verify_band=vb,
                 )
             )
         return out
@@ -129,7 +143,8 @@ class SearchResult:
     def table_csv(self) -> str:
         """The candidates table as CSV text (one row per candidate, the chosen one flagged)."""
         cols = [*COLUMNS, "mean_score", "pass_rate", "compute", "nfe_per_request"]
-        cols += ["gpu_seconds_per_request", "attempts_per_request", "incomplete", "feasible", "chosen"]
+        cols += ["gpu_seconds_per_request", "attempts_per_request", "verifier_calls_per_request"]
+        cols += ["incomplete", "feasible", "chosen"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -207,7 +222,11 @@ def search_thresholds(
     rows: list[dict[str, Any]] = []
     outcomes: list[list[Outcome]] = []
     levels = budget_levels(records)
-    configs = grid.configs(base, use_card=card is not None, use_prune=use_prune, levels=levels)
+    # signals with a first-stage confidence mean an expensive verifier in the stack: search the cascade band
+    use_verifier = any(len(sig) > 2 and sig[2] is not None for sig in cache.values())
+    configs = grid.configs(
+        base, use_card=card is not None, use_prune=use_prune, levels=levels, use_verifier=use_verifier
+    )
     for cfg in configs:
         # a card quantile is baked into the per-record budget: recompute the budget for this q
         card_q = _card_at(cards, cfg.card_quantile) if card is not None else None
