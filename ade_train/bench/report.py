@@ -97,6 +97,32 @@ def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None 
                 "why": "share",
             }
         )
+    share = (live or {}).get("verifier_call_share")
+    if share is not None and "ade" in live:
+        d = live["ade"].get("vs_best_of_8") or {}
+        out.append(
+            {
+                "target": "live loop: the cascade makes <= 1/3 of best_of_8's expensive-verifier calls "
+                "(at a quality within the interval)",
+                "value": f"{live['ade']['verifier_calls_per_request']:.2f} vs "
+                f"{live['best_of_8']['verifier_calls_per_request']:.2f} calls per request ({100 * share:.0f}%); "
+                f"quality {d.get('diff', 0):+.3f} [{d.get('lo', 0):+.3f}, {d.get('hi', 0):+.3f}]",
+                "met": share <= 1 / 3 and d.get("hi", -1.0) >= 0.0,  # level with best_of_8, or better
+                "gap": 1 / 3 - share,
+            }
+        )
+    ns = [("single", 1), ("best_of_2", 2), ("best_of_4", 4), ("best_of_8", 8)]
+    bon = [(n, pol[k]["mean_score"]) for k, n in ns if "mean_score" in pol.get(k, {})]
+    if len(bon) == len(ns):
+        drops = [bon[i][1] - bon[i + 1][1] for i in range(len(bon) - 1)]
+        out.append(
+            {
+                "target": "replay: Best-of-N by the calibrated confidence is non-decreasing in N (1, 2, 4, 8)",
+                "value": ", ".join(f"N={n}: {s:.3f}" for n, s in bon),
+                "met": all(d <= 0 for d in drops),
+                "gap": -max(drops),
+            }
+        )
     ade, b8, orc = pol.get("ade", {}), pol.get("best_of_8", {}), pol.get("oracle", {})
     if "mean_score" in ade and "mean_score" in b8:
         d = ade.get("vs_best_of_8") or {}

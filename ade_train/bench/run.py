@@ -91,7 +91,8 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
         (req_dir / "requests.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     common = ["--backbone", "testbed", "--requests", str(req_dir / "requests.jsonl"), "--out", str(collected)]
     _run([str(BIN / "ade-collect"), *common, "--candidates", "8", "--rounds", "3", "--reasoning", "0,512",
-          "--predictors", str(pred_dir / "export"), "--seed", str(seed)])  # fmt: skip
+          "--predictors", str(pred_dir / "export"), "--seed", str(seed),
+          "--verifier", "emulated"])  # fmt: skip
     if not judged.exists():
         _run(
             [
@@ -127,7 +128,10 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
     """ADE and Best-of-8 on the same fresh requests from a shifted world, judged exactly, paired.
 
     GPU-seconds are the backbone's modelled seconds plus the modelled cost of every check the loop made
-    (scores and critique of each finished attempt, each preview), the same ``Overhead`` replay charges.
+    (scores and critique of each finished attempt, each preview, each call of the expensive verifier),
+    the same ``Overhead`` replay charges. Every run has the same verifier stack (the testbed's EMULATED
+    VLM reward model): Best-of-8 checks each candidate with it, ADE only inside its certified band;
+    ``best_of_8_cheap`` is Best-of-8 without it (cheap signals only), for what the verifier buys.
     """
     from ade_runtime.backbones.base import EditRequest
     from ade_runtime.loop import AdaptiveEditor
@@ -136,6 +140,7 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
     from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
     from ade_runtime.testbed.costs import get_cost
     from ade_runtime.testbed.imageio import make_image
+    from ade_runtime.testbed.reward import EmulatedRewardModel
 
     world = World(seed=seed, clutter=(2, 8))
     rng = np.random.default_rng(seed)
@@ -144,19 +149,23 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
     out = {}
     # "ade_no_refine": the calibrated policy with S_max = 1, i.e. fresh candidates instead of critique-led
     # refinement rounds; it isolates what the critique's feedback buys (or costs) live.
+    reward = EmulatedRewardModel()
     runs = {
-        "best_of_8": (predictors, "best_of_8"),
-        "ade": (predictors, "ade"),
-        "ade_no_refine": (predictors, replace(predictors.policy, s_max=1)),
+        "best_of_8": (predictors, "best_of_8", reward),
+        "best_of_8_cheap": (predictors, "best_of_8", None),
+        "ade": (predictors, "ade", reward),
+        "ade_no_refine": (predictors, replace(predictors.policy, s_max=1), reward),
     }
     for name, preds in (extra or {}).items():
-        runs[name] = (preds, "ade")
+        runs[name] = (preds, "ade", reward)
     per_request: dict[str, list[float]] = {}
-    for name, (preds, policy) in runs.items():
+    for name, (preds, policy, verifier) in runs.items():
         backbone = SyntheticBackbone()
         ov = overhead_for("bagel", critique=preds.critique is not None, seconds_per_nfe=cost.s_per_nfe)
-        editor = AdaptiveEditor(backbone, preds, policy=policy, scorer=online_scores, seed=seed)
-        scores, passed, nfe, secs, overhead = [], [], [], [], []
+        editor = AdaptiveEditor(
+            backbone, preds, policy=policy, scorer=online_scores, seed=seed, verifier=verifier
+        )
+        scores, passed, nfe, secs, overhead, calls = [], [], [], [], [], []
         for i, r in enumerate(progress(reqs, desc=f"live {name}")):
             src = make_image(r.source, r.source, world.size)
             res = editor.edit(EditRequest(src, r.instruction, f"live-{i}", r.category))
@@ -169,8 +178,9 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
                 a for a in res.attempts if a.output is not None and a.output.preview_image is not None
             ]
             checks = len(done) * (ov.score_s + ov.critique_s) + len(previews) * ov.preview_s
-            secs.append(res.backbone_seconds + checks)
+            secs.append(res.backbone_seconds + checks + res.verifier_seconds)
             overhead.append(res.overhead_seconds)
+            calls.append(len(res.verifier_calls))
         per_request[name] = scores
         out[name] = {
             "requests": n,
@@ -179,6 +189,8 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
             "nfe_per_request": float(np.mean(nfe)),
             "modelled_gpu_seconds_per_request": float(np.mean(secs)),
             "controller_cpu_ms_per_request": 1000 * float(np.mean(overhead)),
+            "verifier_calls_per_request": float(np.mean(calls)),
+            "verifier": None if verifier is None else verifier.name,
         }
     for name, scores in per_request.items():
         out[name]["vs_best_of_8"] = paired_difference(scores, per_request["best_of_8"]).to_dict()
@@ -187,6 +199,8 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
             / out["best_of_8"]["modelled_gpu_seconds_per_request"]
         )
     out["speedup_nfe"] = out["best_of_8"]["nfe_per_request"] / max(out["ade"]["nfe_per_request"], 1e-9)
+    b8_calls = out["best_of_8"]["verifier_calls_per_request"]
+    out["verifier_call_share"] = out["ade"]["verifier_calls_per_request"] / b8_calls if b8_calls else None
     return out
 
 
@@ -325,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     replay = evaluate(
         records,
         predictors,
-        list(POLICY_NAMES),
+        [*POLICY_NAMES, "best_of_2"],
         desc="bench replay",
         ci=0.9,
         ade_policies=target_curve(loop_export),
