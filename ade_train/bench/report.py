@@ -302,6 +302,11 @@ def write_report(out_dir: Path, results: dict) -> Path:
     lines += ["### Per category", "", category_table(replay), "", "![per category](categories.png)", ""]
     if "live" in results:
         lines += live_section(results["live"])
+    if results.get("pixels_only"):
+        po = results["pixels_only"]
+        lines += ["## The same replay with clip_t pixels only (its judge term off)", "", po["note"] + ".", ""]
+        lines += [f"Calibration: {po['certificate'].get('text') or po['certificate'].get('status')}", ""]
+        lines += replay_ci_table(po) + [""]
     if results.get("card_ablation"):
         ab = results["card_ablation"]
         lines += [

@@ -390,6 +390,15 @@ def main(argv: list[str] | None = None) -> int:
     results["live"] = live_loop(
         predictors, args.live_requests, args.seed + 2002, {"ade_make_train": default_preds}
     )
+    from ade_train.bench import judge_term
+
+    results["pixels_only"] = judge_term.run(
+        data.parent / f"bench-closed-loop-{n_loop}" / "judged",
+        loop_export,
+        records,
+        data.parent / "bench-pixels-only",
+        ["single", "best_of_2", "best_of_4", "best_of_8", "ade"],
+    )
     results["controller"] = controller_timing(predictors, data)
     ana = analytic_overhead("flux-kontext")
     results["analytic"] = ana.to_dict()
