@@ -141,7 +141,7 @@ NO_CONFIDENCE = (
 
 def format_table(result: dict, markdown: bool = False) -> str:
     """The policy comparison as a fixed-width text table, or as the Markdown table of the bench report."""
-    cols = ("policy", "score", "pass", "NFE/req", "GPU-s/req", "x vs Bo8")
+    cols = ("policy", "score", "pass", "NFE/req", "GPU-s/req", "x vs Bo8", "verif/req")
     if markdown:
         cols = (
             "policy",
@@ -150,10 +150,11 @@ def format_table(result: dict, markdown: bool = False) -> str:
             "NFE / request",
             "GPU-s / request",
             "speed-up vs Best-of-8 (NFE)",
+            "verifier calls / request",
         )
-        lines = ["| " + " | ".join(cols) + " |", "|---|---:|---:|---:|---:|---:|"]
+        lines = ["| " + " | ".join(cols) + " |", "|---|---:|---:|---:|---:|---:|---:|"]
     else:
-        head = f"{cols[0]:<18} {cols[1]:>7} {cols[2]:>7} {cols[3]:>9} {cols[4]:>10} {cols[5]:>9}"
+        head = f"{cols[0]:<18} {cols[1]:>7} {cols[2]:>7} {cols[3]:>9} {cols[4]:>10} {cols[5]:>9} {cols[6]:>9}"
         if any("vs_best_of_8" in s for s in result["policies"].values()):
             level = next(
                 s["vs_best_of_8"]["level"] for s in result["policies"].values() if "vs_best_of_8" in s
@@ -172,14 +173,14 @@ def format_table(result: dict, markdown: bool = False) -> str:
         if markdown:
             lines.append(
                 f"| `{name}` | {s['mean_score']:.3f} | {s['pass_rate']:.3f} | {s['nfe_per_request']:.1f} | "
-                f"{gs_text} | {'-' if not sp else f'{sp:.2f}x'} |"
+                f"{gs_text} | {'-' if not sp else f'{sp:.2f}x'} | {s.get('verifier_calls_per_request', 0):.2f} |"
             )
             continue
         vs = s.get("vs_best_of_8")
         vs_text = "" if not vs else f"  {vs['diff']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}] {vs['verdict']}"
         lines.append(
             f"{name:<18} {s['mean_score']:>7.3f} {s['pass_rate']:>7.3f} {s['nfe_per_request']:>9.1f} "
-            f"{gs_text:>10} {(f'{sp:.2f}' if sp else '-'):>9}{vs_text}"
+            f"{gs_text:>10} {(f'{sp:.2f}' if sp else '-'):>9} {s.get('verifier_calls_per_request', 0):>9.2f}{vs_text}"
         )
         if "note" in s:
             lines.append(f"{'':<18} note: {s['note']}")
