@@ -41,6 +41,18 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _run_shards(cmd: list[str], shards: int) -> None:
+    """``cmd --shard k/shards`` for every k side by side (ade-collect's sharding), failing if any fails."""
+    procs = []
+    for k in range(shards):
+        full = [*cmd, "--shard", f"{k}/{shards}"]
+        print("+", " ".join(full), file=sys.stderr, flush=True)
+        procs.append(subprocess.Popen(full))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise subprocess.CalledProcessError(max(codes), cmd)
+
+
 def ensure_data(path: Path, args: list[str]) -> None:
     if not (path / ".complete").exists():
         _run([str(BIN / "ade-testbed"), "generate", "--out", str(path), *args])
@@ -90,9 +102,9 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
             )
         (req_dir / "requests.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     common = ["--backbone", "testbed", "--requests", str(req_dir / "requests.jsonl"), "--out", str(collected)]
-    _run([str(BIN / "ade-collect"), *common, "--candidates", "8", "--rounds", "3", "--reasoning", "0,512",
-          "--predictors", str(pred_dir / "export"), "--seed", str(seed),
-          "--verifier", "emulated"])  # fmt: skip
+    collect = [str(BIN / "ade-collect"), *common, "--candidates", "8", "--rounds", "3", "--reasoning", "0,512",
+               "--predictors", str(pred_dir / "export"), "--seed", str(seed), "--verifier", "emulated"]  # fmt: skip
+    _run_shards(collect, shards=2)  # one shard per core; each resumes on its own
     if not judged.exists():
         _run(
             [
