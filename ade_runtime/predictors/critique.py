@@ -14,7 +14,8 @@ loads it with ``CritiquePredictor.from_pretrained(export_dir)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,42 @@ class CritiqueConfig(ArtifactConfig):
     encoder_trained: bool = _arg(
         "the image encoder was trained: its weights are in the artifact", default=False
     )
+    pixel_diff: bool = _arg(
+        "each patch also reads its pooled |attempt - source| pixels (mean per channel, max); "
+        "old artifacts: False",
+        default=False,
+    )
+    score_inputs: tuple[str, ...] = _arg(
+        "cheap scores of the attempt (e.g. clip_i, clip_t) the pass read-out also reads; a missing one "
+        "is masked (the head was trained with them dropped at random), () = images and text only",
+        default=(),
+    )
+    score_mean: tuple[float, ...] = _arg(
+        "per score_inputs entry, its training mean (scores are standardised); () = 0", default=()
+    )
+    score_std: tuple[float, ...] = _arg(
+        "per score_inputs entry, its training standard deviation; () = 1", default=()
+    )
+    refine_threshold: float = _arg(
+        "pointing confidence at or above which a failing attempt is refined rather than replaced by a "
+        "fresh candidate (should_refine); 0 = always refine, fitted by ade-train refine-rule",
+        default=0.0,
+    )
 
     def __post_init__(self) -> None:
         self.kinds = tuple(str(k) for k in self.kinds)
+        self.score_inputs = tuple(str(k) for k in self.score_inputs)
+        if len(set(self.score_inputs)) != len(self.score_inputs) or not all(self.score_inputs):
+            raise InputError(
+                f"CritiqueConfig.score_inputs={self.score_inputs!r}: give unique non-empty names"
+            )
+        n_scores = len(self.score_inputs)
+        self.score_mean = tuple(float(v) for v in self.score_mean) or (0.0,) * n_scores
+        self.score_std = tuple(float(v) for v in self.score_std) or (1.0,) * n_scores
+        if len(self.score_mean) != n_scores or len(self.score_std) != n_scores:
+            raise InputError("CritiqueConfig.score_mean/score_std: give one value per score_inputs entry")
+        if not all(v > 0 and math.isfinite(v) for v in self.score_std):
+            raise InputError(f"CritiqueConfig.score_std={self.score_std!r}: must be positive")
         self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
         kinds = self.kinds
         if not kinds or len(set(kinds)) != len(kinds) or NONE_KIND in kinds or not all(kinds):
@@ -79,7 +113,7 @@ class CritiqueConfig(ArtifactConfig):
             raise InputError(f"CritiqueConfig.n_blocks={self.n_blocks!r}: must be >= 0")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise InputError(f"CritiqueConfig.grid={self.grid!r}: must be (rows, cols) with both >= 1")
-        for name in ("dropout", "pass_threshold", "mask_threshold"):
+        for name in ("dropout", "pass_threshold", "mask_threshold", "refine_threshold"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"CritiqueConfig.{name}={value!r}: must lie in [0, 1]")
@@ -89,6 +123,34 @@ class CritiqueConfig(ArtifactConfig):
             raise InputError(
                 f"CritiqueConfig.attention_combine={self.attention_combine!r}: use one of {COMBINE_MODES}"
             )
+
+
+PIXEL_DIFF_DIM = 4  # per patch: mean |attempt - source| of R, G, B and the max over the patch
+_PIXELS_PER_CELL = 8  # resolution of the pixel difference: 8 x 8 pixels per patch
+
+
+def patch_pixel_diff(
+    source: Image.Image, attempt: Image.Image, grid: tuple[int, int], window: tuple[float, ...] = (0, 0, 1, 1)
+) -> np.ndarray:
+    """[rows * cols, 4] float32: |attempt - source| in [0, 1] on the encoder's patch grid.
+
+    Both images are cropped to the encoder's view ``window`` (``crop_window``) and resized to
+    8 x 8 pixels per patch (area averaging); per patch the mean difference of each channel and the max over all.
+    The difference maps the gradient-boosted-trees baseline reads, given to every patch.
+    """
+    rows, cols = grid
+    size = (cols * _PIXELS_PER_CELL, rows * _PIXELS_PER_CELL)
+
+    def view(im: Image.Image) -> np.ndarray:
+        w, h = im.size
+        box = (window[0] * w, window[1] * h, window[2] * w, window[3] * h)
+        return np.asarray(im.convert("RGB").resize(size, Image.BOX, box=box), np.float32) / 255.0
+
+    diff = np.abs(view(attempt) - view(source))  # [H, W, 3]
+    cells = diff.reshape(rows, _PIXELS_PER_CELL, cols, _PIXELS_PER_CELL, 3)
+    mean = cells.mean(axis=(1, 3)).reshape(rows * cols, 3)
+    peak = cells.max(axis=(1, 3, 4)).reshape(rows * cols, 1)
+    return np.concatenate([mean, peak], axis=1).astype(np.float32)
 
 
 class _PatchBlock(nn.Module):
@@ -121,7 +183,8 @@ class CritiqueHead(nn.Module):
         super().__init__()
         self.config = config
         d, h = config.token_dim, config.hidden
-        self.token_in = nn.Sequential(nn.LayerNorm(3 * d + 2), nn.Linear(3 * d + 2, h), nn.GELU())
+        n_in = 3 * d + 2 + (PIXEL_DIFF_DIM if config.pixel_diff else 0)
+        self.token_in = nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, h), nn.GELU())
         self.text_film = nn.Linear(config.text_dim, 2 * h)
         self.blocks = nn.ModuleList(_PatchBlock(h, config.dropout) for _ in range(config.n_blocks))
         self.norm = nn.LayerNorm(h)
@@ -130,7 +193,13 @@ class CritiqueHead(nn.Module):
         # a linear read-out, heavy dropout on the pooled patch features (not on the change statistics):
         # otherwise the pass logit memorises the training requests (held-out AUROC ~0.5 on the testbed)
         self.pass_drop = nn.Dropout(0.5)
-        self.pass_out = nn.Linear(3 * h + 4, 1)
+        n_scores = len(config.score_inputs)
+        # each cheap score with its "present" flag, mixed non-linearly (absent when score_inputs is empty)
+        self.score_in = nn.Sequential(nn.Linear(2 * n_scores, 16), nn.GELU()) if n_scores else None
+        n_stats = 4 + (2 * PIXEL_DIFF_DIM if config.pixel_diff else 0)
+        # the standardised scores also go straight to the read-out: a logistic on them is one step away
+        n_score_feats = 16 + 2 * n_scores if n_scores else 0
+        self.pass_out = nn.Linear(3 * h + n_stats + n_score_feats, 1)
 
     def forward(
         self,
@@ -138,8 +207,14 @@ class CritiqueHead(nn.Module):
         source_tokens: torch.Tensor,
         text_features: torch.Tensor,
         grid: tuple[int, int] | None = None,
+        scores: torch.Tensor | None = None,
+        pixel_diff: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (pass logits [B], flaw logits [B, P, 1 + K]; class 0 is "none")."""
+        """Return (pass logits [B], flaw logits [B, P, 1 + K]; class 0 is "none").
+
+        ``scores``: [B, len(config.score_inputs)], NaN where a score is missing (None: all missing).
+        ``pixel_diff``: [B, P, 4] from ``patch_pixel_diff``, required when ``config.pixel_diff``.
+        """
         grid = tuple(grid or self.config.grid)  # type: ignore[assignment]
         b, p, d = attempt_tokens.shape
         if (
@@ -156,7 +231,14 @@ class CritiqueHead(nn.Module):
         change = torch.stack(
             [diff.norm(dim=-1) / d**0.5, F.cosine_similarity(attempt_tokens, source_tokens, dim=-1)], -1
         )
-        x = self.token_in(torch.cat([attempt_tokens, source_tokens, diff, change], dim=-1))
+        parts = [attempt_tokens, source_tokens, diff, change]
+        if self.config.pixel_diff:
+            if pixel_diff is None or pixel_diff.shape != (b, p, PIXEL_DIFF_DIM):
+                got = None if pixel_diff is None else tuple(pixel_diff.shape)
+                raise InputError(f"critique head: pixel_diff {got} must be [B, {p}, {PIXEL_DIFF_DIM}]")
+            pixel_diff = pixel_diff.to(attempt_tokens.dtype)
+            parts.append(pixel_diff)
+        x = self.token_in(torch.cat(parts, dim=-1))
         gamma, beta = self.text_film(text_features).unsqueeze(1).chunk(2, dim=-1)
         x = x * (1 + gamma) + beta
         for block in self.blocks:
@@ -165,9 +247,23 @@ class CritiqueHead(nn.Module):
         weights = torch.softmax(self.pool_score(x).squeeze(-1), dim=1)
         # pooled change statistics go straight to the pass head: how much changed, and the most
         stats = torch.cat([change.mean(1), change.amax(1)], -1)
+        if self.config.pixel_diff:
+            stats = torch.cat([stats, pixel_diff.mean(1), pixel_diff.amax(1)], -1)
         trunk = torch.cat([(weights.unsqueeze(-1) * x).sum(1), x.mean(1), x.amax(1)], -1)
-        pooled = torch.cat([self.pass_drop(trunk), stats], dim=-1)
-        return self.pass_out(pooled).squeeze(-1), self.flaw_out(x)
+        pooled = [self.pass_drop(trunk), stats]
+        if self.score_in is not None:
+            n_scores = len(self.config.score_inputs)
+            if scores is None:
+                scores = torch.full((b, n_scores), float("nan"), device=x.device, dtype=x.dtype)
+            if scores.shape != (b, n_scores):
+                raise InputError(f"critique head: scores {tuple(scores.shape)} must be [B, {n_scores}]")
+            present = torch.isfinite(scores)
+            mean = torch.tensor(self.config.score_mean, device=x.device, dtype=x.dtype)
+            std = torch.tensor(self.config.score_std, device=x.device, dtype=x.dtype)
+            z = torch.where(present, (scores.to(x.dtype) - mean) / std, torch.zeros_like(mean))
+            feats = torch.cat([z, present.to(x.dtype)], -1)
+            pooled += [self.score_in(feats), feats]
+        return self.pass_out(torch.cat(pooled, dim=-1)).squeeze(-1), self.flaw_out(x)
 
 
 @dataclass
@@ -193,6 +289,18 @@ class Critique:
     def box(self) -> tuple[float, float, float, float] | None:
         """Box of the most confident flaw (normalised x0, y0, x1, y1), None when no flaw was found."""
         return self.flaws[0].box if self.flaws else None
+
+    @property
+    def pointing_confidence(self) -> float:
+        """How sure the critique is of where the flaw is: the top region's max P(any flaw), 0 without one."""
+        return float(self.flaw_scores[0]) if self.flaw_scores else 0.0
+
+
+def should_refine(critique: Critique, threshold: float) -> bool:
+    """After a failing attempt: refine it with the critique's feedback (True) or sample a fresh
+    candidate (False). Refinement pays off when the critique knows where the flaw is, so the rule
+    is ``critique.pointing_confidence >= threshold``; threshold 0 always refines."""
+    return critique.pointing_confidence >= float(threshold)
 
 
 def _check_attention_mask(mask: Any, height: int, width: int) -> np.ndarray:
@@ -229,16 +337,48 @@ class CritiquePredictor:
     def config(self) -> CritiqueConfig:
         return self.head.config
 
+    def should_refine(self, critique: Critique) -> bool:
+        """``should_refine(critique, config.refine_threshold)``: refine, or start a fresh candidate."""
+        return should_refine(critique, self.config.refine_threshold)
+
     def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> CritiquePredictor:
         """Run the head on ``device`` (the encoders keep the device of their own spec); returns self."""
         self.head.to(device=device, dtype=dtype)
         return self
 
     def predict(
-        self, source: Image.Image, output: Image.Image, instruction: str, attention_mask: Any = None
+        self,
+        source: Image.Image,
+        output: Image.Image,
+        instruction: str,
+        attention_mask: Any = None,
+        scores: Mapping[str, float] | None = None,
     ) -> Critique:
-        """Critique one attempt; ``attention_mask`` (H x W in [0, 1], e.g. SRM) joins the region mask."""
-        return self.predict_batch([source], [output], [instruction], [attention_mask])[0]
+        """Critique one attempt; ``attention_mask`` (H x W in [0, 1], e.g. SRM) joins the region mask.
+
+        ``scores``: the attempt's cheap scores (e.g. ``attempt.scores``); the head reads those named by
+        ``config.score_inputs`` and treats the missing ones as absent.
+        """
+        return self.predict_batch([source], [output], [instruction], [attention_mask], [scores])[0]
+
+    def _score_tensor(self, scores: Sequence[Mapping[str, float] | None] | None, n: int) -> torch.Tensor:
+        names = self.config.score_inputs
+        rows = list(scores) if scores is not None else [None] * n
+        if len(rows) != n:
+            raise InputError("predict_batch: give one scores mapping (or None) per attempt")
+        out = torch.full((n, len(names)), float("nan"))
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            if not isinstance(row, Mapping):
+                raise InputError(
+                    f"scores[{i}] must be a mapping of score name to value, got {type(row).__name__}"
+                )
+            for j, name in enumerate(names):
+                value = row.get(name)
+                if value is not None and math.isfinite(float(value)):
+                    out[i, j] = float(value)
+        return out
 
     @torch.no_grad()
     def predict_batch(
@@ -247,6 +387,7 @@ class CritiquePredictor:
         outputs: Sequence[Image.Image],
         instructions: Sequence[str],
         attention_masks: Sequence[Any] | None = None,
+        scores: Sequence[Mapping[str, float] | None] | None = None,
     ) -> list[Critique]:
         n = len(outputs)
         attention_masks = list(attention_masks) if attention_masks is not None else [None] * n
@@ -262,7 +403,21 @@ class CritiquePredictor:
         ref = next(self.head.parameters())
         tokens = self.image_encoder.encode_patches(srcs + outs).to(device=ref.device, dtype=ref.dtype)
         text = self.text_encoder.encode(list(instructions)).to(device=ref.device, dtype=ref.dtype)
-        pass_logit, flaw_logits = self.head(tokens[n:], tokens[:n], text)
+        score_t = self._score_tensor(scores, n).to(device=ref.device, dtype=ref.dtype)
+        pixel_diff = None
+        if self.config.pixel_diff:
+            grid = tuple(self.config.grid)
+            pixel_diff = torch.from_numpy(
+                np.stack(
+                    [
+                        patch_pixel_diff(s, o, grid, crop_window(self.image_encoder, *o.size))
+                        for s, o in zip(srcs, outs, strict=True)
+                    ]
+                )
+            ).to(device=ref.device, dtype=ref.dtype)
+        pass_logit, flaw_logits = self.head(
+            tokens[n:], tokens[:n], text, scores=score_t, pixel_diff=pixel_diff
+        )
         p_pass = torch.sigmoid(pass_logit.float()).cpu().numpy()
         probs = torch.softmax(flaw_logits.float(), dim=-1)[..., 1:].cpu().numpy()  # drop "none"
         return [
