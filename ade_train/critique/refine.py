@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ade_runtime.errors import ADEError, InputError, TraceError
 from ade_runtime.traces import TraceDataset
 from ade_runtime.traces.records import EditRecord
+from ade_train.critique.data import _open
 
 METRICS = ("score", "pass")
 
@@ -56,11 +56,6 @@ class RefineCase:
 
 def _outcome(judge: Any, metric: str) -> float:
     return float(judge.score) if metric == "score" else float(bool(judge.passed))
-
-
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def refine_cases(
