@@ -16,6 +16,7 @@ COMMANDS = {
     "card": ("ade_train.card", "train CARD (budget predictor) on a trace dataset and export it"),
     "critique": ("ade_train.critique", "train the DINOv2 critique head and export it"),
     "calibrate": ("ade_train.calibrate", "fit the confidence calibration and policy thresholds"),
+    "refine-rule": ("ade_train.critique.refine", "fit when the critique refines instead of sampling afresh"),
 }
 
 USAGE = "usage: ade-train {" + ",".join(COMMANDS) + "} [options]   (ade-train COMMAND --help for options)"

@@ -171,6 +171,7 @@ def run_grid(
                             img,
                             request.instruction,
                             attention_mask=entry.output.attention_mask,
+                            scores=entry.scores,
                         )
                         entry.critique_p, entry.feedback, entry.mask = (
                             float(crit.p_pass),

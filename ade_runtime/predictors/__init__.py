@@ -21,6 +21,7 @@ _EXPORTS = {
     "CritiquePredictor": "critique",
     "CritiqueConfig": "critique",
     "Critique": "critique",
+    "should_refine": "critique",
     "Calibrator": "calibration",
     "CalibrationConfig": "calibration",
     "RequestFeaturizer": "features",

@@ -14,7 +14,8 @@ loads it with ``CritiquePredictor.from_pretrained(export_dir)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,14 @@ from torch.nn import functional as F
 
 from ade_runtime.artifacts import CRITIQUE_KIND
 from ade_runtime.errors import ArtifactError, InputError
-from ade_runtime.predictors.config_base import ArtifactConfig
-from ade_runtime.predictors.config_base import config_field as _arg
+from ade_runtime.predictors.critique_head import (  # noqa: F401  (re-exported: the structure lives there)
+    COMBINE_MODES,
+    NONE_KIND,
+    PIXEL_DIFF_DIM,
+    CritiqueConfig,
+    CritiqueHead,
+    patch_pixel_diff,
+)
 from ade_runtime.predictors.regions import (  # noqa: F401  (re-exported: the head's public helpers)
     crop_window,
     flaw_regions,
@@ -37,137 +44,6 @@ from ade_runtime.predictors.regions import (  # noqa: F401  (re-exported: the he
     to_view,
 )
 from ade_runtime.traces.records import Flaw
-
-NONE_KIND = "none"  # index 0 of the per-patch classes: "no flaw here"
-COMBINE_MODES = ("union", "intersect")
-
-
-@dataclass
-class CritiqueConfig(ArtifactConfig):
-    """Structure of a critique head; saved as the artifact's config (JSON)."""
-
-    kinds: tuple[str, ...] = _arg("flaw vocabulary learned from the data (without 'none')")
-    token_dim: int = _arg("width D of the image encoder's patch tokens")
-    text_dim: int = _arg("width of the instruction features from the text encoder")
-    grid: tuple[int, int] = _arg("patch grid (rows, cols) of the image encoder")
-    image_encoder: dict = _arg("image encoder spec (build_image_encoder)", default_factory=dict)
-    text_encoder: dict = _arg("text encoder spec (build_text_encoder)", default_factory=dict)
-    hidden: int = _arg("width of the head's per-patch features", default=128)
-    n_blocks: int = _arg("residual 3x3 conv blocks mixing neighbouring patches", default=2)
-    dropout: float = _arg("dropout inside the blocks (training only)", default=0.1)
-    pass_threshold: float = _arg("p_pass at or above which the attempt passes", default=0.5)
-    mask_threshold: float = _arg("per-patch P(any flaw) that marks a flaw region", default=0.5)
-    max_flaws: int = _arg("at most this many flaws (regions) per critique", default=3)
-    mask_margin: float = _arg("mask dilation around a flaw box, fraction of a side", default=0.05)
-    attention_combine: str = _arg(
-        "how an SRM attention mask joins the flaw mask: union|intersect", default="union"
-    )
-    encoder_trained: bool = _arg(
-        "the image encoder was trained: its weights are in the artifact", default=False
-    )
-
-    def __post_init__(self) -> None:
-        self.kinds = tuple(str(k) for k in self.kinds)
-        self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
-        kinds = self.kinds
-        if not kinds or len(set(kinds)) != len(kinds) or NONE_KIND in kinds or not all(kinds):
-            raise InputError(f"CritiqueConfig.kinds={kinds!r}: give unique non-empty kinds, 'none' excluded")
-        for name in ("token_dim", "text_dim", "hidden", "max_flaws"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"CritiqueConfig.{name}={getattr(self, name)!r}: must be a positive integer")
-        if self.n_blocks < 0:
-            raise InputError(f"CritiqueConfig.n_blocks={self.n_blocks!r}: must be >= 0")
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise InputError(f"CritiqueConfig.grid={self.grid!r}: must be (rows, cols) with both >= 1")
-        for name in ("dropout", "pass_threshold", "mask_threshold"):
-            value = float(getattr(self, name))
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"CritiqueConfig.{name}={value!r}: must lie in [0, 1]")
-        if not 0.0 <= self.mask_margin < 0.5:
-            raise InputError(f"CritiqueConfig.mask_margin={self.mask_margin!r}: must lie in [0, 0.5)")
-        if self.attention_combine not in COMBINE_MODES:
-            raise InputError(
-                f"CritiqueConfig.attention_combine={self.attention_combine!r}: use one of {COMBINE_MODES}"
-            )
-
-
-class _PatchBlock(nn.Module):
-    """Residual depthwise 3x3 conv (neighbouring patches) + per-patch MLP, pre-norm."""
-
-    def __init__(self, dim: int, dropout: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.mix = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
-        )
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        b, p, c = x.shape
-        y = self.norm1(x).transpose(1, 2).reshape(b, c, grid[0], grid[1])
-        x = x + self.mix(y).reshape(b, c, p).transpose(1, 2)
-        return x + self.mlp(self.norm2(x))
-
-
-class CritiqueHead(nn.Module):
-    """Pass logit (attention-pooled) and per-patch flaw logits over ``("none",) + kinds``.
-
-    Input per patch: the attempt token, the source token and their difference (what changed);
-    the instruction modulates every patch (FiLM) so the head can tell wanted from unwanted change.
-    """
-
-    def __init__(self, config: CritiqueConfig) -> None:
-        super().__init__()
-        self.config = config
-        d, h = config.token_dim, config.hidden
-        self.token_in = nn.Sequential(nn.LayerNorm(3 * d + 2), nn.Linear(3 * d + 2, h), nn.GELU())
-        self.text_film = nn.Linear(config.text_dim, 2 * h)
-        self.blocks = nn.ModuleList(_PatchBlock(h, config.dropout) for _ in range(config.n_blocks))
-        self.norm = nn.LayerNorm(h)
-        self.flaw_out = nn.Linear(h, len(config.kinds) + 1)
-        self.pool_score = nn.Linear(h, 1)
-        # a linear read-out, heavy dropout on the pooled patch features (not on the change statistics):
-        # otherwise the pass logit memorises the training requests (held-out AUROC ~0.5 on the testbed)
-        self.pass_drop = nn.Dropout(0.5)
-        self.pass_out = nn.Linear(3 * h + 4, 1)
-
-    def forward(
-        self,
-        attempt_tokens: torch.Tensor,
-        source_tokens: torch.Tensor,
-        text_features: torch.Tensor,
-        grid: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (pass logits [B], flaw logits [B, P, 1 + K]; class 0 is "none")."""
-        grid = tuple(grid or self.config.grid)  # type: ignore[assignment]
-        b, p, d = attempt_tokens.shape
-        if (
-            source_tokens.shape != attempt_tokens.shape
-            or p != grid[0] * grid[1]
-            or d != self.config.token_dim
-        ):
-            raise InputError(
-                f"critique head: attempt tokens {tuple(attempt_tokens.shape)} and source tokens "
-                f"{tuple(source_tokens.shape)} must both be [B, {grid[0] * grid[1]}, {self.config.token_dim}]"
-            )
-        diff = attempt_tokens - source_tokens
-        # how much each patch changed, as explicit scalars: the cue most flaws start from
-        change = torch.stack(
-            [diff.norm(dim=-1) / d**0.5, F.cosine_similarity(attempt_tokens, source_tokens, dim=-1)], -1
-        )
-        x = self.token_in(torch.cat([attempt_tokens, source_tokens, diff, change], dim=-1))
-        gamma, beta = self.text_film(text_features).unsqueeze(1).chunk(2, dim=-1)
-        x = x * (1 + gamma) + beta
-        for block in self.blocks:
-            x = block(x, grid)
-        x = self.norm(x)
-        weights = torch.softmax(self.pool_score(x).squeeze(-1), dim=1)
-        # pooled change statistics go straight to the pass head: how much changed, and the most
-        stats = torch.cat([change.mean(1), change.amax(1)], -1)
-        trunk = torch.cat([(weights.unsqueeze(-1) * x).sum(1), x.mean(1), x.amax(1)], -1)
-        pooled = torch.cat([self.pass_drop(trunk), stats], dim=-1)
-        return self.pass_out(pooled).squeeze(-1), self.flaw_out(x)
 
 
 @dataclass
@@ -193,6 +69,18 @@ class Critique:
     def box(self) -> tuple[float, float, float, float] | None:
         """Box of the most confident flaw (normalised x0, y0, x1, y1), None when no flaw was found."""
         return self.flaws[0].box if self.flaws else None
+
+    @property
+    def pointing_confidence(self) -> float:
+        """How sure the critique is of where the flaw is: the top region's max P(any flaw), 0 without one."""
+        return float(self.flaw_scores[0]) if self.flaw_scores else 0.0
+
+
+def should_refine(critique: Critique, threshold: float) -> bool:
+    """After a failing attempt: refine it with the critique's feedback (True) or sample a fresh
+    candidate (False). Refinement pays off when the critique knows where the flaw is, so the rule
+    is ``critique.pointing_confidence >= threshold``; threshold 0 always refines."""
+    return critique.pointing_confidence >= float(threshold)
 
 
 def _check_attention_mask(mask: Any, height: int, width: int) -> np.ndarray:
@@ -229,16 +117,48 @@ class CritiquePredictor:
     def config(self) -> CritiqueConfig:
         return self.head.config
 
+    def should_refine(self, critique: Critique) -> bool:
+        """``should_refine(critique, config.refine_threshold)``: refine, or start a fresh candidate."""
+        return should_refine(critique, self.config.refine_threshold)
+
     def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> CritiquePredictor:
         """Run the head on ``device`` (the encoders keep the device of their own spec); returns self."""
         self.head.to(device=device, dtype=dtype)
         return self
 
     def predict(
-        self, source: Image.Image, output: Image.Image, instruction: str, attention_mask: Any = None
+        self,
+        source: Image.Image,
+        output: Image.Image,
+        instruction: str,
+        attention_mask: Any = None,
+        scores: Mapping[str, float] | None = None,
     ) -> Critique:
-        """Critique one attempt; ``attention_mask`` (H x W in [0, 1], e.g. SRM) joins the region mask."""
-        return self.predict_batch([source], [output], [instruction], [attention_mask])[0]
+        """Critique one attempt; ``attention_mask`` (H x W in [0, 1], e.g. SRM) joins the region mask.
+
+        ``scores``: the attempt's cheap scores (e.g. ``attempt.scores``); the head reads those named by
+        ``config.score_inputs`` and treats the missing ones as absent.
+        """
+        return self.predict_batch([source], [output], [instruction], [attention_mask], [scores])[0]
+
+    def _score_tensor(self, scores: Sequence[Mapping[str, float] | None] | None, n: int) -> torch.Tensor:
+        names = self.config.score_inputs
+        rows = list(scores) if scores is not None else [None] * n
+        if len(rows) != n:
+            raise InputError("predict_batch: give one scores mapping (or None) per attempt")
+        out = torch.full((n, len(names)), float("nan"))
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            if not isinstance(row, Mapping):
+                raise InputError(
+                    f"scores[{i}] must be a mapping of score name to value, got {type(row).__name__}"
+                )
+            for j, name in enumerate(names):
+                value = row.get(name)
+                if value is not None and math.isfinite(float(value)):
+                    out[i, j] = float(value)
+        return out
 
     @torch.no_grad()
     def predict_batch(
@@ -247,6 +167,7 @@ class CritiquePredictor:
         outputs: Sequence[Image.Image],
         instructions: Sequence[str],
         attention_masks: Sequence[Any] | None = None,
+        scores: Sequence[Mapping[str, float] | None] | None = None,
     ) -> list[Critique]:
         n = len(outputs)
         attention_masks = list(attention_masks) if attention_masks is not None else [None] * n
@@ -262,7 +183,21 @@ class CritiquePredictor:
         ref = next(self.head.parameters())
         tokens = self.image_encoder.encode_patches(srcs + outs).to(device=ref.device, dtype=ref.dtype)
         text = self.text_encoder.encode(list(instructions)).to(device=ref.device, dtype=ref.dtype)
-        pass_logit, flaw_logits = self.head(tokens[n:], tokens[:n], text)
+        score_t = self._score_tensor(scores, n).to(device=ref.device, dtype=ref.dtype)
+        pixel_diff = None
+        if self.config.pixel_diff:
+            grid = tuple(self.config.grid)
+            pixel_diff = torch.from_numpy(
+                np.stack(
+                    [
+                        patch_pixel_diff(s, o, grid, crop_window(self.image_encoder, *o.size))
+                        for s, o in zip(srcs, outs, strict=True)
+                    ]
+                )
+            ).to(device=ref.device, dtype=ref.dtype)
+        pass_logit, flaw_logits = self.head(
+            tokens[n:], tokens[:n], text, scores=score_t, pixel_diff=pixel_diff
+        )
         p_pass = torch.sigmoid(pass_logit.float()).cpu().numpy()
         probs = torch.softmax(flaw_logits.float(), dim=-1)[..., 1:].cpu().numpy()  # drop "none"
         return [

@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rounds", type=int, default=4, help="refinement depth (default 4)")
     g.add_argument("--reasoning", type=_ints, default=(0, 512), help="reasoning-token levels (default 0,512)")
     g.add_argument("--image-size", type=int, default=96, help="image side in pixels, 64-128 (default 96)")
-    g.add_argument("--image-every", type=int, default=20, help="store attempt images for every n-th request")
+    g.add_argument(
+        "--image-every",
+        type=int,
+        default=1,
+        help="store attempt images for every n-th request (default 1: all; raise it for small disks)",
+    )
     g.add_argument("--ambiguity", type=float, default=0.1, help="share of ambiguous references (default 0.1)")
     g.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -60,7 +60,7 @@ class GenConfig:
     rounds: int = 4
     reasoning_levels: tuple[int, ...] = (0, 512)
     image_size: int = 96
-    image_every: int = 20  # store attempt images for every n-th request (1: all)
+    image_every: int = 1  # store attempt images for every n-th request (1: all, the default)
     ambiguity: float = 0.1  # share of references that are ambiguous when possible
     workers: int = 2
     reward_model: bool = True  # log the emulated VLM reward model's score (``vlm``) on every attempt

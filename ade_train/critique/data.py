@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from PIL import Image
 
 from ade_runtime.errors import InputError, TraceError
 from ade_runtime.policy import budget
+from ade_runtime.policy.signals import attempt_features
+from ade_runtime.predictors.critique import patch_pixel_diff
 from ade_runtime.predictors.regions import crop_window, to_view
 from ade_runtime.traces import TraceDataset
 from ade_runtime.traces.records import EditRecord, Flaw
@@ -57,6 +59,8 @@ class CritiqueExample:
     passed: bool
     flaws: tuple[Flaw, ...] = ()
     key: tuple[int, int, int] = (0, 0, 0)  # (candidate, round, reasoning_tokens)
+    scores: tuple[tuple[str, float], ...] = ()  # the attempt's cheap scores (the trees baseline reads them)
+    weight: float = 1.0  # attempts of the request this example stands for (equal outputs merged)
 
 
 @dataclass
@@ -87,6 +91,7 @@ def collect_examples(records: Iterable[EditRecord]) -> ExampleSet:
                         passed=bool(att.judge.passed),
                         flaws=tuple(att.judge.flaws),
                         key=att.key,
+                        scores=tuple(sorted(attempt_features(att).items())),
                     )
                 )
     return out
@@ -98,13 +103,36 @@ def learn_kinds(examples: Iterable[CritiqueExample]) -> tuple[str, ...]:
     return tuple(kinds) or ("flaw",)
 
 
-def cap_examples(examples: Sequence[CritiqueExample], limit: int | None, seed: int) -> list[CritiqueExample]:
-    """At most ``limit`` examples, a seeded sample of whole requests' attempts (keeps order stable)."""
+def cap_examples(
+    examples: Sequence[CritiqueExample], limit: int | None, seed: int, distinct: bool = False
+) -> list[CritiqueExample]:
+    """At most ``limit`` examples, all the attempts of a seeded sample of whole requests (order kept).
+
+    Whole requests, so that the within-request AUROC has every attempt of a request to rank;
+    ``distinct`` keeps one example per distinct attempt image of a request (the testbed's equal
+    outputs share a file) with ``weight`` = the attempts it stands for, so a training cap buys more
+    distinct images without changing the pass rate the loss sees.
+    """
+    if distinct:  # one example per (request, image, label), weighted by how many attempts it stands for
+        counts = Counter((ex.record_id, ex.attempt, ex.passed) for ex in examples)
+        first: dict[tuple, CritiqueExample] = {}
+        for ex in examples:
+            first.setdefault((ex.record_id, ex.attempt, ex.passed), ex)
+        examples = [replace(ex, weight=float(counts[k])) for k, ex in first.items()]
     if limit is None or len(examples) <= limit:
         return list(examples)
+    by_request: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_request.setdefault(ex.record_id, []).append(i)
+    ids = sorted(by_request)
     gen = torch.Generator().manual_seed(seed)
-    keep = sorted(torch.randperm(len(examples), generator=gen)[:limit].tolist())
-    return [examples[i] for i in keep]
+    keep: list[int] = []
+    for j in torch.randperm(len(ids), generator=gen).tolist():
+        members = by_request[ids[j]]
+        if keep and len(keep) + len(members) > limit:
+            break
+        keep.extend(members[:limit])
+    return [examples[i] for i in sorted(keep)]
 
 
 def _patch_centres(grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +207,10 @@ class _ExampleTensors(torch.utils.data.Dataset):
             "attempt": self.inputs[r["attempt"][i]],
             "text": self.text[r["text"][i]],
             "passed": r["passed"][i],
+            "weight": r["weight"][i],
+            "group": r["group"][i],
+            "scores": r["scores"][i],
+            **({"pixel_diff": r["pixel_diff"][i]} if "pixel_diff" in r else {}),
             "target": r["target"][i],
             "cover": r["cover"][i],
             "boxes": r["boxes"][i],
@@ -208,6 +240,8 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         max_eval_attempts: int | None = 800,
         max_boxes: int = 4,
         num_workers: int = 0,
+        score_inputs: Sequence[str] = (),
+        pixel_diff: bool = False,
     ) -> None:
         """
         Args:
@@ -224,6 +258,8 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
             max_eval_attempts: cap on val and test attempts each, None for all.
             max_boxes: judge boxes kept per attempt for the IoU metric.
             num_workers: DataLoader workers (inputs are in memory, 0 is usually fastest).
+            score_inputs: cheap scores of each attempt the head also reads (e.g. [clip_i, clip_t]).
+            pixel_diff: give the head each patch's pooled |attempt - source| pixels too.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -235,6 +271,8 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         self.seed, self.batch_size, self.num_workers = int(seed), int(batch_size), int(num_workers)
         self.caps = {"train": max_train_attempts, "val": max_eval_attempts, "test": max_eval_attempts}
         self.max_boxes = int(max_boxes)
+        self.score_inputs = tuple(str(k) for k in score_inputs)
+        self.pixel_diff = bool(pixel_diff)
         if self.batch_size < 1 or self.max_boxes < 1:
             raise ValueError("data.batch_size and data.max_boxes must be >= 1")
         self._ready = False
@@ -270,7 +308,9 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         for split in ("train", "val", "test"):
             found = collect_examples(by_id[i] for i in self.split_ids[split] if i in by_id)
             self.skipped.update(found.skipped)
-            self.examples[split] = cap_examples(found.examples, self.caps[split], self.seed)
+            self.examples[split] = cap_examples(
+                found.examples, self.caps[split], self.seed, distinct=split == "train"
+            )
         if not self.examples["train"]:
             raise TraceError(
                 f"{self.data_dir}: no training attempt has both an image and a judge label "
@@ -290,11 +330,21 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         self.text = self.text_encoder.encode(texts).float()
         kind_set = set(self.kinds)
         self.rows: dict[str, dict[str, torch.Tensor]] = {}
+        diff_cache: dict[tuple[Path, Path], torch.Tensor] = {}
+        group_slot = {
+            g: i for i, g in enumerate(sorted({ex.record_id for e in self.examples.values() for ex in e}))
+        }
         for split, exs in self.examples.items():
-            targets, covers, boxes = [], [], []
+            targets, covers, boxes, diffs = [], [], [], []
             for ex in exs:
                 with Image.open(ex.attempt) as im:
                     window = crop_window(self.image_encoder, *im.size)
+                if self.pixel_diff:
+                    if (ex.source, ex.attempt) not in diff_cache:
+                        diff_cache[(ex.source, ex.attempt)] = torch.from_numpy(
+                            patch_pixel_diff(_open(ex.source), _open(ex.attempt), self.grid, window)
+                        )
+                    diffs.append(diff_cache[(ex.source, ex.attempt)])
                 seen = [
                     Flaw(f.kind, b) for f in ex.flaws if f.kind in kind_set and (b := to_view(f.box, window))
                 ]
@@ -307,6 +357,12 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
                 "attempt": torch.tensor([slot[ex.attempt] for ex in exs], dtype=torch.long),
                 "text": torch.tensor([text_slot[ex.instruction] for ex in exs], dtype=torch.long),
                 "passed": torch.tensor([ex.passed for ex in exs], dtype=torch.float32),
+                "weight": torch.tensor([ex.weight for ex in exs], dtype=torch.float32),
+                "group": torch.tensor([group_slot[ex.record_id] for ex in exs], dtype=torch.long),
+                "scores": torch.tensor(
+                    [[dict(ex.scores).get(k, float("nan")) for k in self.score_inputs] for ex in exs],
+                    dtype=torch.float32,
+                ).reshape(n, len(self.score_inputs)),
                 "target": torch.stack(targets)
                 if n
                 else torch.zeros(0, self.grid[0] * self.grid[1], dtype=torch.long),
@@ -315,6 +371,9 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
                 else torch.zeros(0, self.grid[0] * self.grid[1], dtype=torch.bool),
                 "boxes": torch.stack(boxes) if n else torch.zeros(0, self.max_boxes, 4),
             }
+            if self.pixel_diff:
+                p = self.grid[0] * self.grid[1]
+                self.rows[split]["pixel_diff"] = torch.stack(diffs) if n else torch.zeros(0, p, 4)
 
     def _image_inputs(self, paths: list[Path]) -> torch.Tensor:
         """Patch tokens (frozen encoder, cached) or preprocessed pixels (trained encoder), fp16 in memory."""
@@ -337,6 +396,21 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         )
 
     # -- views -----------------------------------------------------------------------------------
+
+    def score_stats(self) -> tuple[list[float], list[float]]:
+        """(mean, std) of each score input over the training attempts (weighted), for standardising."""
+        rows = self.rows["train"]
+        means, stds = [], []
+        for j in range(len(self.score_inputs)):
+            x, w = rows["scores"][:, j], rows["weight"]
+            ok = torch.isfinite(x)
+            m, v = 0.0, 1.0
+            if ok.any():
+                m = float((x[ok] * w[ok]).sum() / w[ok].sum())
+                v = float(((x[ok] - m) ** 2 * w[ok]).sum() / w[ok].sum())
+            means.append(m)
+            stds.append(max(v**0.5, 1e-6))
+        return means, stds
 
     @property
     def token_dim(self) -> int:
@@ -368,3 +442,43 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
 
     def _has_split(self, split: str) -> bool:
         return bool(self.examples[split])
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Batches of whole requests (shuffled each epoch): the within-request ranking loss needs
+        a request's passing and failing attempts in one batch."""
+        groups = [ex.record_id for ex in self.examples["train"]]
+        return torch.utils.data.DataLoader(
+            self._split_dataset("train"),
+            batch_sampler=RequestBatches(groups, self.batch_size, self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class RequestBatches(torch.utils.data.Sampler):
+    """Index batches of about ``batch_size`` made of whole requests, in a new seeded order each epoch."""
+
+    def __init__(self, groups: Sequence[str], batch_size: int, seed: int) -> None:
+        members: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        self.members = [members[g] for g in sorted(members)]
+        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        order = torch.randperm(len(self.members), generator=torch.Generator().manual_seed(self.seed + epoch))
+        out, batch = [], []
+        for j in order.tolist():
+            batch.extend(self.members[j])
+            if len(batch) >= self.batch_size:
+                out.append(batch)
+                batch = []
+        return out + ([batch] if batch else [])
+
+    def __iter__(self):
+        batches = self._batches(self.epoch)
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self._batches(self.epoch))

@@ -19,6 +19,7 @@ from ade_runtime.artifacts import CRITIQUE_NAME
 from ade_runtime.errors import InputError
 from ade_runtime.predictors.critique import CritiqueHead, CritiquePredictor
 from ade_train.critique.data import CritiqueDataModule
+from ade_train.critique.evaluate import selection_metrics, trees_metrics
 from ade_train.critique.module import CritiqueModule
 from ade_train.export import PredictorSection, export_predictors
 from ade_train.quality import auroc_interval, critique_warning
@@ -83,22 +84,56 @@ def _module_args(cfg: dict[str, Any], dm: CritiqueDataModule) -> dict[str, Any]:
         image_encoder=dm.image_encoder.spec(),
         text_encoder=dm.text_encoder.spec(),
         encoder_trained=model.get("encoder_mode", "frozen") != "frozen",
+        score_inputs=list(dm.score_inputs),
+        score_mean=dm.score_stats()[0],
+        score_std=dm.score_stats()[1],
+        pixel_diff=dm.pixel_diff,
     )
     return {"head": head, **model}
 
 
-def _report(dm: CritiqueDataModule):
+def _report(dm: CritiqueDataModule, trees: bool):
     def report(module: CritiqueModule, metrics: dict[str, float], logger: Any) -> tuple[dict, list[str]]:
         split = "test" if dm.examples["test"] else "val"
         cat = module.last_outputs.get("test")
         if cat is None:
             return {}, []
-        groups = [ex.record_id for ex in dm.examples[split]]
-        point, lo, hi = auroc_interval(cat["p_pass"].numpy(), cat["passed"].numpy(), groups)
+        held_out = dm.examples[split]  # the test loader keeps this order
+        groups = [ex.record_id for ex in held_out]
+        p_pass, passed = cat["p_pass"].numpy(), cat["passed"].numpy()
+        point, lo, hi = auroc_interval(p_pass, passed, groups)
         metrics.update({"test/auroc_lo": lo, "test/auroc_hi": hi})
+        head = selection_metrics(p_pass, passed, groups)
+        metrics.update({f"test/{k}": v for k, v in head.items() if k != "auroc"})
+        image = selection_metrics(cat["p_pass_image"].numpy(), passed, groups)
+        metrics.update({f"test/image_only_{k}": v for k, v in image.items() if k != "within_requests"})
         warning = critique_warning(point, lo, hi, split)
-        notes = {"AUROC (90% CI over requests)": f"{point:.3f} [{lo:.3f}, {hi:.3f}]"}
-        return notes, [warning] if warning else []
+        notes = {
+            "AUROC (90% CI over requests)": f"{point:.3f} [{lo:.3f}, {hi:.3f}]",
+            "within-request AUROC": f"{head['within_auroc']:.3f} over {int(head['within_requests'])} "
+            f"held-out requests; ECE {head['ece']:.3f}, Brier {head['brier']:.3f}",
+        }
+        warnings = [warning] if warning else []
+        if dm.score_inputs:
+            notes["within-request AUROC"] += f" (images + text only: {image['within_auroc']:.3f})"
+        if trees:
+            base = trees_metrics(dm.examples["train"], held_out, seed=dm.seed)
+            metrics.update({f"test/trees_{k}": v for k, v in base.items() if k != "within_requests"})
+            pixels = trees_metrics(dm.examples["train"], held_out, seed=dm.seed, cheap_scores=())
+            metrics.update(
+                {f"test/trees_image_only_{k}": v for k, v in pixels.items() if k != "within_requests"}
+            )
+            notes["trees baseline (same split)"] = (
+                f"within-request AUROC {base['within_auroc']:.3f}, AUROC {base['auroc']:.3f}, "
+                f"ECE {base['ece']:.3f}, Brier {base['brier']:.3f} (pixels only: within-request "
+                f"AUROC {pixels['within_auroc']:.3f})"
+            )
+            if not head["within_auroc"] > base["within_auroc"]:
+                warnings.append(
+                    f"the head's within-request AUROC {head['within_auroc']:.3f} does not beat the "
+                    f"trees baseline's {base['within_auroc']:.3f} ({split} split)"
+                )
+        return notes, warnings
 
     return report
 
@@ -126,7 +161,7 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
         datamodule=dm,
         fingerprint=dataset_fingerprint(dm.records_used),
         export=partial(_export, out, dm),
-        report=_report(dm),
+        report=_report(dm, bool(cfg.get("trees_baseline", True))),
         notes=notes,
     )
     return fit_and_export(cfg, job)

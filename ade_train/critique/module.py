@@ -54,12 +54,18 @@ class CritiqueModule(L.LightningModule):
         weight_decay: float = 1e-4,
         flaw_weight: float = 1.0,
         none_weight: float = 0.2,
+        score_dropout: float = 0.3,
+        rank_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"model.encoder_mode={encoder_mode!r}: use one of {ENCODER_MODES}")
         if lr <= 0 or encoder_lr <= 0 or flaw_weight < 0 or not 0 < none_weight <= 1:
             raise ValueError("model: lr and encoder_lr must be > 0, flaw_weight >= 0, none_weight in (0, 1]")
+        if rank_weight < 0:
+            raise ValueError(f"model.rank_weight={rank_weight!r}: must be >= 0")
+        if not 0 <= score_dropout < 1:
+            raise ValueError(f"model.score_dropout={score_dropout!r}: must lie in [0, 1)")
         self.save_hyperparameters()
         self.config = CritiqueConfig.from_dict(dict(head))
         self.head = CritiqueHead(self.config)
@@ -101,22 +107,45 @@ class CritiqueModule(L.LightningModule):
         both = patch_tokens(self.encoder, torch.cat([batch["attempt"], batch["source"]]).float())
         return both[:n], both[n:]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], drop_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         attempt, source = self.tokens(batch)
-        return self.head(attempt.float(), source.float(), batch["text"].float())
+        scores = batch.get("scores")
+        if scores is not None and drop_scores:
+            scores = torch.full_like(scores, float("nan"))
+        elif scores is not None and self.training and self.hparams.score_dropout > 0:
+            # trained with scores withheld at random, the head also works when the caller has none
+            scores = scores.masked_fill(torch.rand_like(scores) < self.hparams.score_dropout, float("nan"))
+        return self.head(
+            attempt.float(),
+            source.float(),
+            batch["text"].float(),
+            scores=scores,
+            pixel_diff=batch.get("pixel_diff"),
+        )
 
     def _loss(
         self, batch: dict[str, torch.Tensor], stage: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pass_logit, flaw_logits = self(batch)
-        pass_loss = F.binary_cross_entropy_with_logits(pass_logit, batch["passed"].float())
+        weight = batch["weight"].float() if "weight" in batch else torch.ones_like(pass_logit)
+        pass_loss = F.binary_cross_entropy_with_logits(
+            pass_logit, batch["passed"].float(), weight=weight / weight.mean()
+        )
         flaw_loss = F.cross_entropy(
             flaw_logits.flatten(0, 1), batch["target"].flatten(), weight=self.class_weights
         )
-        loss = pass_loss + self.hparams.flaw_weight * flaw_loss
+        rank_loss = within_request_rank_loss(pass_logit, batch["passed"], batch.get("group"), weight)
+        loss = pass_loss + self.hparams.flaw_weight * flaw_loss + self.hparams.rank_weight * rank_loss
         bs = pass_logit.shape[0]
         self.log_dict(
-            {f"{stage}/loss": loss, f"{stage}/pass_loss": pass_loss, f"{stage}/flaw_loss": flaw_loss},
+            {
+                f"{stage}/loss": loss,
+                f"{stage}/pass_loss": pass_loss,
+                f"{stage}/flaw_loss": flaw_loss,
+                f"{stage}/rank_loss": rank_loss,
+            },
             prog_bar=stage == "train",
             on_step=stage == "train",
             on_epoch=True,
@@ -130,9 +159,12 @@ class CritiqueModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         _, pass_logit, flaw_logits = self._loss(batch, stage)
         out = self._outputs.setdefault(stage, [])
+        # the same attempts with every cheap score withheld: what the images and the text alone say
+        image_only = self(batch, drop_scores=True)[0] if self.config.score_inputs else pass_logit
         out.append(
             {
                 "p_pass": torch.sigmoid(pass_logit).cpu(),
+                "p_pass_image": torch.sigmoid(image_only).cpu(),
                 "passed": batch["passed"].cpu(),
                 "probs": torch.softmax(flaw_logits, -1)[..., 1:].cpu(),
                 "cover": batch["cover"].cpu(),
@@ -167,6 +199,22 @@ class CritiqueModule(L.LightningModule):
             trainable = [p for p in self.encoder.parameters() if p.requires_grad]
             groups.append({"params": trainable, "lr": self.hparams.encoder_lr})
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+
+def within_request_rank_loss(
+    logits: torch.Tensor, passed: torch.Tensor, groups: torch.Tensor | None, weight: torch.Tensor
+) -> torch.Tensor:
+    """Pairwise logistic loss over (passing, failing) attempts of the same request in the batch:
+    what selection among one request's candidates needs (0 when the batch has no such pair)."""
+    if groups is None:
+        return logits.sum() * 0.0
+    y = passed.bool()
+    pairs = (groups[:, None] == groups[None, :]) & y[:, None] & ~y[None, :]
+    if not pairs.any():
+        return logits.sum() * 0.0
+    margin = logits[:, None] - logits[None, :]
+    w = (weight[:, None] * weight[None, :])[pairs]
+    return (F.softplus(-margin[pairs]) * w).sum() / w.sum()
 
 
 def critique_metrics(cat: dict[str, torch.Tensor], config: CritiqueConfig) -> dict[str, float]:

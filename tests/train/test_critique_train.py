@@ -92,6 +92,22 @@ def test_tiny_training_beats_chance(trained):
     assert auroc(np.array([c.p_pass for c in crits]), labels) > 0.5
 
 
+def test_head_and_trees_baseline_reported_side_by_side(trained):
+    m = trained["metrics"]
+    pairs = [("within_auroc", "trees_within_auroc"), ("ece", "trees_ece"), ("brier", "trees_brier"),
+             ("image_only_within_auroc", "trees_image_only_within_auroc"), ("auroc", "trees_auroc")]  # fmt: skip
+    for head, trees in pairs:
+        assert 0.0 <= m[f"test/{head}"] <= 1.0 and 0.0 <= m[f"test/{trees}"] <= 1.0, (head, trees)
+    assert m["test/within_requests"] >= 1
+    result = json.loads((trained["out"] / "critique" / "result.json").read_text())
+    assert result["metrics"]["test/trees_within_auroc"] == m["test/trees_within_auroc"]
+    card = (trained["out"] / "export" / "README.md").read_text()
+    assert "test/within_auroc" in card and "test/trees_within_auroc" in card
+    config = json.loads((trained["out"] / "export" / "critique.json").read_text())["config"]
+    assert config["score_inputs"] == ["clip_i", "clip_t"] and config["pixel_diff"] is True
+    assert all(s > 0 for s in config["score_std"]) and config["refine_threshold"] == 0.0
+
+
 def test_export_loads_and_critiques(trained):
     export = trained["out"] / "export"
     names = sorted(p.name for p in export.iterdir())
