@@ -66,6 +66,7 @@ class AttemptLog:
     error: str | None = None
     overhead_s: float = 0.0
     first_stage: float | None = None  # the confidence from the cheap signals alone (the cascade's stage 1)
+    refine_ok: bool = True  # the critique's refine-or-fresh choice (CritiquePredictor.should_refine)
     verifier_calls: list[dict] = field(default_factory=list)  # expensive-verifier calls on this attempt
 
 
@@ -249,11 +250,16 @@ class AdaptiveEditor:
         if crit is not None:
             try:
                 c = crit.predict(
-                    request.image, out.image, request.instruction, attention_mask=out.attention_mask
+                    request.image,
+                    out.image,
+                    request.instruction,
+                    attention_mask=out.attention_mask,
+                    scores=first_stage_features(entry.scores),  # the cheap scores, as replay passes them
                 )
                 entry.critique_p = float(c.p_pass)
                 entry.feedback = c.feedback
                 entry.mask = c.mask
+                entry.refine_ok = bool(crit.should_refine(c))
             except Exception as exc:
                 failures.append({"stage": "critique", "key": list(entry.step.key), "error": repr(exc)})
         # the cascade: the cheap signals first; the expensive verifier only inside the uncertain band
@@ -384,7 +390,12 @@ class AdaptiveEditor:
                 continue
             # scores + critique -> calibrated confidence; the critique also writes the refinement prompt
             self._judge_online(request, entry, failures)
-            session.observe(step, entry.confidence, seconds=float(out.latency_s) + entry.overhead_s)
+            session.observe(
+                step,
+                entry.confidence,
+                seconds=float(out.latency_s) + entry.overhead_s,
+                refine_ok=entry.refine_ok,
+            )
         chosen = session.best()
         if chosen is None:
             # Documented fallback: no usable confidence -> the first attempt that produced an image.

@@ -20,7 +20,7 @@ from ade_runtime.errors import InputError
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import POLICY_NAMES, PolicyConfig, ReplayError, replay_policy, summarize
 from ade_runtime.policy.curves import compute_curves, format_curves
-from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
+from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
@@ -57,11 +57,11 @@ def evaluate(
     kept = []
     for rec in progress(records, desc=f"{desc}: signals"):
         try:
-            cp = critique_probabilities(rec, crit) if (use_critique and crit is not None) else {}
+            cp, refine = critique_signals(rec, crit) if (use_critique and crit is not None) else ({}, None)
         except (OSError, ValueError) as exc:  # an image the header check passed but cannot be decoded
             skipped[rec.id] = f"an image cannot be decoded ({exc})"
             continue
-        signals[rec.id] = record_signals(rec, cal, critique_p=cp)
+        signals[rec.id] = (*record_signals(rec, cal, critique_p=cp), refine)
         if card is not None:
             preds[rec.id] = card_prediction(rec, card)
             budgets[rec.id] = (

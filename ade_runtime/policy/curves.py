@@ -78,6 +78,7 @@ def _replay(
                 preview=prev if cfg.prune_threshold is not None else None,
                 overhead=overhead,
                 first_stage=sig[2] if len(sig) > 2 else None,
+                refine_ok=sig[3] if len(sig) > 3 else None,
             )
         )
     return out

@@ -77,6 +77,7 @@ def replay_record(
     preview_step: int | None = None,
     max_seconds: float | None = None,
     first_stage: Mapping[Key, float] | None = None,
+    refine_ok: Mapping[Key, bool] | None = None,
 ) -> Outcome:
     """Replay ``config`` on one record.
 
@@ -85,7 +86,8 @@ def replay_record(
     ``first_stage`` (given when the verifier stack has an expensive verifier) maps keys to the
     confidence from the cheap signals alone: the expensive verifier is called, and charged
     ``overhead.verify_s``, when it lies in ``config.verify_band`` (always when the band is None);
-    otherwise the attempt keeps its first-stage confidence, as the live cascade does.
+    otherwise the attempt keeps its first-stage confidence, as the live cascade does. ``refine_ok``
+    holds the critique's refine-or-fresh choice per attempt (``critique_signals``; None: always refine).
     ``budget``/``reasoning_tokens`` come from CARD when ``config.use_card``. ``max_seconds`` is the
     live loop's deadline (``PolicySession.deadline_reached``), charged with the logged seconds.
     """
@@ -152,7 +154,8 @@ def replay_record(
                 c = p1
         if config.select == "judge":
             c = a.judge.score if a.judge is not None else None
-        session.observe(step, c, seconds=seconds - before)
+        ok = True if refine_ok is None else bool(refine_ok.get(step.key, True))
+        session.observe(step, c, seconds=seconds - before, refine_ok=ok)
 
     chosen = session.best()
     if chosen is None:
@@ -250,7 +253,7 @@ def summarize(outcomes: list[Outcome]) -> dict:
     return out
 
 
-# signals(rec) -> (confidence, preview) or (confidence, preview, first_stage); see record_signals
+# signals(rec) -> (confidence, preview[, first_stage[, refine_ok]]); see record_signals, critique_signals
 SignalFn = Callable[[EditRecord], tuple]
 CardFn = Callable[[EditRecord], tuple[int, int]]
 
@@ -279,6 +282,7 @@ def replay_policy(
         sig = signals(rec)
         conf, prev = sig[0], sig[1]
         first = sig[2] if len(sig) > 2 else None
+        refine = sig[3] if len(sig) > 3 else None
         budget, tokens = card(rec) if (config.use_card and card is not None) else (None, None)
         outcomes.append(
             replay_record(
@@ -291,6 +295,7 @@ def replay_policy(
                 overhead=overhead,
                 max_seconds=max_seconds,
                 first_stage=first,
+                refine_ok=refine,
             )
         )
     return outcomes

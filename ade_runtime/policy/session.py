@@ -144,8 +144,11 @@ class PolicySession:
         pruned: bool = False,
         failed: bool = False,
         seconds: float = 0.0,
+        refine_ok: bool = True,
     ) -> None:
-        """Record what ``step`` produced (and the ``seconds`` it cost) and decide what comes next."""
+        """Record what ``step`` produced (and the ``seconds`` it cost) and decide what comes next.
+        ``refine_ok`` False: the critique does not know where the flaw is (``should_refine``), so a
+        refinable attempt gives way to a fresh candidate instead."""
         if self._pending is None or step.key != self._pending.key:
             raise RuntimeError(f"observe() got {step.key}, expected the pending step {self._pending}")
         self._pending = None
@@ -179,11 +182,13 @@ class PolicySession:
         if cfg.fixed_rounds and not last_round:
             self.decisions.append(Decision("refine", step.key, "fixed_rounds", c))
             self._round += 1
-        elif cfg.refine and not last_round and c is not None and c >= cfg.tau_low:
+        elif cfg.refine and not last_round and c is not None and c >= cfg.tau_low and refine_ok:
             self.decisions.append(Decision("refine", step.key, "tau_low<=confidence<tau_high", c))
             self._round += 1
         else:
             reason = "s_max" if last_round else ("confidence<tau_low" if cfg.refine else "no_refinement")
+            if cfg.refine and not last_round and c is not None and c >= cfg.tau_low:
+                reason = "critique_unsure_where"  # refine_ok False: a fresh candidate instead
             self.decisions.append(Decision("new_candidate", step.key, reason, c))
             self._next_candidate()
 

@@ -63,21 +63,50 @@ def _load(record: EditRecord, rel: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def critique_probabilities(record: EditRecord, critique: Any, batch_size: int = 32) -> dict[Key, float]:
-    """The critique head's p_pass of every attempt whose image was stored."""
+def cheap_scores(attempt: Attempt) -> dict[str, float]:
+    """What the critique (and the cascade's first stage) may read of an attempt: its cheap scores."""
+    return first_stage_features(attempt_features(attempt))
+
+
+def critique_signals(
+    record: EditRecord, critique: Any, batch_size: int = 32
+) -> tuple[dict[Key, float], dict[Key, bool] | None]:
+    """The critique's p_pass of every attempt whose image was stored, and its refine-or-fresh choice
+    (``CritiquePredictor.should_refine``; None when its threshold is 0, i.e. it always refines).
+
+    The head reads the attempt's cheap scores as the live loop passes them. Attempts with the same
+    image and scores (a refinement that changed nothing, identical samples) are critiqued once.
+    """
     todo = [a for a in record.attempts if a.image is not None]
     if critique is None or not todo:
-        return {}
+        return {}, None
+    rule = float(getattr(getattr(critique, "config", None), "refine_threshold", 0.0) or 0.0) > 0.0
+    groups: dict[tuple, list[Attempt]] = {}
+    for a in todo:
+        groups.setdefault((a.image, tuple(sorted(cheap_scores(a).items()))), []).append(a)
+    unique = [g[0] for g in groups.values()]
     source = _load(record, record.source_image)
-    out: dict[Key, float] = {}
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
+    p: dict[Key, float] = {}
+    refine: dict[Key, bool] = {}
+    for i in range(0, len(unique), batch_size):
+        chunk = unique[i : i + batch_size]
         results = critique.predict_batch(
-            [source] * len(chunk), [_load(record, a.image) for a in chunk], [record.instruction] * len(chunk)
+            [source] * len(chunk),
+            [_load(record, a.image) for a in chunk],
+            [record.instruction] * len(chunk),
+            scores=[cheap_scores(a) for a in chunk],
         )
         for a, res in zip(chunk, results, strict=True):
-            out[a.key] = float(res.p_pass)
-    return out
+            for same in groups[(a.image, tuple(sorted(cheap_scores(a).items())))]:
+                p[same.key] = float(res.p_pass)
+                if rule:
+                    refine[same.key] = bool(critique.should_refine(res))
+    return p, (refine if rule else None)
+
+
+def critique_probabilities(record: EditRecord, critique: Any, batch_size: int = 32) -> dict[Key, float]:
+    """The critique head's p_pass of every attempt whose image was stored (see ``critique_signals``)."""
+    return critique_signals(record, critique, batch_size)[0]
 
 
 def reads_verifier(calibrator: Any) -> bool:

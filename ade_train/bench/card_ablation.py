@@ -34,7 +34,7 @@ from typing import Any
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import PolicyConfig, replay_record
-from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
+from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.card import choose_tokens
@@ -93,8 +93,10 @@ def run(
     if signals is None:
         signals = {}
         for rec in records:
-            cp = critique_probabilities(rec, predictors.critique) if predictors.critique is not None else {}
-            signals[rec.id] = record_signals(rec, predictors.calibrator, critique_p=cp)
+            cp, rf = (
+                critique_signals(rec, predictors.critique) if predictors.critique is not None else ({}, None)
+            )
+            signals[rec.id] = (*record_signals(rec, predictors.calibrator, critique_p=cp), rf)
     card = _predictions(records, predictors.card)
     pri = _predictions(records, prior) if prior is not None else None
     levels = sorted({a.reasoning_tokens for r in records for a in r.attempts})
@@ -105,7 +107,7 @@ def run(
     def replay(budget_of, tokens_of) -> tuple[list, list[int], list[int]]:
         outs, bs, ts = [], [], []
         for rec in records:
-            conf, prev, first = signals[rec.id]
+            conf, prev, first, refine = signals[rec.id]
             b, t = int(budget_of(rec)), int(tokens_of(rec))
             outs.append(
                 replay_record(
@@ -117,6 +119,7 @@ def run(
                     preview=prev,
                     overhead=overhead,
                     first_stage=first,
+                    refine_ok=refine,
                 )
             )
             bs.append(b)

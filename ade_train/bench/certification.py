@@ -21,7 +21,7 @@ import numpy as np
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import PolicyConfig, budget_levels, preset, replay_record
-from ade_runtime.policy.signals import card_prediction, critique_probabilities, record_signals
+from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
@@ -41,8 +41,8 @@ def policy_matrix(
     )
     signals = {}
     for rec in progress(records, desc="certification: signals"):
-        cp = critique_probabilities(rec, predictors.critique) if predictors.critique is not None else {}
-        signals[rec.id] = record_signals(rec, predictors.calibrator, critique_p=cp)
+        cp, rf = critique_signals(rec, predictors.critique) if predictors.critique is not None else ({}, None)
+        signals[rec.id] = (*record_signals(rec, predictors.calibrator, critique_p=cp), rf)
     cards = (
         {r.id: card_prediction(r, predictors.card) for r in records} if predictors.card is not None else {}
     )
@@ -50,7 +50,7 @@ def policy_matrix(
     scores, passed, seconds = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     for j, cfg in enumerate(progress(configs, desc="certification: replay grid")):
         for i, rec in enumerate(records):
-            conf, prev, first = signals[rec.id]
+            conf, prev, first, refine = signals[rec.id]
             budget = tokens = None
             if cfg.use_card and rec.id in cards:
                 budget, tokens = (
@@ -66,6 +66,7 @@ def policy_matrix(
                 preview=prev,
                 overhead=overhead,
                 first_stage=first,
+                refine_ok=refine,
             )
             scores[i, j], passed[i, j], seconds[i, j] = o.score, float(o.passed), o.seconds
     ref_cfg = preset(reference, base)

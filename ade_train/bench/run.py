@@ -72,7 +72,8 @@ def ensure_trained(data: Path, out: Path) -> dict:
 
 
 def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
-    """Calibrate again on traces whose refinement rounds the critique wrote: collect -> judge -> calibrate.
+    """Calibrate again on traces whose refinement rounds the critique wrote: collect -> judge -> the
+    critique's refine-or-fresh rule -> calibrate.
 
     The sample traces refine with the judge's exact feedback, so thresholds chosen on them trust
     refinement more than the live loop (critique feedback) can; this is the production recipe that
@@ -120,6 +121,13 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
         )
     if not (loop_out / "export").exists():
         shutil.copytree(pred_dir / "export", loop_out / "export")
+    if (loop_out / "export" / "critique.json").exists():
+        # the refine-or-fresh rule, fitted on the same critique-led traces (docs/critique.md)
+        try:
+            _run([str(BIN / "ade-train"), "refine-rule", "--data", str(judged), "--predictors",
+                  str(loop_out / "export"), "--write"])  # fmt: skip
+        except subprocess.CalledProcessError as exc:  # the bench goes on with "always refine"
+            print(f"bench: refine-rule failed ({exc}); the critique keeps refining always", file=sys.stderr)
     _run(
         [
             str(BIN / "ade-train"),

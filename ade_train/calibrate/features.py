@@ -22,7 +22,7 @@ from ade_runtime.policy.signals import (
     CRITIQUE_FEATURE,
     attempt_features,
     card_prediction,
-    critique_probabilities,
+    critique_signals,
     preview_features,
     record_signals,
 )
@@ -43,6 +43,7 @@ class SignalTable:
     critique_p: dict[str, dict[Key, float]]
     has_previews: bool
     notes: list[str] = field(default_factory=list)
+    refine: dict[str, dict[Key, bool] | None] = field(default_factory=dict)  # critique's refine-or-fresh
 
     def _rows(self, names: Sequence[str]) -> list[tuple[str, dict[str, float], int]]:
         rows = []
@@ -82,14 +83,17 @@ class SignalTable:
         pick = lambda d: {r.id: d[r.id] for r in recs}  # noqa: E731
         return SignalTable(
             recs, self.score_names, pick(self.features), pick(self.labels), pick(self.critique_p),
-            self.has_previews, list(self.notes),
+            self.has_previews, list(self.notes), {r.id: self.refine.get(r.id) for r in recs},
         )  # fmt: skip
 
     def signals(self, calibrator: Calibrator) -> Callable[[EditRecord], tuple[dict, dict | None]]:
         """``rec -> (confidence per key, preview confidence per key or None)``, as the loop computes them."""
 
-        def fn(rec: EditRecord) -> tuple[dict[Key, float], dict[Key, float] | None]:
-            return record_signals(rec, calibrator, critique_p=self.critique_p[rec.id])
+        def fn(rec: EditRecord) -> tuple:
+            return (
+                *record_signals(rec, calibrator, critique_p=self.critique_p[rec.id]),
+                self.refine.get(rec.id),
+            )
 
         return fn
 
@@ -128,17 +132,20 @@ def build_signal_table(
     features: dict[str, dict[Key, dict[str, float]]] = {}
     labels: dict[str, dict[Key, int]] = {}
     critique_p: dict[str, dict[Key, float]] = {}
+    refine: dict[str, dict[Key, bool] | None] = {}
     failed = no_image = 0
     has_previews = False
     for rec in records:
         cp: dict[Key, float] = {}
+        rf: dict[Key, bool] | None = None
         if critique is not None:
             no_image += sum(a.image is None for a in rec.attempts)
             try:
-                cp = critique_probabilities(rec, critique)
+                cp, rf = critique_signals(rec, critique)
             except (ADEError, OSError, ValueError, RuntimeError):
                 failed += sum(a.image is not None for a in rec.attempts)  # missing: the fallback answers
         critique_p[rec.id] = cp
+        refine[rec.id] = rf
         features[rec.id] = {a.key: attempt_features(a, cp.get(a.key)) for a in rec.attempts}
         labels[rec.id] = {a.key: int(a.judge.passed) for a in rec.attempts if a.judge is not None}
         has_previews = has_previews or any(preview_features(a) for a in rec.attempts)
@@ -147,7 +154,7 @@ def build_signal_table(
         notes.append(
             f"critique missing for {no_image} attempts without image and {failed} failed: fallback used"
         )
-    table = SignalTable(records, names, features, labels, critique_p, has_previews, notes)
+    table = SignalTable(records, names, features, labels, critique_p, has_previews, notes, refine)
     if not any(table.labels.values()):
         raise InputError("no judged attempt in the calibration split; run ade-judge on the traces first")
     return table

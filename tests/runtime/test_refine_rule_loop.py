@@ -1,0 +1,85 @@
+"""The critique's refine-or-fresh rule in the loop and in replay: the same choice per attempt, so live
+and replay agree request by request; with threshold 0 (the default) nothing changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from runtime.test_cli_new_user import tiny_critique
+from runtime.test_verifier_cascade import POLICY, cascade_calibrator
+
+from ade_runtime.backbones.base import EditRequest
+from ade_runtime.cli.collect import run_grid
+from ade_runtime.loop import AdaptiveEditor
+from ade_runtime.policy import Overhead, PolicyConfig, replay_record
+from ade_runtime.policy.signals import critique_signals, record_signals
+from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
+from ade_runtime.testbed.imageio import make_image
+from ade_runtime.testbed.reward import EmulatedRewardModel
+from ade_runtime.traces import TraceWriter, load_records
+from ade_runtime.traces.serving import build_record
+
+N = 10
+
+
+def _scorer(src, out, instruction):
+    return {**online_scores(src, out, instruction), **EmulatedRewardModel().verify(src, out, instruction).scores}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    crit = tiny_critique()
+    root = tmp_path_factory.mktemp("grid")
+    world = World(seed=21, size=48)
+    rng = np.random.default_rng(21)
+    backbone = SyntheticBackbone()
+    requests, pointing = [], []
+    with TraceWriter(root, fsync=False) as w:
+        for i in range(N):
+            r = world.sample_request(rng)
+            req = EditRequest(make_image(r.source, r.source, world.size), r.instruction, f"r{i:02d}", r.category)
+            logs = run_grid(backbone, req, candidates=3, rounds=2, levels=[0], seed=0, critique=crit, scorer=_scorer)
+            record = build_record(req, logs, backbone.name, writer=w)
+            for a, e in zip(record.attempts, [e for e in logs if e.output is not None], strict=True):
+                a.judge = judge_attempt(req.image, e.output.image, req.instruction)
+                pointing.append(crit.predict(req.image, e.output.image, req.instruction).pointing_confidence)
+            w.write(record)
+            requests.append(req)
+    records, _ = load_records(root, images="header")
+    return crit, requests, {r.id: r for r in records}, float(np.median(pointing))
+
+
+def test_refine_rule_live_equals_replay(setup):
+    crit, requests, records, median = setup
+    crit.config.refine_threshold = median  # about half the failing attempts give way to a fresh candidate
+    policy = PolicyConfig(**{**POLICY.to_dict(), "tau_high": 0.99, "tau_low": 0.0, "max_candidates": 3})
+    cal = cascade_calibrator(policy)
+    editor = AdaptiveEditor(
+        SyntheticBackbone(),
+        Predictors(critique=crit, calibrator=cal),
+        policy=policy,
+        scorer=online_scores,
+        verifier=EmulatedRewardModel(),
+    )
+    reasons = []
+    for req in requests:
+        live = editor.edit(req)
+        rec = records[req.id]
+        cp, refine = critique_signals(rec, crit)
+        assert refine is not None and set(refine) == {a.key for a in rec.attempts}
+        conf, prev, first = record_signals(rec, cal, critique_p=cp)
+        rep = replay_record(rec, policy, conf, first_stage=first, refine_ok=refine, overhead=Overhead(verify_s=1.0))
+        assert (live.chosen, live.nfe, len(live.verifier_calls)) == (rep.chosen, rep.nfe, rep.verifier_calls)
+        assert [d["action"] for d in live.decisions] == [d["action"] for d in rep.decisions], req.id
+        reasons += [d["reason"] for d in live.decisions]
+    assert "critique_unsure_where" in reasons and "tau_low<=confidence<tau_high" in reasons
+
+
+def test_threshold_zero_always_refines(setup):
+    crit, requests, records, _ = setup
+    crit.config.refine_threshold = 0.0
+    rec = records[requests[0].id]
+    _, refine = critique_signals(rec, crit)
+    assert refine is None  # replay then refines as before
+    assert crit.should_refine(crit.predict(requests[0].image, requests[0].image, requests[0].instruction))
