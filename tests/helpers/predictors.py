@@ -37,3 +37,37 @@ def card(levels=(1, 2, 4, 8), seed=0, beyond_budget: int | None = None) -> CardP
     )
     model = CardModel(cfg)
     return CardPredictor(model, feat)
+
+
+def critique(
+    image_spec: dict | None = None,
+    kinds=("wrong_color", "no_change"),
+    text_dim: int = 32,
+    hidden: int = 16,
+    trained: bool = False,
+    **overrides,
+):
+    """An untrained critique head with real encoders (pixels + hashing text by default). ``trained``
+    perturbs the image encoder's weights, standing for fine-tuned weights that must travel in the artifact."""
+    from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor
+
+    ienc = build_image_encoder(image_spec or {"kind": "pixels"})
+    tenc = build_text_encoder({"kind": "hashing", "dim": text_dim})
+    overrides.setdefault("encoder_trained", trained)
+    cfg = CritiqueConfig(
+        kinds=tuple(kinds),
+        token_dim=ienc.patch_dim,
+        text_dim=tenc.dim,
+        grid=ienc.patch_grid(),
+        image_encoder=ienc.spec(),
+        text_encoder=tenc.spec(),
+        hidden=hidden,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    head = CritiqueHead(cfg)
+    if trained:
+        with torch.no_grad():
+            for p in ienc.model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    return CritiquePredictor(head, ienc, tenc)

@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+import helpers.predictors as helper_predictors
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,7 @@ from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.calibration import CalibrationConfig
 from ade_runtime.predictors.card import CardConfig
 from ade_runtime.predictors.config_base import ArtifactConfig, RuntimeOptions
-from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor
+from ade_runtime.predictors.critique import CritiqueConfig, CritiquePredictor
 from ade_runtime.testbed import World, save_png
 from ade_runtime.testbed import cli as testbed_cli
 from ade_runtime.testbed.imageio import make_image
@@ -41,21 +42,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def tiny_critique() -> CritiquePredictor:
-    from ade_runtime.encoders import build_image_encoder, build_text_encoder
-
-    ienc = build_image_encoder({"kind": "pixels"})
-    tenc = build_text_encoder({"kind": "hashing", "dim": 32})
-    cfg = CritiqueConfig(
-        kinds=("wrong_color", "no_change"),
-        token_dim=ienc.patch_dim,
-        text_dim=tenc.dim,
-        grid=ienc.patch_grid(),
-        image_encoder=ienc.spec(),
-        text_encoder=tenc.spec(),
-        hidden=16,
-    )
-    torch.manual_seed(0)
-    return CritiquePredictor(CritiqueHead(cfg), ienc, tenc)
+    return helper_predictors.critique()
 
 
 def full_export(d: Path) -> Path:

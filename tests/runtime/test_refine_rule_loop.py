@@ -24,7 +24,10 @@ N = 10
 
 
 def _scorer(src, out, instruction):
-    return {**online_scores(src, out, instruction), **EmulatedRewardModel().verify(src, out, instruction).scores}
+    return {
+        **online_scores(src, out, instruction),
+        **EmulatedRewardModel().verify(src, out, instruction).scores,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,12 @@ def setup(tmp_path_factory):
     with TraceWriter(root, fsync=False) as w:
         for i in range(N):
             r = world.sample_request(rng)
-            req = EditRequest(make_image(r.source, r.source, world.size), r.instruction, f"r{i:02d}", r.category)
-            logs = run_grid(backbone, req, candidates=3, rounds=2, levels=[0], seed=0, critique=crit, scorer=_scorer)
+            req = EditRequest(
+                make_image(r.source, r.source, world.size), r.instruction, f"r{i:02d}", r.category
+            )
+            logs = run_grid(
+                backbone, req, candidates=3, rounds=2, levels=[0], seed=0, critique=crit, scorer=_scorer
+            )
             record = build_record(req, logs, backbone.name, writer=w)
             for a, e in zip(record.attempts, [e for e in logs if e.output is not None], strict=True):
                 a.judge = judge_attempt(req.image, e.output.image, req.instruction)
@@ -69,7 +76,9 @@ def test_refine_rule_live_equals_replay(setup):
         cp, refine = critique_signals(rec, crit)
         assert refine is not None and set(refine) == {a.key for a in rec.attempts}
         conf, prev, first = record_signals(rec, cal, critique_p=cp)
-        rep = replay_record(rec, policy, conf, first_stage=first, refine_ok=refine, overhead=Overhead(verify_s=1.0))
+        rep = replay_record(
+            rec, policy, conf, first_stage=first, refine_ok=refine, overhead=Overhead(verify_s=1.0)
+        )
         assert (live.chosen, live.nfe, len(live.verifier_calls)) == (rep.chosen, rep.nfe, rep.verifier_calls)
         assert [d["action"] for d in live.decisions] == [d["action"] for d in rep.decisions], req.id
         reasons += [d["reason"] for d in live.decisions]

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import helpers.predictors as helper_predictors
 import numpy as np
 import pytest
 import torch
@@ -18,13 +19,12 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ade_runtime.encoders import build_image_encoder, build_text_encoder
+from ade_runtime.encoders import build_image_encoder
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.feedback import REGION_BOXES
 from ade_runtime.predictors.critique import (
     Critique,
     CritiqueConfig,
-    CritiqueHead,
     CritiquePredictor,
     crop_window,
     flaw_regions,
@@ -69,26 +69,9 @@ def _saved_dino(path: Path, seed: int) -> Path:
 
 
 def _predictor(image_spec: dict, trained: bool, **overrides) -> CritiquePredictor:
-    ienc = build_image_encoder(image_spec)
-    tenc = build_text_encoder({"kind": "hashing", "dim": 64})
-    cfg = CritiqueConfig(
-        kinds=KINDS,
-        token_dim=ienc.patch_dim,
-        text_dim=tenc.dim,
-        grid=ienc.patch_grid(),
-        image_encoder=ienc.spec(),
-        text_encoder=tenc.spec(),
-        hidden=32,
-        encoder_trained=trained,
-        **overrides,
+    return helper_predictors.critique(
+        image_spec, kinds=KINDS, text_dim=64, hidden=32, trained=trained, **overrides
     )
-    torch.manual_seed(0)
-    head = CritiqueHead(cfg)
-    if trained:  # stands for fine-tuned weights: they must travel in the artifact
-        with torch.no_grad():
-            for p in ienc.model.parameters():
-                p.add_(0.01 * torch.randn_like(p))
-    return CritiquePredictor(head, ienc, tenc)
 
 
 def _images(size: int = 80) -> tuple[Image.Image, Image.Image]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import helpers.predictors as helper_predictors
 import numpy as np
 import pytest
 import torch
@@ -18,10 +19,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ade_runtime.encoders import build_image_encoder, build_text_encoder
 from ade_runtime.errors import InputError
 from ade_runtime.predictors import should_refine
-from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor
+from ade_runtime.predictors.critique import CritiquePredictor
 from ade_runtime.traces import load_records
 from ade_train.critique.data import cap_examples, collect_examples
 from ade_train.critique.evaluate import TreesBaseline, selection_metrics, within_request_auroc
@@ -40,23 +40,10 @@ TINY_DINO = {
 
 
 def _predictor(**overrides) -> CritiquePredictor:
-    ienc = build_image_encoder(
-        {"kind": "dinov2", "config": TINY_DINO, "image_size": 64, "resize_size": 64, "seed": 3}
+    spec = {"kind": "dinov2", "config": TINY_DINO, "image_size": 64, "resize_size": 64, "seed": 3}
+    return helper_predictors.critique(
+        spec, kinds=("leakage", "wrong_color"), text_dim=64, hidden=32, encoder_trained=True, **overrides
     )
-    tenc = build_text_encoder({"kind": "hashing", "dim": 64})
-    cfg = CritiqueConfig(
-        kinds=("leakage", "wrong_color"),
-        token_dim=ienc.patch_dim,
-        text_dim=tenc.dim,
-        grid=ienc.patch_grid(),
-        image_encoder=ienc.spec(),
-        text_encoder=tenc.spec(),
-        hidden=32,
-        encoder_trained=True,
-        **overrides,
-    )
-    torch.manual_seed(0)
-    return CritiquePredictor(CritiqueHead(cfg), ienc, tenc)
 
 
 def _images(size: int = 64) -> tuple[Image.Image, Image.Image]:
