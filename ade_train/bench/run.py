@@ -43,11 +43,14 @@ def _run(cmd: list[str]) -> None:
 
 def _run_shards(cmd: list[str], shards: int) -> None:
     """``cmd --shard k/shards`` for every k side by side (ade-collect's sharding), failing if any fails."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per shard: the shards share the cores
     procs = []
     for k in range(shards):
         full = [*cmd, "--shard", f"{k}/{shards}"]
         print("+", " ".join(full), file=sys.stderr, flush=True)
-        procs.append(subprocess.Popen(full))
+        procs.append(subprocess.Popen(full, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
         raise subprocess.CalledProcessError(max(codes), cmd)
