@@ -123,7 +123,11 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
             ]
         )
     if not (loop_out / "export").exists():
-        shutil.copytree(pred_dir / "export", loop_out / "export")
+        # CARD and the critique only: a calibration copied here would pass for this step's result on a
+        # rerun after an interruption (the check at the top), so it is written by the calibrate below only
+        shutil.copytree(
+            pred_dir / "export", loop_out / "export", ignore=shutil.ignore_patterns("calibration*")
+        )
     if (loop_out / "export" / "critique.json").exists():
         # the refine-or-fresh rule, fitted on the same critique-led traces (docs/critique.md)
         try:

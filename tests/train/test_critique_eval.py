@@ -266,3 +266,18 @@ def test_rank_loss_and_request_batches():
         for b in batches:  # requests are never split across batches
             assert all(groups.count(groups[i]) == sum(groups[j] == groups[i] for j in b) for i in b)
     assert len({tuple(map(tuple, e)) for e in epochs}) > 1  # a new order each epoch
+
+
+def test_refine_rule_values_at_all_thresholds_match_the_definition():
+    from ade_train.critique.refine import RefineCase, RefineRule, _rule_values, rule_value
+
+    rng = np.random.default_rng(0)
+    cases = [
+        RefineCase(f"r{i % 7}", float(rng.random()), float(rng.random()), float(rng.random()))
+        for i in range(300)
+    ]
+    cases += [RefineCase("tie", 0.5, 1.0, 0.0), RefineCase("tie", 0.5, 0.0, 1.0)]  # equal confidences
+    ts = np.unique(np.concatenate([[0.0, 0.5, 1.0], [c.confidence for c in cases]]))
+    assert np.allclose(_rule_values(cases, ts), [rule_value(cases, float(t)) for t in ts])
+    rule = RefineRule().fit(cases)
+    assert rule_value(cases, rule.threshold_) == pytest.approx(max(rule.values_))
