@@ -128,7 +128,9 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
         shutil.copytree(
             pred_dir / "export", loop_out / "export", ignore=shutil.ignore_patterns("calibration*")
         )
-    if (loop_out / "export" / "critique.json").exists():
+    crit_card = loop_out / "export" / "critique.json"
+    fitted = crit_card.exists() and "refine/cases" in (json.loads(crit_card.read_text()).get("metrics") or {})
+    if crit_card.exists() and not fitted:
         # the refine-or-fresh rule, fitted on the same critique-led traces (docs/critique.md)
         try:
             _run([str(BIN / "ade-train"), "refine-rule", "--data", str(judged), "--predictors",

@@ -121,6 +121,9 @@ def test_quality_checks():
     )
     assert quality.calibration_warning((0.05, 0.18), (0.3, 0.2)) is None
     assert quality.calibration_warning((0.05, 0.18), None) is None
+    # a sharper map with a slightly worse ECE is the better forecast (Brier is proper, ECE is not)
+    assert quality.calibration_warning((0.065, 0.128), (0.058, 0.154)) is None
+    assert "Brier 0.2000 > 0.1800" in quality.calibration_warning((0.01, 0.2), (0.3, 0.18))
 
 
 @pytest.mark.slow
