@@ -10,6 +10,17 @@ from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_runtime.predictors.features import RequestFeaturizer
 
+# a two-layer DINOv2 config for tests (64 px, 8 px patches)
+TINY_DINO = {
+    "model_type": "dinov2",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 8,
+    "image_size": 64,
+}
+
 
 def calibrator(bias: float, weight: float = 0.0, policy: PolicyConfig | None = None) -> Calibrator:
     """A logistic calibrator over clip_t: P = sigmoid(weight * clip_t + bias)."""

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers.grid import judged_grid
 from helpers.predictors import calibrator, card
 
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli.collect import run_grid
 from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.policy import PolicyConfig, pruned_nfe, replay_record
 from ade_runtime.policy.signals import card_budget, record_signals
@@ -22,8 +22,6 @@ from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
 from ade_runtime.testbed.costs import get_cost
 from ade_runtime.testbed.imageio import make_image
-from ade_runtime.traces import TraceWriter, load_records
-from ade_runtime.traces.serving import build_record
 
 N = 16
 POLICY = PolicyConfig(
@@ -34,28 +32,10 @@ POLICY = PolicyConfig(
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """N fresh testbed requests, each with its full 4 x 2 x {0, 512} grid, judged exactly."""
-    root = tmp_path_factory.mktemp("grid")
-    world = World(seed=11, size=48)
-    rng = np.random.default_rng(11)
-    backbone = SyntheticBackbone()
-    requests = []
-    with TraceWriter(root, fsync=False) as w:
-        for i in range(N):
-            r = world.sample_request(rng)
-            req = EditRequest(
-                make_image(r.source, r.source, world.size), r.instruction, f"q{i:02d}", r.category
-            )
-            logs = run_grid(
-                backbone, req, candidates=4, rounds=2, levels=[0, 512], seed=0, scorer=online_scores
-            )
-            record = build_record(req, logs, backbone.name, writer=w)
-            for a, entry in zip(record.attempts, [e for e in logs if e.output is not None], strict=True):
-                a.judge = judge_attempt(req.image, entry.output.image, req.instruction)
-            w.write(record)
-            requests.append(req)
-    records, rejects = load_records(root, images="header")
-    assert not rejects and len(records) == N
-    return requests, {r.id: r for r in records}
+    return judged_grid(
+        tmp_path_factory.mktemp("grid"), n=N, seed=11, prefix="q", candidates=4, rounds=2,
+        levels=[0, 512], scorer=online_scores,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("use_card", [True, False])

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.grid import judged_grid
 from runtime.test_cli_new_user import tiny_critique
 from runtime.test_verifier_cascade import POLICY, cascade_calibrator
 
-from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli.collect import run_grid
 from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.policy import Overhead, PolicyConfig, replay_record
 from ade_runtime.policy.signals import critique_signals, record_signals
 from ade_runtime.predictors.bundle import Predictors
-from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
-from ade_runtime.testbed.imageio import make_image
+from ade_runtime.testbed import SyntheticBackbone, online_scores
+from ade_runtime.testbed.imageio import load_png
 from ade_runtime.testbed.reward import EmulatedRewardModel
-from ade_runtime.traces import TraceWriter, load_records
-from ade_runtime.traces.serving import build_record
 
 N = 10
 
@@ -33,28 +30,18 @@ def _scorer(src, out, instruction):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     crit = tiny_critique()
-    root = tmp_path_factory.mktemp("grid")
-    world = World(seed=21, size=48)
-    rng = np.random.default_rng(21)
-    backbone = SyntheticBackbone()
-    requests, pointing = [], []
-    with TraceWriter(root, fsync=False) as w:
-        for i in range(N):
-            r = world.sample_request(rng)
-            req = EditRequest(
-                make_image(r.source, r.source, world.size), r.instruction, f"r{i:02d}", r.category
+    requests, records = judged_grid(
+        tmp_path_factory.mktemp("grid"), n=N, seed=21, prefix="r", candidates=3, rounds=2, levels=[0],
+        scorer=_scorer, critique=crit,
+    )  # fmt: skip
+    pointing = []
+    for rec in records.values():
+        src = load_png(rec.resolve(rec.source_image))
+        for a in rec.attempts:
+            pointing.append(
+                crit.predict(src, load_png(rec.resolve(a.image)), rec.instruction).pointing_confidence
             )
-            logs = run_grid(
-                backbone, req, candidates=3, rounds=2, levels=[0], seed=0, critique=crit, scorer=_scorer
-            )
-            record = build_record(req, logs, backbone.name, writer=w)
-            for a, e in zip(record.attempts, [e for e in logs if e.output is not None], strict=True):
-                a.judge = judge_attempt(req.image, e.output.image, req.instruction)
-                pointing.append(crit.predict(req.image, e.output.image, req.instruction).pointing_confidence)
-            w.write(record)
-            requests.append(req)
-    records, _ = load_records(root, images="header")
-    return crit, requests, {r.id: r for r in records}, float(np.median(pointing))
+    return crit, requests, records, float(np.median(pointing))
 
 
 def test_refine_rule_live_equals_replay(setup):

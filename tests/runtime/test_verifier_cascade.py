@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import FIXTURE_SMALL
+from helpers.grid import judged_grid
 
-from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli.collect import run_grid
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.overhead import verifier_seconds
@@ -20,14 +19,14 @@ from ade_runtime.policy import Overhead, PolicyConfig, replay_record
 from ade_runtime.policy.signals import record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
-from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
+from ade_runtime.testbed import SyntheticBackbone, World, online_scores
 from ade_runtime.testbed.imageio import make_image, save_png
 from ade_runtime.testbed.reward import (
     DEFAULT_PAIRWISE_ACCURACY,
     EmulatedRewardModel,
     pairwise_accuracy,
 )
-from ade_runtime.traces import TraceWriter, load_records
+from ade_runtime.traces import load_records
 from ade_runtime.traces.serving import build_record, result_meta
 
 N = 12
@@ -71,29 +70,10 @@ def _scorer_with_reward(reward: EmulatedRewardModel):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """N testbed requests with their full 4 x 2 grid; every attempt carries the emulated ``vlm``."""
-    root = tmp_path_factory.mktemp("grid")
-    world = World(seed=5, size=48)
-    rng = np.random.default_rng(5)
-    backbone = SyntheticBackbone()
-    reward = EmulatedRewardModel()
-    requests = []
-    with TraceWriter(root, fsync=False) as w:
-        for i in range(N):
-            r = world.sample_request(rng)
-            req = EditRequest(
-                make_image(r.source, r.source, world.size), r.instruction, f"v{i:02d}", r.category
-            )
-            logs = run_grid(
-                backbone, req, candidates=4, rounds=2, levels=[0], seed=0, scorer=_scorer_with_reward(reward)
-            )
-            record = build_record(req, logs, backbone.name, writer=w)
-            for a, entry in zip(record.attempts, [e for e in logs if e.output is not None], strict=True):
-                a.judge = judge_attempt(req.image, entry.output.image, req.instruction)
-            w.write(record)
-            requests.append(req)
-    records, rejects = load_records(root, images="header")
-    assert not rejects
-    return requests, {r.id: r for r in records}
+    return judged_grid(
+        tmp_path_factory.mktemp("grid"), n=N, seed=5, prefix="v", candidates=4, rounds=2, levels=[0],
+        scorer=_scorer_with_reward(EmulatedRewardModel()),
+    )  # fmt: skip
 
 
 def test_live_cascade_matches_replay_and_counts_every_call(grid):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import FIXTURES
+from helpers.predictors import TINY_DINO
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,15 +34,6 @@ from ade_runtime.predictors.critique import (
 )
 from ade_runtime.traces.records import Flaw
 
-TINY_DINO = {
-    "model_type": "dinov2",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "patch_size": 8,
-    "image_size": 64,
-}
 KINDS = ("leakage", "no_change", "wrong_color")
 FIXTURE = FIXTURES / "testbed_small"
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import FIXTURES
+from helpers.predictors import TINY_DINO
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,15 +29,6 @@ from ade_train.critique.evaluate import TreesBaseline, selection_metrics, within
 from ade_train.critique.refine import RefineCase, RefineRule, fit_report, rule_value
 
 FIXTURE = FIXTURES / "testbed_small"
-TINY_DINO = {
-    "model_type": "dinov2",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "patch_size": 8,
-    "image_size": 64,
-}
 
 
 def _predictor(**overrides) -> CritiquePredictor:
