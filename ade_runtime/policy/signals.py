@@ -84,20 +84,20 @@ def critique_signals(
     groups: dict[tuple, list[Attempt]] = {}
     for a in todo:
         groups.setdefault((a.image, tuple(sorted(cheap_scores(a).items()))), []).append(a)
-    unique = [g[0] for g in groups.values()]
     source = _load(record, record.source_image)
     p: dict[Key, float] = {}
     refine: dict[Key, bool] = {}
-    for i in range(0, len(unique), batch_size):
-        chunk = unique[i : i + batch_size]
+    keys = list(groups)
+    for i in range(0, len(keys), batch_size):
+        chunk = keys[i : i + batch_size]
         results = critique.predict_batch(
             [source] * len(chunk),
-            [_load(record, a.image) for a in chunk],
+            [_load(record, image) for image, _ in chunk],
             [record.instruction] * len(chunk),
-            scores=[cheap_scores(a) for a in chunk],
+            scores=[dict(scores) for _, scores in chunk],
         )
-        for a, res in zip(chunk, results, strict=True):
-            for same in groups[(a.image, tuple(sorted(cheap_scores(a).items())))]:
+        for key, res in zip(chunk, results, strict=True):
+            for same in groups[key]:
                 p[same.key] = float(res.p_pass)
                 if rule:
                     refine[same.key] = bool(critique.should_refine(res))

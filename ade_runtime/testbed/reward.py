@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ade_runtime.errors import InputError
-from ade_runtime.testbed.imageio import read_scenes
+from ade_runtime.testbed.imageio import CHUNK_KEY, read_scenes
 from ade_runtime.testbed.judge import judge_scenes
 from ade_runtime.verifiers.base import Verdict, VerifierCost
 
@@ -95,8 +95,6 @@ class EmulatedRewardModel:
                 "--verifier vlm:<id> | openai:<model> | editscore:<id>)"
             ) from None
         judge = judge_scenes(current, src_scene, instruction)
-        from ade_runtime.testbed.imageio import CHUNK_KEY
-
         value = self.score_scene(str(attempt.info.get(CHUNK_KEY)), judge.score, instruction)
         return Verdict({self.feature: value}, seconds=self.cost.seconds, flops=self.cost.flops)
 
@@ -129,7 +127,6 @@ def _sample(n_requests: int = 40, seed: int = 0) -> tuple[list[float], list[byte
     """(judge score, content, request) of every attempt of ``n_requests`` testbed requests over the
     full default grid (all rounds and reasoning levels, as the traces hold them)."""
     from ade_runtime.testbed.generate import GenConfig, simulate_request
-    from ade_runtime.testbed.imageio import CHUNK_KEY
 
     cfg = GenConfig(n_requests=n_requests, seed=seed, image_every=1, reward_model=False)
     scores, contents, groups = [], [], []
