@@ -49,8 +49,17 @@ sample-data: install
 # Testbed benchmark: trains into checkpoints/bench if needed, replays every policy on a shifted
 # held-out set, runs the live loop and writes docs/results/ (report.md, report.json, plots).
 BENCH_OUT ?= docs/results
+# Bench parts (ade_train/bench/parts.py) are measured apart, each by `make bench-<part>`, and folded into
+# report.md; `make bench` runs them all first. A part adds itself with `BENCH_PARTS += <module>`.
+BENCH_PARTS :=
 bench: install
+	$(foreach part,$(BENCH_PARTS),$(PY) -m ade_train.bench.$(part) --out $(BENCH_OUT) &&) true
 	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)
+
+# Re-render report.md from report.json and the parts (after re-measuring one part alone).
+.PHONY: bench-report
+bench-report: install
+	$(PY) -m ade_train.bench.run --report-only --out $(BENCH_OUT)
 
 # Calibration (docs/calibration.md): calibrated P(pass) and the policy thresholds, chosen by replay on
 # the calibration split with the CARD / critique already exported in $(OUT)/export; merges into it.
