@@ -116,7 +116,13 @@ def budget_reason(card: dict) -> str:
     tok = f"; {card['reasoning_tokens']} reasoning tokens"
     if card.get("token_pass") and card.get("supports_reasoning"):
         tok += f" (P(pass) by tokens {card['token_pass']}, gain per cost >= {card['gain_per_cost']:g})"
-    return f"{card.get('source', 'card')}: {why}{tok}"
+    src = {
+        "prior:given": f" (the request's category {card.get('category')!r})",
+        "prior:inferred": f" (category inferred from the request: {card.get('category')!r}, "
+        f"p={card.get('category_confidence', float('nan')):.2f}, a mixture over the categories)",
+        "prior:all": " (no category and no classifier: the all-categories row)",
+    }.get(card.get("budget_source"), "")
+    return f"{card.get('source', 'card')}{src}: {why}{tok}"
 
 
 def attempt_seed(base: int, candidate: int, round_: int) -> int:

@@ -154,10 +154,20 @@ def record_signals(
 
 
 def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = None) -> Any:
-    """CARD's prediction (``BudgetPrediction``) for a logged request (a per-category prior needs no image)."""
-    prior = getattr(getattr(card, "config", None), "is_prior", False)
-    img = image if image is not None or prior else _load(record, record.source_image)
-    return card.predict(record.instruction, img, category=record.category)
+    """CARD's prediction (``BudgetPrediction``) for a logged request, as the live loop made it.
+
+    The record's ``category`` reaches CARD only where the live request carried one (its trace says
+    ``meta.ade.card.budget_source == "prior:given"``): a dataset's labels (the testbed's, a labelling
+    job's) are not something production requests have, and a replay must not credit them.
+    """
+    cfg = getattr(card, "config", None)
+    ade = (record.meta or {}).get("ade") if isinstance(record.meta, dict) else None
+    card_log = ade.get("card") if isinstance(ade, dict) else None
+    given = isinstance(card_log, dict) and card_log.get("budget_source") == "prior:given"
+    category = record.category if given else None
+    table_only = getattr(cfg, "is_prior", False) and (not getattr(cfg, "categories", None) or given)
+    img = image if image is not None or table_only else _load(record, record.source_image)
+    return card.predict(record.instruction, img, category=category)
 
 
 def card_budget(

@@ -76,6 +76,13 @@ class CardConfig(ArtifactConfig):
     label_s_max: int | None = field(
         default=None, metadata={"help": "rounds per chain of the loop-order labels (None: rectangle labels)"}
     )
+    categories: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "the prior's category classifier: its classes (a linear head over the request features); "
+            "None: a request without a category gets the '*' row"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_dim, int) or isinstance(self.input_dim, bool) or self.input_dim < 1:
@@ -129,6 +136,17 @@ class CardConfig(ArtifactConfig):
                 if not isinstance(row, (list, tuple)) or len(row) != width:
                     raise ValueError(f"CardConfig.{name}[{cat!r}] must hold {width} numbers, got {row!r}")
             setattr(self, name, {str(k): [float(v) for v in row] for k, row in table.items()})
+        if self.categories is not None:
+            if not isinstance(self.categories, (list, tuple)) or not self.categories:
+                raise ValueError(f"CardConfig.categories must be a non-empty list, got {self.categories!r}")
+            self.categories = [str(c) for c in self.categories]
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"CardConfig.categories must be distinct, got {self.categories}")
+            if self.category_probs is None:
+                raise ValueError("CardConfig.categories needs category_probs (the prior it feeds)")
+            missing = [c for c in self.categories if c not in self.category_probs]
+            if missing:
+                raise ValueError(f"CardConfig.categories {missing} have no row in category_probs")
 
     @property
     def is_prior(self) -> bool:
@@ -158,6 +176,10 @@ class CardModel(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.budget_head = nn.Linear(width, config.n_budget_classes)
         self.token_head = nn.Linear(width, len(config.token_levels))
+        # the prior's category classifier (multinomial logistic regression on the standardised features)
+        self.category_head = (
+            nn.Linear(config.input_dim, len(config.categories)) if config.categories else None
+        )
 
     @torch.no_grad()
     def set_feature_stats(self, x: torch.Tensor) -> None:
@@ -173,6 +195,12 @@ class CardModel(nn.Module):
         """(budget logits [N, levels+1], token logits [N, token levels])."""
         h = self.trunk((x - self.feature_mean) / self.feature_std)
         return self.budget_head(h), self.token_head(h)
+
+    def category_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over ``config.categories`` [N, C] (the prior's classifier; needs ``config.categories``)."""
+        if self.category_head is None:
+            raise InputError("this CARD artifact has no category classifier (config.categories is None)")
+        return self.category_head((x - self.feature_mean) / self.feature_std)
 
 
 def choose_tokens(
@@ -204,6 +232,11 @@ class BudgetPrediction:
     token_seconds: list[float] | None = None
     gain_per_cost: float | None = None
     beyond_budget: int | None = None
+    # where the budget came from: "card", "prior:given" (the caller's category), "prior:inferred" (the
+    # classifier's mixture over categories), "prior:all" (no category, no classifier: the '*' row)
+    source: str = "card"
+    category: str | None = None  # the category used (given, or the classifier's most probable one)
+    category_confidence: float | None = None  # the classifier's probability of ``category``
 
     def hopeless(self, q: float) -> bool:
         """True when the q-quantile of the need falls in the beyond mass (no level reaches q)."""
@@ -242,7 +275,12 @@ class BudgetPrediction:
             "p_beyond": round(self.p_beyond, 4),
             "hopeless": self.hopeless(q),
             "reasoning_tokens": self.reasoning_tokens,
+            "budget_source": self.source,
         }
+        if self.category is not None:
+            out["category"] = self.category
+        if self.category_confidence is not None:
+            out["category_confidence"] = round(self.category_confidence, 4)
         if self.token_pass is not None:
             out["token_pass"] = {
                 str(t): round(p, 4) for t, p in zip(self.token_levels, self.token_pass, strict=True)
@@ -275,18 +313,14 @@ class CardPredictor:
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Budget probs [N, levels+1] and token probs [N, token levels] for feature rows ``x``."""
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if x.ndim != 2 or x.shape[1] != self.config.input_dim:
-            raise InputError(f"features must be [N, {self.config.input_dim}], got {list(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise InputError("features contain NaN or infinity; check the encoders' inputs")
+        x = self._check_features(x)
         self.model.eval()
         ref = self.model.feature_mean
         b, t = self.model(x.to(device=ref.device, dtype=ref.dtype))
         b, t = b.float().cpu(), t.float().cpu()
         return b.softmax(-1), (t.sigmoid() if self.config.token_target == "pass" else t.softmax(-1))
 
-    def _prediction(self, probs: list[float], tprobs: list[float]) -> BudgetPrediction:
+    def _prediction(self, probs: list[float], tprobs: list[float], **origin: Any) -> BudgetPrediction:
         cfg = self.config
         passes = cfg.token_target == "pass" or cfg.category_token_pass is not None
         return BudgetPrediction(
@@ -298,37 +332,94 @@ class CardPredictor:
             token_seconds=list(cfg.token_seconds) or None,
             gain_per_cost=cfg.gain_per_cost,
             beyond_budget=cfg.beyond_budget,
+            **origin,
         )
+
+    @torch.no_grad()
+    def category_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """P(category | request) [N, C] over ``config.categories`` from feature rows ``x``."""
+        x = self._check_features(x)
+        ref = self.model.feature_mean
+        return self.model.category_logits(x.to(device=ref.device, dtype=ref.dtype)).float().cpu().softmax(-1)
+
+    def _check_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim != 2 or x.shape[1] != self.config.input_dim:
+            raise InputError(f"features must be [N, {self.config.input_dim}], got {list(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise InputError("features contain NaN or infinity; check the encoders' inputs")
+        return x
+
+    def _needs_features(self, categories: list[str | None] | None, n: int) -> bool:
+        """False only for a prior whose every row has a usable category (or that cannot infer one)."""
+        cfg = self.config
+        if not cfg.is_prior:
+            return True
+        if not cfg.categories:
+            return False
+        cats = categories if categories is not None else [None] * n
+        return any(c is None or str(c) not in cfg.category_probs for c in cats)
+
+    def _prior_predictions(self, x: torch.Tensor | None, cats: list[str | None]) -> list[BudgetPrediction]:
+        """The prior's rows: the given category's, else the classifier's mixture, else the '*' row."""
+        cfg = self.config
+        table, tok = cfg.category_probs, cfg.category_token_pass or {}
+        default_tok = tok.get("*", [1.0] * len(cfg.token_levels))
+        p_cat = self.category_proba(x) if x is not None and cfg.categories else None
+        out = []
+        for i, c in enumerate(cats):
+            if c is not None and str(c) in table:
+                c = str(c)
+                out.append(
+                    self._prediction(
+                        list(table[c]), list(tok.get(c, default_tok)), source="prior:given", category=c
+                    )
+                )
+            elif p_cat is not None:  # a soft mixture of the rows: no label is needed at run time
+                w = p_cat[i]
+                rows = torch.tensor([table[k] for k in cfg.categories])
+                trows = torch.tensor([tok.get(k, default_tok) for k in cfg.categories])
+                top = int(w.argmax())
+                out.append(
+                    self._prediction(
+                        (w @ rows).tolist(),
+                        (w @ trows).tolist(),
+                        source="prior:inferred",
+                        category=cfg.categories[top],
+                        category_confidence=float(w[top]),
+                    )
+                )
+            else:
+                out.append(self._prediction(list(table["*"]), list(default_tok), source="prior:all"))
+        return out
 
     def predict_features(
         self, x: torch.Tensor, categories: list[str | None] | None = None
     ) -> list[BudgetPrediction]:
-        """Predictions for feature rows; a per-category prior reads ``categories`` instead ('*' when unknown)."""
+        """Predictions for feature rows.
+
+        A per-category prior reads ``categories`` (a caller's label, used and recorded); a request
+        without one gets the classifier's mixture over the categories when the artifact has one
+        (``config.categories``), else the all-categories row. CARD ignores ``categories``.
+        """
         cfg = self.config
         if cfg.category_probs is not None:
-            cats = categories if categories is not None else [None] * len(x)
-            tok = cfg.category_token_pass or {}
-            return [
-                self._prediction(
-                    list(cfg.category_probs.get(str(c), cfg.category_probs["*"])),
-                    list(tok.get(str(c), tok.get("*", [1.0] * len(cfg.token_levels)))),
-                )
-                for c in cats
-            ]
+            cats = list(categories) if categories is not None else [None] * len(x)
+            return self._prior_predictions(x if self._needs_features(cats, len(cats)) else None, cats)
         probs, tprobs = self.predict_proba(x)
         return [self._prediction(p.tolist(), tp.tolist()) for p, tp in zip(probs, tprobs, strict=True)]
 
     def predict(self, instruction: str, image: Any, category: str | None = None) -> BudgetPrediction:
         """Budget for one request; ``image`` is a PIL image or a path. ``category`` is read by the prior only."""
-        if self.config.is_prior:  # the table needs no features
+        if not self._needs_features([category], 1):  # the table's row needs no features
             return self.predict_features(torch.zeros(1, self.config.input_dim), [category])[0]
-        return self.predict_features(self.featurizer.featurize([instruction], [image]))[0]
+        return self.predict_features(self.featurizer.featurize([instruction], [image]), [category])[0]
 
     def predict_many(
         self, instructions: list[str], images: list[Any], categories: list[str | None] | None = None
     ) -> list[BudgetPrediction]:
         """Budgets for a batch of requests (one image per instruction)."""
-        if self.config.is_prior:
+        if not self._needs_features(categories, len(instructions)):
             return self.predict_features(torch.zeros(len(instructions), self.config.input_dim), categories)
         return self.predict_features(self.featurizer.featurize(list(instructions), list(images)), categories)
 

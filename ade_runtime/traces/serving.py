@@ -97,6 +97,7 @@ def result_meta(result: EditResult) -> dict[str, Any]:
         "chosen": list(result.chosen) if result.chosen is not None else None,
         "confidence": result.confidence,
         "stop_reason": result.stop_reason,
+        **({"card": result.card} if getattr(result, "card", None) else {}),  # the budget's source and why
         "decisions": result.decisions,
         "nfe": result.nfe,
         "backbone_seconds": round(result.backbone_seconds, 6),

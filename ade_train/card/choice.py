@@ -25,6 +25,7 @@ import torch
 from ade_runtime.policy import PolicyConfig, budget
 from ade_runtime.predictors.card import BudgetPrediction, CardConfig, CardModel, CardPredictor, choose_tokens
 from ade_runtime.traces import EditRecord
+from ade_train.card.category import CategoryClassifier, fit_category_classifier
 from ade_train.card.metrics import category_prior_probs, censored_nll, prior_probs, token_pass_prior
 
 GAIN_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, math.inf)
@@ -182,16 +183,24 @@ def calibrate_beyond_budget(
     }
 
 
-def _calibrated(config: CardConfig, module: Any, dm: Any, q: float) -> tuple[CardPredictor, dict[str, Any]]:
-    """A predictor for ``config`` with both thresholds calibrated on its own calibration predictions."""
+def _calibrated(
+    config: CardConfig, module: Any, dm: Any, q: float, classifier: CategoryClassifier | None = None
+) -> tuple[CardPredictor, dict[str, Any]]:
+    """A predictor for ``config`` with both thresholds calibrated on its own calibration predictions.
+
+    The calibration requests are predicted as production would: without their category labels."""
     config = CardConfig.from_dict(config.to_dict())  # re-validates the tables
     model = CardModel(config)
-    model.load_state_dict(module.model.state_dict())
+    model.load_state_dict(module.model.state_dict(), strict=classifier is None)
+    if classifier is not None:
+        with torch.no_grad():
+            model.category_head.weight.copy_(classifier.weight)
+            model.category_head.bias.copy_(classifier.bias)
     predictor = CardPredictor(model, dm.featurizer)
     cal = dm.records("calibration") if dm.split_ids["calibration"] else []
     if not cal:
         return predictor, {}
-    preds = predictor.predict_features(dm.tensors("calibration")["x"], [r.category for r in cal])
+    preds = predictor.predict_features(dm.tensors("calibration")["x"], None)
     gain = calibrate_gain_per_cost(preds, cal, config, dm.s_max, dm.unit)
     beyond = calibrate_beyond_budget(preds, cal, config.levels, q, dm.s_max, dm.unit)
     predictor.model.config = replace(
@@ -200,10 +209,40 @@ def _calibrated(config: CardConfig, module: Any, dm: Any, q: float) -> tuple[Car
     return predictor, {"gain_per_cost": gain, "beyond_budget": beyond, "quantile": q}
 
 
-def choose_export(module: Any, dm: Any, quantile: float | None = None) -> ExportChoice:
-    """CARD or the per-category prior (by validation NLL), with both thresholds calibrated for it.
+def _standardised(module: Any, x: torch.Tensor) -> torch.Tensor:
+    m = module.model
+    return (x - m.feature_mean) / m.feature_std
 
-    ``ExportChoice.alternative`` is the one not exported (for the benchmark's ablations)."""
+
+def inferred_prior(
+    module: Any, dm: Any, table: dict[str, list[float]]
+) -> tuple[CategoryClassifier | None, dict]:
+    """The category classifier (fit on train, L2 by validation) and the inferred prior's NLL per split."""
+    val_split = "val" if dm.split_ids["val"] else "train"
+    cats = {s: [str(r.category) for r in dm.records(s)] for s in ("train", val_split)}
+    with torch.no_grad():
+        z = {s: _standardised(module, dm.tensors(s)["x"]) for s in ("train", val_split)}
+    clf = fit_category_classifier(z["train"], cats["train"], z[val_split], cats[val_split])
+    nll: dict[str, float] = {}
+    for split, key in ((val_split, "val"), ("test", "test")):
+        if key == "test" and not dm.split_ids["test"]:
+            continue
+        t = dm.tensors(split)
+        if clf is None:
+            probs = torch.tensor(table["*"]).expand(len(t["x"]), -1)
+        else:
+            with torch.no_grad():
+                probs = clf.proba(_standardised(module, t["x"])) @ torch.tensor([table[c] for c in clf.names])
+        nll[f"{key}/inferred_prior_nll"] = _nll(probs, t)
+    return clf, nll
+
+
+def choose_export(module: Any, dm: Any, quantile: float | None = None) -> ExportChoice:
+    """CARD or the per-category prior fed by a category classifier, by validation NLL; both label-free.
+
+    Production requests carry no category, so the prior that competes with CARD infers it from the
+    request (``ade_train.card.category``); the prior that reads the true label is reported beside them
+    (``category_prior_nll``), never chosen by. ``ExportChoice.alternative`` is the one not exported."""
     val_split = "val" if dm.split_ids["val"] else "train"
     nll = {f"val/{k}_nll": v for k, v in split_nll(module, dm, val_split).items()}
     if dm.split_ids["test"]:
@@ -213,18 +252,25 @@ def choose_export(module: Any, dm: Any, quantile: float | None = None) -> Export
         module.config, token_seconds=list(dm.token_seconds), label_s_max=dm.s_max, token_target="pass"
     )
     table, tokens = category_tables(dm, base.n_budget_classes)
+    clf, inferred_nll = inferred_prior(module, dm, table)
+    nll.update(inferred_nll)
     card, card_th = _calibrated(base, module, dm, q)
-    prior, prior_th = _calibrated(
-        replace(base, category_probs=table, category_token_pass=tokens), module, dm, q
+    prior_cfg = replace(
+        base, category_probs=table, category_token_pass=tokens, categories=clf.names if clf else None
     )
-    if nll["val/card_nll"] < nll["val/category_prior_nll"]:
-        reason = (
-            f"CARD's validation NLL {nll['val/card_nll']:.4f} beats the per-category prior's "
-            f"{nll['val/category_prior_nll']:.4f}"
-        )
+    prior, prior_th = _calibrated(prior_cfg, module, dm, q, clf)
+    if clf is not None:
+        prior_th["category_classifier"] = {**clf.summary(), "why": "L2 by validation log-loss"}
+    vs = (
+        f"the per-category prior's with the category inferred from the request "
+        f"{nll['val/inferred_prior_nll']:.4f} (with the true label, which production lacks: "
+        f"{nll['val/category_prior_nll']:.4f})"
+    )
+    if nll["val/card_nll"] < nll["val/inferred_prior_nll"]:
+        reason = f"CARD's validation NLL {nll['val/card_nll']:.4f} beats {vs}"
         return ExportChoice("card", card, nll, reason, card_th, alternative=prior)
     reason = (
-        f"CARD's validation NLL {nll['val/card_nll']:.4f} does not beat the per-category prior's "
-        f"{nll['val/category_prior_nll']:.4f}: the prior is exported in CARD's format"
+        f"CARD's validation NLL {nll['val/card_nll']:.4f} does not beat {vs}: the prior is exported in "
+        "CARD's format with its category classifier, so budgets adapt without a label"
     )
     return ExportChoice("category_prior", prior, nll, reason, prior_th, alternative=card)

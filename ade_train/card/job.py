@@ -49,14 +49,18 @@ def _export(
     th = choice.thresholds
     section = PredictorSection(
         name=CARD_NAME,
-        title="CARD budget predictor" if choice.source == "card" else "CARD artifact: per-category prior",
+        title="CARD budget predictor"
+        if choice.source == "card"
+        else "CARD artifact: per-category prior with an inferred category",
         data=info,
         metrics=test_metrics,
         encoders={role: fp for role, fp in dm.featurizer.fingerprints.items()},
         intended_use=INTENDED_USE,
         limitations="Budgets are in attempts of the training grid in loop order (s_max "
         f"{dm.s_max}); requests whose need quantile falls beyond it get the calibrated give-up budget. "
-        "The per-category prior reads the request's category ('*' row when it is unknown).",
+        "The per-category prior uses a category the caller passes (recorded as budget_source "
+        "'prior:given'); without one it infers the category from the instruction and image (a mixture of "
+        "its rows, 'prior:inferred'). Validation NLL of each candidate is under baselines_nll.",
         extra={
             "levels": predictor.config.levels,
             "token_levels": predictor.config.token_levels,
@@ -67,7 +71,9 @@ def _export(
             "thresholds": {
                 k: (v if not isinstance(v, dict) else {"value": v.get(k), "why": v.get("why")})
                 for k, v in th.items()
+                if k != "category_classifier"
             },
+            "category_classifier": th.get("category_classifier"),
         },  # fmt: skip
         warnings=list(warnings),
     )
@@ -106,15 +112,22 @@ def _report(out: Path, dm: TraceDataModule):
                 n = choice.nll
                 notes[f"baselines ({split} NLL)"] = (
                     f"CARD {n[f'{split}/card_nll']:.4f}, constant prior {n[f'{split}/prior_nll']:.4f}, "
-                    f"per-category prior {n[f'{split}/category_prior_nll']:.4f}"
+                    f"per-category prior with the category inferred {n[f'{split}/inferred_prior_nll']:.4f}, "
+                    f"with the true label (not available in production) {n[f'{split}/category_prior_nll']:.4f}"
                 )
         notes["exported"] = f"{choice.source}: {choice.reason}"
+        if "category_classifier" in choice.thresholds:
+            c = choice.thresholds["category_classifier"]
+            notes["category classifier"] = (
+                f"{c['classes']} categories, validation accuracy {c['val_accuracy']:.3f}, log-loss "
+                f"{c['val_log_loss']:.3f} (L2 {c['l2']:g}, by validation)"
+            )
         for name in ("gain_per_cost", "beyond_budget"):
             if name in choice.thresholds:
                 t = choice.thresholds[name]
                 notes[f"calibrated {name}"] = f"{t[name]} ({t['why']})"
         if choice.source != "card" and warning:
-            warning += "; the per-category prior is exported instead"
+            warning += "; the per-category prior (category inferred from the request) is exported instead"
         return notes, [warning] if warning else []
 
     return report

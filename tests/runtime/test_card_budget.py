@@ -147,10 +147,16 @@ def test_prior_is_exported_when_card_does_not_beat_it(tmp_path):
         module.model.budget_head.bias.copy_(torch.linspace(-20, 20, module.config.n_budget_classes))
     choice = choose_export(module, dm)
     assert choice.source == "category_prior" and choice.predictor.config.is_prior
+    # the rule compares label-free predictors: CARD against the prior fed by the inferred category
     assert (
-        choice.nll["val/card_nll"] > choice.nll["val/category_prior_nll"] and "does not beat" in choice.reason
+        choice.nll["val/card_nll"] > choice.nll["val/inferred_prior_nll"] and "does not beat" in choice.reason
     )
-    assert {"val/prior_nll", "test/card_nll", "test/category_prior_nll"} <= set(choice.nll)
+    assert {"val/prior_nll", "test/card_nll", "test/category_prior_nll", "test/inferred_prior_nll"} <= set(
+        choice.nll
+    )
+    cfg = choice.predictor.config
+    assert cfg.categories == sorted({str(r.category) for r in dm.records("train")})
+    assert choice.thresholds["category_classifier"]["classes"] == len(cfg.categories)
     th = choice.thresholds
     assert th["beyond_budget"]["beyond_budget"] in dm.levels and "why" in th["gain_per_cost"]
     assert not choice.alternative.config.is_prior
