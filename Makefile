@@ -43,8 +43,14 @@ clean:
 # ---- data, training, benchmarks (see README) ----
 .PHONY: sample-data train-card train-critique calibrate train bench
 
+# The testbed sample: 3000 requests with their full attempt grid (CARD and calibration read every
+# record); attempt images are stored for every SAMPLE_IMAGE_EVERY-th request, enough for the critique's
+# 8000 distinct training images (SAMPLE_IMAGE_EVERY=1: all, about twice the disk and 20% more time).
+SAMPLE_REQUESTS ?= 3000
+SAMPLE_IMAGE_EVERY ?= 2
 sample-data: install
-	@test -f $(DATA)/.complete || $(VENV)/bin/ade-testbed generate --out $(DATA) --seed $(SEED)
+	@test -f $(DATA)/.complete || $(VENV)/bin/ade-testbed generate --out $(DATA) --seed $(SEED) \
+		--requests $(SAMPLE_REQUESTS) --image-every $(SAMPLE_IMAGE_EVERY)
 
 # Testbed benchmark: trains into checkpoints/bench if needed, replays every policy on a shifted
 # held-out set, runs the live loop and writes docs/results/ (report.md, report.json, plots).
@@ -55,6 +61,14 @@ BENCH_PARTS :=
 bench: install
 	$(foreach part,$(BENCH_PARTS),$(PY) -m ade_train.bench.$(part) --out $(BENCH_OUT) &&) true
 	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)
+
+# The newcomer's first hour (ade_train/bench/setup_time.py): make train-card and make train timed in a fresh
+# clone with this venv (about 15 minutes on 2 cores), the first export's budgets, CARD on a busy machine.
+BENCH_PARTS += setup_time
+.PHONY: bench-setup
+bench-setup: install
+	$(PY) -m ade_train.bench.setup_time --out $(BENCH_OUT) --venv $(abspath $(VENV))
+	$(MAKE) bench-report
 
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
 .PHONY: bench-report

@@ -168,6 +168,11 @@ def add_common_args(p: Any, run_dir: str, config: str) -> None:
     p.add_argument("--max-epochs", type=int, help="shortcut for --trainer.max_epochs")
     p.add_argument("--no-wandb", action="store_true", help="no W&B logger (same as logger: false)")
     p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: the config's `threads:`; null there = torch's own default)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help=f"require {run_dir}/checkpoints/last.ckpt and resume from it"
     )
     p.add_argument("--force", action="store_true", help="retrain from scratch even if OUT holds a run")
@@ -184,9 +189,26 @@ def apply_common_args(cfg: dict[str, Any], args: Any) -> dict[str, Any]:
         cfg["trainer"]["max_epochs"] = args.max_epochs
     if args.no_wandb:
         cfg["logger"] = False
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads {args.threads}: must be >= 1 (e.g. --threads 1)")
+        cfg["threads"] = args.threads
     cfg.update(data_path=args.data, out=args.out, resume="must" if args.resume else "auto", force=args.force)
     cfg["print_config"] = args.print_config
     return cfg
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op CPU threads for this job (None: leave torch's default).
+
+    Small models gain nothing from more threads, and on a busy machine idle OpenMP threads spin while
+    they wait for a core: CARD's steps were 16x slower with 2 threads than with 1 on a loaded 2-core
+    machine (``make bench-setup`` measures the jobs)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
 
 
 class Interrupted(BaseException):
@@ -242,6 +264,7 @@ def run_cli(
             raise InputError(
                 f"--data {cfg['data_path']}: not a directory; pass a trace dataset (e.g. data/sample)"
             )
+        set_threads(cfg.get("threads"))
         train(cfg)
 
     return guarded(command, body)

@@ -18,6 +18,7 @@ LightningModule, a DataModule and a config (``TrainJob``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -106,7 +107,47 @@ def check_resume(last: Path, job: TrainJob) -> int:
     return int(ckpt.get("epoch", 0))
 
 
-def _reexport(job: TrainJob, result_path: Path) -> dict[str, float]:
+RUN_TIME_KEYS = ("resume", "force", "print_config", "threads", "logger")  # do not change what a run learns
+
+
+def run_signature(cfg: dict[str, Any]) -> str:
+    """sha256 of what shapes a run: its config (less run-time knobs) and its data shards' paths, sizes
+    and modification times (a stat of each shard: no record is read)."""
+    data = Path(cfg["data_path"])
+    h = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in cfg.items() if k not in RUN_TIME_KEYS}, sort_keys=True, default=str
+        ).encode()
+    )
+    for p in sorted(q for q in data.rglob("*.jsonl*") if q.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(data)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def up_to_date(cfg: dict[str, Any], run_dir: Path, artifact: str, title: str) -> dict[str, float] | None:
+    """The finished run's metrics when ``OUT/export`` already holds its ``artifact`` for the same data and
+    config (``make train`` after ``make train-card`` skips CARD in seconds); None otherwise."""
+    if cfg.get("force"):
+        return None
+    try:
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    export = Path(cfg["out"]) / "export"
+    if not result.get("finished") or result.get("signature") != run_signature(cfg):
+        return None
+    if not all((export / f"{artifact}.{ext}").is_file() for ext in ("json", "safetensors")):
+        return None
+    print(
+        f"ade-train {title}: up to date: {export / artifact}.* was exported from the same data and config "
+        "(FORCE=1 / --force retrains)",
+        flush=True,
+    )
+    return result["metrics"]
+
+
+def _reexport(job: TrainJob, result_path: Path, signature: str | None = None) -> dict[str, float]:
     """An already finished run: rebuild the export from its best checkpoint, no retraining."""
     result = json.loads(result_path.read_text())
     if result.get("data_fingerprint", job.fingerprint) != job.fingerprint:
@@ -118,6 +159,11 @@ def _reexport(job: TrainJob, result_path: Path) -> dict[str, float]:
     module = job.module_cls.load_from_checkpoint(best, map_location="cpu", weights_only=True)
     warnings = list(result.get("warnings", []))
     export_dir = job.export(module, result["metrics"], warnings)
+    if signature is not None and result.get("signature") != signature:  # the next rerun skips in seconds
+        atomic_write_bytes(
+            result_path,
+            (json.dumps({**result, "signature": signature}, sort_keys=True, indent=2) + "\n").encode(),
+        )
     notes = {**job.notes, "re-exported": f"finished run, no retraining (from {best.name}); --force retrains"}
     _print(job, result["metrics"], export_dir, notes, warnings, result.get("wandb_run_dir"))
     return result["metrics"]
@@ -168,7 +214,7 @@ def fit_and_export(cfg: dict[str, Any], job: TrainJob) -> dict[str, float]:
     if cfg.get("resume") == "must" and not last.is_file():
         raise InputError(f"--resume: no checkpoint at {last}; run without --resume to start training")
     if result_path.is_file() and json.loads(result_path.read_text()).get("finished"):
-        return _reexport(job, result_path)
+        return _reexport(job, result_path, run_signature(cfg))
     quiet.install()
     module = job.module_cls(**job.module_args)
     run.mkdir(parents=True, exist_ok=True)
@@ -210,6 +256,7 @@ def fit_and_export(cfg: dict[str, Any], job: TrainJob) -> dict[str, float]:
             "metrics": metrics,
             "warnings": warnings,
             "data_fingerprint": job.fingerprint,
+            "signature": run_signature(cfg),
             "resumed_from_epoch": epoch,
             "wandb_run_dir": None if wandb_dir is None else str(wandb_dir),
         }

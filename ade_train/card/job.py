@@ -28,7 +28,7 @@ from ade_train.card.report import plot_coverage
 from ade_train.export import PredictorSection, export_predictors
 from ade_train.quality import card_warning
 from ade_train.runconfig import job_parser, parse_job_args, run_cli
-from ade_train.runner import TrainJob, fit_and_export, setup_data
+from ade_train.runner import TrainJob, fit_and_export, setup_data, up_to_date
 from ade_train.splits import dataset_fingerprint
 
 INTENDED_USE = (
@@ -138,6 +138,9 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
 
     ``cfg``: the card.yaml layout plus ``data_path``, ``out``, ``resume`` ("auto" | "must"), ``force``.
     """
+    done = up_to_date(cfg, Path(cfg["out"]), CARD_NAME, "card")
+    if done is not None:
+        return done
     out, dm = setup_data(cfg, TraceDataModule)
     module_args = dict(input_dim=dm.input_dim, levels=dm.levels, token_levels=dm.token_levels, **cfg["model"])
     data_note = f"{dm.data_info().n_records} requests ({len(dm.rejects)} rejected lines)"

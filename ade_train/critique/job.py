@@ -24,7 +24,7 @@ from ade_train.critique.module import CritiqueModule
 from ade_train.export import PredictorSection, export_predictors
 from ade_train.quality import auroc_interval, critique_warning
 from ade_train.runconfig import job_parser, parse_job_args, run_cli
-from ade_train.runner import TrainJob, fit_and_export, setup_data
+from ade_train.runner import TrainJob, fit_and_export, setup_data, up_to_date
 from ade_train.splits import dataset_fingerprint
 
 RUN_SUBDIR = "critique"  # OUT/critique holds this job's checkpoints, W&B run id and result (CARD uses OUT)
@@ -143,6 +143,9 @@ def train(cfg: dict[str, Any]) -> dict[str, float]:
 
     ``cfg``: the critique.yaml layout plus ``data_path``, ``out``, ``resume`` ("auto" | "must"), ``force``.
     """
+    done = up_to_date(cfg, Path(cfg["out"]) / RUN_SUBDIR, CRITIQUE_NAME, "critique")
+    if done is not None:
+        return done
     mode = cfg["model"].get("encoder_mode", "frozen")
     out, dm = setup_data(cfg, CritiqueDataModule, encoder_mode=mode)
     notes = {
