@@ -79,27 +79,31 @@ bench-report: install
 # the calibration split with the CARD / critique already exported in $(OUT)/export; merges into it.
 TARGET_FRACTION ?= 1.0
 calibrate: install
-	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --target-fraction $(TARGET_FRACTION)
+	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --target-fraction $(TARGET_FRACTION) $(CALIBRATE_ARGS)
 
 # CARD (docs/training.md): trains on $(DATA) into $(OUT), exports to $(OUT)/export; the default DATA
 # (the testbed sample) is generated first when missing. Rerun = resume / re-export; FORCE=1 retrains.
 CARD_DATA_DEP = $(if $(filter data/sample,$(DATA)),sample-data)
 # TRAINER=ddp (or a YAML file) picks the shared Lightning Trainer config, ade_train/configs/trainer/.
 TRAIN_FLAGS = $(if $(FORCE),--force) $(if $(TRAINER),--trainer-config $(TRAINER))
+# Extra flags per job, e.g. CARD_ARGS='--max-epochs 5' CRITIQUE_ARGS='--data.max_train_attempts=2000'.
+CARD_ARGS ?=
+CRITIQUE_ARGS ?=
+CALIBRATE_ARGS ?=
 train-card: install $(CARD_DATA_DEP)
-	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
+	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS) $(CARD_ARGS)
 
 # Every predictor into one OUT, in order: CARD, critique head, calibration (one merged export).
 train: install $(CARD_DATA_DEP)
-	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
-	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS)
-	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --seed $(SEED)
+	$(VENV)/bin/ade-train card --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS) $(CARD_ARGS)
+	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(TRAIN_FLAGS) $(CRITIQUE_ARGS)
+	$(VENV)/bin/ade-train calibrate --data $(DATA) --out $(OUT) --seed $(SEED) $(CALIBRATE_ARGS)
 
 # Critique head (docs/critique.md): a tiny DINOv2 trained end to end with the head on the testbed's
 # attempt images (any DINOv2 id/path frozen: ENCODER=facebook/dinov2-small); exports into $(OUT)/export.
 CRITIQUE_FLAGS = $(if $(ENCODER),--encoder $(ENCODER))
 train-critique: install $(if $(filter data/sample,$(DATA)),sample-data)
-	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(CRITIQUE_FLAGS) $(TRAIN_FLAGS)
+	$(VENV)/bin/ade-train critique --data $(DATA) --out $(OUT) --seed $(SEED) $(CRITIQUE_FLAGS) $(TRAIN_FLAGS) $(CRITIQUE_ARGS)
 
 # GPU smoke (docs/backbones.md): FLUX.1 Kontext with real weights on a CUDA host, one JSON line (parity,
 # ADE vs Best-of-4 NFE and time, peak GPU memory, calls saved by pruning, preview error, SRM overhead).

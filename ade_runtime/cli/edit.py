@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         "--policy", default="ade", help=f"ade (default) or a baseline: {', '.join(POLICY_NAMES[:-1])}"
     )
     p.add_argument("--id", default=None, help="request id for the trace (default: a content hash)")
-    p.add_argument("--category", default=None, help="optional category label for the trace")
+    p.add_argument(
+        "--category",
+        default=None,
+        help="the request's category, if known: a per-category-prior CARD uses it (recorded as budget_source "
+        "prior:given); default: inferred from the instruction and image",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     args = p.parse_args(argv)

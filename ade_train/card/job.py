@@ -3,9 +3,10 @@
 The job brings ``CardModule`` (``ade_train.card.module``), ``TraceDataModule``
 (``ade_train.card.data``) and ``ade_train/configs/card.yaml``; ``ade_train.runner.fit_and_export``
 does the rest (checkpoints, resume checks, W&B, early stopping, export, summary). Its report puts
-CARD's validation and test NLL beside the constant prior's and the per-category prior's, exports
-CARD only when it beats the per-category prior on validation (else that prior, in the same format)
-and says which and why; the token and hopeless-request thresholds are calibrated on the calibration
+CARD's validation and test NLL beside the constant prior's and the per-category prior's (with the
+category inferred from the request, and with the true label, which production requests lack), exports
+CARD only when it beats the label-free prior on validation (else that prior with its category
+classifier, in the same format) and says which and why; the token and hopeless-request thresholds are calibrated on the calibration
 split (``ade_train.card.choice``).
 """
 
