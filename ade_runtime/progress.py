@@ -28,8 +28,20 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", strea
         yield item
         n += 1
         if tty or n % step == 0 or n == total:
-            rate = n / max(time.perf_counter() - start, 1e-9)
+            elapsed = time.perf_counter() - start
+            rate = n / max(elapsed, 1e-9)
             of = f"/{total}" if total else ""
             end = "\r" if tty and n != total else "\n"
-            stream.write(f"{desc}: {n}{of} ({rate:.1f}/s){end}")
+            when = f", ETA {format_seconds((total - n) / rate)}" if total and n < total else ""
+            stream.write(f"{desc}: {n}{of} ({rate:.1f}/s, {format_seconds(elapsed)}{when}){end}")
             stream.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``: an elapsed time or an ETA, short."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -291,6 +291,7 @@ def generate_dataset(
     n_chunks = (cfg.n_requests + CHUNK - 1) // CHUNK
     todo = [k for k in range(n_chunks) if not (root / f"traces-{k:05d}.jsonl").exists()]
     t0, done = time.perf_counter(), cfg.n_requests - sum(min(CHUNK, cfg.n_requests - k * CHUNK) for k in todo)
+    start = done
     jobs = [(asdict(cfg), str(root), k) for k in todo]
     if cfg.workers > 1 and len(jobs) > 1:
         # workers ignore Ctrl-C: the parent alone reports it, queued chunks are cancelled
@@ -298,7 +299,7 @@ def generate_dataset(
         try:
             for _, n in ex.map(_chunk_job, jobs):
                 done += n
-                _progress(progress, done, cfg.n_requests, t0)
+                _progress(progress, done, cfg.n_requests, t0, start)
         except BaseException:
             ex.shutdown(wait=False, cancel_futures=True)
             raise
@@ -306,7 +307,7 @@ def generate_dataset(
     else:
         for job in jobs:
             done += _chunk_job(job)[1]
-            _progress(progress, done, cfg.n_requests, t0)
+            _progress(progress, done, cfg.n_requests, t0, start)
     summary = {
         "testbed": True,
         "n_requests": cfg.n_requests,
@@ -322,13 +323,19 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _progress(on: bool, done: int, total: int, t0: float) -> None:
+def _progress(on: bool, done: int, total: int, t0: float, start: int = 0) -> None:
+    """``done/total requests, rate, elapsed, ETA`` (``start``: requests already on disk when resumed)."""
     if on:
+        from ade_runtime.progress import format_seconds
+
         dt = time.perf_counter() - t0
+        rate = (done - start) / max(dt, 1e-9)
+        eta = f", ETA {format_seconds((total - done) / rate)}" if done < total and rate > 0 else ""
         print(
-            f"\r[ade-testbed] {done}/{total} requests, {dt:.1f}s",
+            f"\r[ade-testbed] {done}/{total} requests ({rate:.1f}/s, {format_seconds(dt)}{eta})",
             end="" if done < total else "\n",
             file=sys.stderr,
+            flush=True,
         )
 
 

@@ -27,6 +27,7 @@ from ade_runtime.policy.signals import (
     record_signals,
 )
 from ade_runtime.predictors.calibration import Calibrator
+from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]
@@ -135,7 +136,8 @@ def build_signal_table(
     refine: dict[str, dict[Key, bool] | None] = {}
     failed = no_image = 0
     has_previews = False
-    for rec in records:
+    desc = "calibrate: critique on every attempt" if critique is not None else "calibrate: features"
+    for rec in progress(records, desc=desc):
         cp: dict[Key, float] = {}
         rf: dict[Key, bool] | None = None
         if critique is not None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ade_runtime.policy import Outcome, Overhead, PolicyConfig, budget_levels, replay_policy, summarize
+from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]
@@ -204,7 +205,7 @@ def search_thresholds(
     if not 0.0 < target_fraction <= 1.5:
         raise ValueError(f"target_fraction must be in (0, 1.5], got {target_fraction}")
     # signals are computed once per record: every candidate replays the same confidences
-    cache = {rec.id: signals(rec) for rec in records}
+    cache = {rec.id: signals(rec) for rec in progress(records, desc="calibrate: confidences")}
     cards = {rec.id: card(rec) for rec in records} if card is not None else {}
 
     def cached_signals(rec: EditRecord):
@@ -227,7 +228,7 @@ def search_thresholds(
     configs = grid.configs(
         base, use_card=card is not None, use_prune=use_prune, levels=levels, use_verifier=use_verifier
     )
-    for cfg in configs:
+    for cfg in progress(configs, desc="calibrate: threshold search (replay)"):
         # a card quantile is baked into the per-record budget: recompute the budget for this q
         card_q = _card_at(cards, cfg.card_quantile) if card is not None else None
         outs = replay_policy(records, "ade", cfg, cached_signals, card_q, overhead)
