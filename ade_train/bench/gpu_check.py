@@ -232,13 +232,49 @@ def check(plan: Plan, budget_s: float, out=None) -> dict[str, str]:
     return run.checks
 
 
+SKIP_WHEELS = ("torch", "nvidia-", "triton", "cuda-", "setuptools", "pip")
+
+
+def wheel_requirements(
+    roots: tuple[str, ...] = ("diffusers", "transformers", "accelerate", "ade-adaptive"),
+) -> list[str]:
+    """``name==version`` of ``roots`` and everything they require here, without torch and its CUDA
+    libraries (a GPU host brings its own): what ``make gpu-wheels`` downloads for a host without network."""
+    import re
+    from importlib import metadata
+
+    seen: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen or key.startswith(SKIP_WHEELS):
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen[key] = dist.version
+        for req in dist.requires or []:
+            if "extra ==" not in req:  # only what the package always needs
+                todo.append(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
+    seen.pop("ade-adaptive", None)  # ADE itself travels as source
+    return [f"{k}=={v}" for k, v in sorted(seen.items())]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gpu-check", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--tiny", action="store_true", help="tiny configs on the CPU even where CUDA is available"
     )
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no step after this many seconds")
+    ap.add_argument(
+        "--requirements", action="store_true", help="print the pinned wheels a GPU host needs, exit"
+    )
     args = ap.parse_args(argv)
+    if args.requirements:
+        print("\n".join(wheel_requirements()))
+        return 0
     import torch
 
     plan = FULL if torch.cuda.is_available() and not args.tiny else TINY
