@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,24 +206,16 @@ def check(plan: Plan, budget_s: float, out=None) -> dict[str, str]:
     run = Run(plan, budget_s, out)
     run.step("env", env_line, plan)
     ctx = steps.Context(plan)
-    if run.step("flux_build", steps.flux_build, ctx) is not None:
-        for fn in steps.FLUX_STEPS:
-            run.step(fn.__name__, fn, ctx)
-    for fn in (
-        steps.FLUX_STEPS if "flux_build" not in run.checks or run.checks["flux_build"] != "pass" else ()
-    ):
-        run.checks.setdefault(fn.__name__, "skipped")
-    ctx.flux = None
-    free(plan)
-    with tiny_qwen_area(plan):
-        if run.step("qwen_build", steps.qwen_build, ctx) is not None:
-            for fn in steps.QWEN_STEPS:
-                run.step(fn.__name__, fn, ctx)
-        else:
-            for fn in steps.QWEN_STEPS:
-                run.checks.setdefault(fn.__name__, "skipped")
-    ctx.qwen = None
-    free(plan)
+    for build, fns in (("flux_build", steps.FLUX_STEPS), ("qwen_build", steps.QWEN_STEPS)):
+        with tiny_qwen_area(plan) if build == "qwen_build" else nullcontext():
+            built = run.step(build, getattr(steps, build), ctx) is not None
+            for fn in fns:
+                if built:
+                    run.step(fn.__name__, fn, ctx)
+                else:
+                    run.checks[fn.__name__] = "skipped"
+        ctx.flux = ctx.qwen = None  # free one model before building the next
+        free(plan)
     failed = sorted(k for k, v in run.checks.items() if v == "fail")
     run.emit({"step": "summary", "checks": run.checks, "failed": failed,
               "total_s": _r(time.perf_counter() - run.t0, 1),

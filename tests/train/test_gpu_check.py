@@ -84,3 +84,12 @@ def test_a_failing_step_prints_its_error_and_the_budget_skips_the_rest():
     assert lines[0]["error"] == "RuntimeError: CUDA out of memory" and lines[1]["ok"] is True
     assert "time budget spent" in lines[2]["skipped"]
     assert run.checks == {"boom": "fail", "fine": "pass", "late": "skipped"}
+
+
+def test_wheel_requirements_pin_the_libraries_but_not_torch():
+    from ade_train.bench.gpu_check import wheel_requirements
+
+    reqs = wheel_requirements()
+    names = {r.split("==")[0] for r in reqs}
+    assert {"diffusers", "transformers", "accelerate", "tokenizers", "safetensors"} <= names
+    assert all("==" in r for r in reqs) and not any(n == "torch" or n.startswith("nvidia-") for n in names)
