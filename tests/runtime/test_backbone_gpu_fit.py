@@ -265,5 +265,9 @@ def test_step1x_names_flash_attn_when_the_conditioner_hard_codes_it(monkeypatch,
             raise AssertionError("not run here")
 
     _install_generator(monkeypatch, ImageGenerator)
-    with pytest.raises(BackboneUnavailableError, match="pip install flash-attn --no-build-isolation"):
-        Step1XEditBackbone.from_pretrained(repo_dir, route="repo")
+    try:
+        with pytest.raises(BackboneUnavailableError, match="pip install flash-attn --no-build-isolation"):
+            Step1XEditBackbone.from_pretrained(repo_dir, route="repo")
+    finally:  # find_spec imported the stand-in package: drop it, so later tests do not see it
+        for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.")]:
+            del sys.modules[name]
