@@ -111,3 +111,20 @@ train-critique: install $(if $(filter data/sample,$(DATA)),sample-data)
 .PHONY: gpu-smoke
 gpu-smoke: install
 	$(PY) -m ade_train.bench.gpu_smoke $(if $(MODEL),--model $(MODEL)) $(if $(PREDICTORS),--predictors $(PREDICTORS))
+
+# GPU check (docs/backbones.md, "GPU check"): FLUX.1 Kontext, then Qwen-Image-Edit, at their published
+# sizes with random bf16 weights built on the GPU (no weights, no network), through ADE's adapters: one
+# JSON line per step, a summary line last; under 9 minutes on one H100/H200 (BUDGET_S caps it). Without
+# CUDA it runs the same steps at tiny sizes on the CPU (what CI tests).
+BUDGET_S ?= 540
+.PHONY: gpu-check gpu-wheels
+gpu-check: install
+	$(PY) -m ade_train.bench.gpu_check --budget-s $(BUDGET_S)
+
+# Wheels a GPU host without network needs beside its own CUDA torch (diffusers, transformers, accelerate and
+# their dependencies, pinned to this venv's versions; about 62 MB for CPython 3.11 x86_64) into GPU_WHEELS.
+GPU_WHEELS ?= build/gpu-wheels
+gpu-wheels: install
+	mkdir -p $(GPU_WHEELS)
+	$(PY) -m ade_train.bench.gpu_check --requirements > $(GPU_WHEELS)/requirements.txt
+	$(PY) -m pip download --quiet --no-deps -d $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt

@@ -44,6 +44,7 @@ KONTEXT_KWARGS = (
     "resolution",
     "max_area",
     "preview_step",
+    "offload_preview",
 )
 
 

@@ -67,14 +67,84 @@ def to_torch_dtype(dtype: Any) -> Any:
     return getattr(torch, dtype)
 
 
+# Components upstream keeps in float32 whatever the pipeline's dtype: ChronoEdit's model card loads the
+# Wan VAE and the CLIP image encoder with ``torch_dtype=torch.float32`` beside a bf16 transformer.
+FLOAT32_COMPONENTS: dict[str, tuple[str, ...]] = {"ChronoEditPipeline": ("vae", "image_encoder")}
+
+
+def pipeline_class_name(pipeline_cls: Any, model: str) -> str:
+    """The concrete pipeline class: ``pipeline_cls`` itself, or for ``DiffusionPipeline`` the
+    ``_class_name`` of ``model``'s ``model_index.json`` (read from a local dir or the local cache)."""
+    name = getattr(pipeline_cls, "__name__", str(pipeline_cls))
+    if name != "DiffusionPipeline":
+        return name
+    try:
+        return str(pipeline_cls.load_config(model).get("_class_name", name))
+    except Exception:  # not resolvable offline: the generic name, and no per-class dtype rule
+        return name
+
+
+def component_dtypes(class_name: str, dtype: Any) -> Any:
+    """``dtype`` for every component, or diffusers' per-component dict where upstream keeps some in float32."""
+    import torch
+
+    keep = FLOAT32_COMPONENTS.get(class_name)
+    if not keep or dtype == torch.float32:
+        return dtype
+    return {"default": dtype, **dict.fromkeys(keep, torch.float32)}
+
+
+def _local_dir(model: str) -> str | None:
+    """``model`` as a local directory: itself, or its snapshot in the local Hub cache (no network)."""
+    import os
+
+    if os.path.isdir(model):
+        return model
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # not cached, or no huggingface_hub: weights are counted after loading instead
+        return None
+
+
 def load_pipeline(
-    pipeline_cls: Any, model: str, *, device: str | None, torch_dtype: Any = None, cpu_offload: bool = False
+    pipeline_cls: Any,
+    model: str,
+    *,
+    device: str | None,
+    torch_dtype: Any = None,
+    cpu_offload: bool = False,
+    free_bytes: int | None = None,
 ) -> Any:
-    """``pipeline_cls.from_pretrained(model)`` in ``torch_dtype`` (bfloat16 by default), then either
-    ``enable_model_cpu_offload`` (one component on the GPU at a time) or ``.to(device)``."""
-    pipe = pipeline_cls.from_pretrained(model, torch_dtype=to_torch_dtype(torch_dtype))
+    """``pipeline_cls.from_pretrained(model)`` in ``torch_dtype`` (bfloat16 by default; float32 for the
+    components upstream keeps there, ``FLOAT32_COMPONENTS``), then ``enable_model_cpu_offload`` (one
+    component on the device at a time) or ``.to(device)``.
+
+    On a CUDA device (or when ``free_bytes`` is given) the weights are checked against the free memory
+    first (``memory.check_fits``): from the safetensors headers before loading when the model is a local
+    directory or cached, else from the loaded modules before they move; a pipeline that cannot fit is
+    refused with the GiB needed and free and the fix (``--cpu-offload``).
+    """
+    from ade_runtime.backbones.memory import check_fits, disk_component_bytes, free_device_bytes
+
+    dtype = component_dtypes(pipeline_class_name(pipeline_cls, model), to_torch_dtype(torch_dtype))
+    free = free_bytes if free_bytes is not None else free_device_bytes(device)
+    fit = dict(device=device, what=f"{model}", cpu_offload=cpu_offload, free_bytes=free)
+    checked = False
+    if free is not None:
+        local = _local_dir(model)
+        on_disk = disk_component_bytes(local, dtype) if local else None
+        if on_disk:
+            check_fits(on_disk, **fit)
+            checked = True
+    pipe = pipeline_cls.from_pretrained(model, torch_dtype=dtype)
+    if free is not None and not checked:
+        from ade_runtime.backbones.memory import module_component_bytes
+
+        check_fits(module_component_bytes(pipe), **fit)
     if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device if device not in (None, "cpu") else None)
+        pipe.enable_model_cpu_offload(device=device)
     elif device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -255,12 +325,48 @@ def composite(output: Image.Image, source: Image.Image, mask: np.ndarray) -> Ima
     return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), "RGB")
 
 
-def decode_flux_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
+OFFLOAD_PREVIEW = ("keep", "chain")
+
+
+def offloaded(module: Any) -> bool:
+    """True when accelerate's offload hook is attached (``enable_model_cpu_offload``)."""
+    return hasattr(getattr(module, "_hf_hook", None), "pre_forward")
+
+
+def vae_decode(pipe: Any, z: Any, *, offload_preview: str = "keep") -> Any:
+    """``pipe.vae.decode(z)[0]``, without evicting the transformer under model CPU offload.
+
+    Under ``enable_model_cpu_offload`` diffusers' ``apply_forward_hook`` makes ``vae.decode`` run the
+    VAE's accelerate hook, which offloads the previous model of the chain (the transformer) to the CPU;
+    during the denoising loop the next step then moves it back (about 24 GB for FLUX.1's bf16 weights).
+    With ``offload_preview="keep"`` the VAE alone is moved to the execution device, decoded through
+    the undecorated method (``__wrapped__``) and moved back: the transformer stays, and the decode's
+    activations sit beside it (peak memory = transformer + VAE decode). ``"chain"`` keeps upstream's
+    behaviour (lower peak, one transformer reload per preview). Without offload both are one decode.
+    """
+    vae = pipe.vae
+    if offload_preview not in OFFLOAD_PREVIEW:
+        raise InputError(f"offload_preview must be one of {OFFLOAD_PREVIEW}, got {offload_preview!r}")
+    if offload_preview == "chain" or not offloaded(vae):
+        return vae.decode(z, return_dict=False)[0]
+    device = pipe._execution_device
+    home = next(vae.parameters()).device
+    raw = getattr(type(vae).decode, "__wrapped__", type(vae).decode)
+    vae.to(device)
+    try:
+        return raw(vae, z.to(device), return_dict=False)[0]
+    finally:
+        vae.to(home)
+
+
+def decode_flux_packed(
+    pipe: Any, latents: Any, height: int, width: int, *, offload_preview: str = "keep"
+) -> Image.Image:
     """Decode packed FLUX-family latents exactly as FluxPipeline / FluxKontextPipeline do."""
     import torch
 
     with torch.no_grad():
         x = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
         x = (x / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        img = pipe.vae.decode(x.to(pipe.vae.dtype), return_dict=False)[0]
+        img = vae_decode(pipe, x.to(pipe.vae.dtype), offload_preview=offload_preview)
     return pipe.image_processor.postprocess(img, output_type="pil")[0]

@@ -22,10 +22,15 @@ from PIL import Image
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.errors import BackboneUnavailableError, InputError
 
+# Bagel's modeling/bagel/qwen2_navit.py imports flash_attn unconditionally, and its requirements.txt pins
+# torch==2.5.1 and transformers==4.49.0 (ADE's diffusers extra needs newer ones for FLUX.1 Kontext), so
+# install it beside ADE without those pins, or in its own venv (docs/backbones.md, "Installing beside ADE").
 INSTALL_HINT = (
-    "BAGEL needs its repository on PYTHONPATH (module 'inferencer' with InterleaveInferencer): "
-    "git clone https://github.com/ByteDance-Seed/Bagel && pip install -r Bagel/requirements.txt "
-    "&& export PYTHONPATH=$PWD/Bagel"
+    "BAGEL needs its repository on PYTHONPATH (module 'inferencer' with InterleaveInferencer) and "
+    "flash-attn: git clone https://github.com/ByteDance-Seed/Bagel && export PYTHONPATH=$PWD/Bagel && "
+    "pip install flash-attn --no-build-isolation && pip install einops decord pyarrow "
+    "(not 'pip install -r Bagel/requirements.txt' into ADE's venv: it pins torch==2.5.1 and "
+    "transformers==4.49.0; see docs/backbones.md)"
 )
 
 

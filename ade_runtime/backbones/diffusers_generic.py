@@ -13,6 +13,13 @@ latents with per-channel ``latents_mean``/``latents_std``) or a user-supplied
 ``output_type="latent"`` and a pruned attempt skips the VAE decode; without one there is no
 preview (``supports_preview = False``).
 
+Resolution (``resolution=``): ``"upstream"`` reproduces the pipeline's own size rule where ADE knows
+it (Qwen-Image-Edit: a 1024^2 area at the input's aspect ratio, ``calculate_dimensions``), so a small
+input is not generated below the trained resolution; ``"input"`` keeps the input size within
+``max_area``; ``"auto"`` (default) is ``"upstream"`` where known. The output is resized back to the
+input size and ``extra["resolution"]`` states the size generated at. Under ``--cpu-offload`` the
+preview decode keeps the transformer on the device (``offload_preview``, see ``_diffusers.vae_decode``).
+
 Not reused across attempts: prompt embeddings (Qwen-Image-Edit's depend on the image, diffusers
 #10705/#13377, so they are never shared across images). For FLUX.1 Kontext prefer
 ``FluxKontextBackbone``, which reuses embeddings and latents and confines masks in latent space;
@@ -21,6 +28,7 @@ here a mask is applied as a pixel composite only (``supports_mask = False``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -29,6 +37,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.backbones._diffusers import (
+    OFFLOAD_PREVIEW,
     ADEStepCallback,
     CallCounter,
     SchedulerStepCapture,
@@ -38,6 +47,7 @@ from ade_runtime.backbones._diffusers import (
     has_flow_sigmas,
     load_pipeline,
     require_diffusers,
+    vae_decode,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.errors import InputError
@@ -45,7 +55,9 @@ from ade_runtime.errors import InputError
 DecodeFn = Callable[[Any, Any, int, int], Image.Image]
 
 
-def decode_qwenimage_packed(pipe: Any, latents: Any, height: int, width: int) -> Image.Image:
+def decode_qwenimage_packed(
+    pipe: Any, latents: Any, height: int, width: int, *, offload_preview: str = "keep"
+) -> Image.Image:
     """Decode packed Qwen-Image latents exactly as QwenImageEditPipeline does."""
     import torch
 
@@ -54,7 +66,7 @@ def decode_qwenimage_packed(pipe: Any, latents: Any, height: int, width: int) ->
         cfg = pipe.vae.config
         mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(x.device, x.dtype)
         inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(x.device, x.dtype)
-        img = pipe.vae.decode(x / inv_std + mean, return_dict=False)[0][:, :, 0]
+        img = vae_decode(pipe, x / inv_std + mean, offload_preview=offload_preview)[:, :, 0]
     return pipe.image_processor.postprocess(img, output_type="pil")[0]
 
 
@@ -71,6 +83,26 @@ NO_PREVIEW_REASONS = {
     "decoder is implemented for it, so it runs without preview and pruning",
     "ChronoEditPipeline": "ChronoEdit decodes video latents (Wan VAE); no latent decoder is implemented",
 }
+
+
+# Pipelines whose own size rule ADE reproduces (``resolution="upstream"``): Qwen-Image-Edit generates at
+# ``calculate_dimensions(1024 * 1024, w / h)`` of its module (a 1024^2 area at the input's aspect ratio,
+# sides rounded to 32), whatever the input size, unless height/width are passed.
+UPSTREAM_AREA = {"QwenImageEditPipeline": 1024 * 1024, "QwenImageEditPlusPipeline": 1024 * 1024}
+RESOLUTIONS = ("auto", "upstream", "input")
+
+
+def upstream_size(pipe: Any, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The (W, H) the pipeline itself would generate at for an input of ``size``; None if unknown."""
+    import sys
+
+    area = UPSTREAM_AREA.get(type(pipe).__name__)
+    rule = getattr(sys.modules.get(type(pipe).__module__), "calculate_dimensions", None)
+    if area is None or rule is None:
+        return None
+    dims = rule(area, size[0] / size[1])  # looked up at call time: (w, h, _) or (w, h)
+    m = pipe.vae_scale_factor * 2
+    return int(dims[0]) // m * m, int(dims[1]) // m * m
 
 
 def _auto_decoder(pipe: Any) -> DecodeFn | None:
@@ -104,7 +136,25 @@ class DiffusersEditBackbone:
         decode_latents: DecodeFn | str | None = "auto",
         max_area: int = 1024**2,
         preview_step: int | None = None,
+        resolution: str = "auto",
+        offload_preview: str = "keep",
     ):
+        if resolution not in RESOLUTIONS:
+            raise InputError(
+                f"DiffusersEditBackbone: resolution must be one of {RESOLUTIONS}, got {resolution!r}"
+            )
+        if offload_preview not in OFFLOAD_PREVIEW:
+            raise InputError(
+                f"DiffusersEditBackbone: offload_preview must be one of {OFFLOAD_PREVIEW}, got {offload_preview!r}"
+            )
+        known = type(pipe).__name__ in UPSTREAM_AREA
+        if resolution == "upstream" and not known:
+            raise InputError(
+                f"DiffusersEditBackbone: resolution='upstream' is known for {', '.join(UPSTREAM_AREA)} only, "
+                f"not {type(pipe).__name__}; use resolution='input'"
+            )
+        self.resolution = ("upstream" if known else "input") if resolution == "auto" else resolution
+        self.offload_preview = offload_preview
         self.pipe = pipe
         self.name = name
         defaults = dict(PIPELINE_DEFAULTS.get(type(pipe).__name__, {}))
@@ -143,6 +193,8 @@ class DiffusersEditBackbone:
                 "remove them from the pipeline keyword arguments"
             )
         self.decode = _auto_decoder(pipe) if decode_latents == "auto" else decode_latents
+        if self.decode in (decode_flux_packed, decode_qwenimage_packed):
+            self.decode = functools.partial(self.decode, offload_preview=offload_preview)
         can_interrupt = isinstance(getattr(type(pipe), "interrupt", None), property)
         self.supports_preview = bool(
             can_interrupt and has_flow_sigmas(pipe.scheduler) and self.decode is not None
@@ -182,6 +234,9 @@ class DiffusersEditBackbone:
         return request
 
     def _size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (W, H) the pipeline runs at: upstream's own rule, or the input size within ``max_area``."""
+        if self.resolution == "upstream":
+            return upstream_size(self.pipe, size)
         m = getattr(self.pipe, "vae_scale_factor", 8) * 2
         w, h = size
         if w * h > self.max_area:
@@ -242,7 +297,7 @@ class DiffusersEditBackbone:
                 **kwargs,
             )
         extra: dict[str, Any] = {
-            "resolution": {"working": [w, h], "input": list(source.size)},
+            "resolution": {"policy": self.resolution, "working": [width, height], "input": list(source.size)},
             "decode_skipped": bool(callback.pruned and self.decode is not None),
             "preview_decodes": int(callback.preview is not None),
             "transformer_calls": counter.calls,

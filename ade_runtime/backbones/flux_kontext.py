@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.backbones._diffusers import (
+    OFFLOAD_PREVIEW,
     ADEStepCallback,
     CallCounter,
     SchedulerStepCapture,
@@ -80,6 +81,7 @@ class FluxKontextBackbone:
         reuse_output_latents: bool = True,
         preview_step: int | None = None,
         name: str | None = None,
+        offload_preview: str = "keep",
     ):
         if resolution not in RESOLUTION_POLICIES:
             raise InputError(
@@ -93,6 +95,11 @@ class FluxKontextBackbone:
             raise InputError(
                 "FluxKontextBackbone: true_cfg_scale > 1 needs a negative_prompt (CFG would be a no-op)"
             )
+        if offload_preview not in OFFLOAD_PREVIEW:
+            raise InputError(
+                f"FluxKontextBackbone: offload_preview must be one of {OFFLOAD_PREVIEW}, got {offload_preview!r}"
+            )
+        self.offload_preview = offload_preview  # under --cpu-offload: see _diffusers.vae_decode
         self.pipe = pipe
         self.num_inference_steps = int(num_inference_steps)
         self.guidance_scale = float(guidance_scale)
@@ -203,7 +210,7 @@ class FluxKontextBackbone:
         return state
 
     def _decode(self, latents: Any, size: tuple[int, int]) -> Image.Image:
-        return decode_flux_packed(self.pipe, latents, size[1], size[0])
+        return decode_flux_packed(self.pipe, latents, size[1], size[0], offload_preview=self.offload_preview)
 
     # ---- one attempt -------------------------------------------------------------------------
     def _pipeline_kwargs(self, state: KontextState, spec: AttemptSpec, image_latents: Any) -> dict[str, Any]:

@@ -235,7 +235,8 @@ class SRMCapture:
         self.calls += 1
 
     def _record(self, scores: torch.Tensor) -> None:
-        s = scores.detach().float().cpu()
+        # Summed on the scores' device: no device-to-host copy (and sync) per captured block and step.
+        s = scores.detach().float()
         self._sum = s if self._sum is None else self._sum + s
         self._count += 1
 
@@ -266,4 +267,4 @@ class SRMCapture:
 
     def token_scores(self) -> torch.Tensor | None:
         """Mean image->text attention per output token, [B, query_tokens]; None if nothing was captured."""
-        return None if self._sum is None else self._sum / self._count
+        return None if self._sum is None else (self._sum / self._count).cpu()

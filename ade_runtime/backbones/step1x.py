@@ -17,6 +17,8 @@ repository route with ``quantized=True`` (FP8 DiT weights) and ``offload=True`` 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import os
 import time
 from typing import Any
@@ -30,9 +32,17 @@ INSTALL_HINT = (
     "Step1X-Edit needs either a diffusers build with Step1XEditPipeline "
     "(pip install 'git+https://github.com/huggingface/diffusers@refs/pull/12249/head') "
     "or the original repository on PYTHONPATH "
-    "(git clone https://github.com/stepfun-ai/Step1X-Edit && pip install -r Step1X-Edit/requirements.txt "
-    "&& export PYTHONPATH=$PWD/Step1X-Edit)"
+    "(git clone https://github.com/stepfun-ai/Step1X-Edit && export PYTHONPATH=$PWD/Step1X-Edit && "
+    "pip install einops liger_kernel qwen_vl_utils && pip install flash-attn --no-build-isolation; "
+    "not 'pip install -r Step1X-Edit/requirements.txt' into ADE's venv: it pins diffusers==0.32.2, which "
+    "has no FluxKontextPipeline, and transformers==4.49.0; see docs/backbones.md)"
 )
+FLASH_ATTN_HINT = (
+    "Step1X-Edit's modules/conditioner.py loads Qwen2.5-VL with attn_implementation='flash_attention_2', "
+    "so the repository route needs flash-attn: pip install flash-attn --no-build-isolation "
+    "(a CUDA build matching your torch)"
+)
+MODES = ("flash", "torch")  # the DiT attention of newer ImageGenerator releases (``mode=``)
 
 
 # The repository route's DiT checkpoint per release (its inference script's ``--version``).
@@ -71,6 +81,55 @@ def _image_generator_class() -> Any | None:
     except ImportError:
         return None
     return getattr(module, "ImageGenerator", None)
+
+
+def _accepts(fn: Any) -> tuple[set[str], bool]:
+    params = inspect.signature(fn).parameters
+    return set(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def conditioner_needs_flash_attn() -> bool:
+    """True when the repository's ``modules/conditioner.py`` hard-codes flash-attn 2 and it is missing."""
+    spec = importlib.util.find_spec("modules.conditioner") if importlib.util.find_spec("modules") else None
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return False
+    with open(spec.origin, encoding="utf-8") as f:
+        hard_coded = "flash_attention_2" in f.read()
+    return hard_coded and importlib.util.find_spec("flash_attn") is None
+
+
+def generator_arguments(
+    generator_cls: Any, *, version: str, mode: str | None, torch_dtype: Any, **base: Any
+) -> dict[str, Any]:
+    """``ImageGenerator``'s keyword arguments: ``base`` plus ``dtype``, ``version`` and ``mode`` where the
+    installed class takes them (older releases have none of the three)."""
+    from ade_runtime.backbones._diffusers import to_torch_dtype
+
+    if mode is not None and mode not in MODES:
+        raise InputError(f"Step1XEditBackbone: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if conditioner_needs_flash_attn():
+        raise BackboneUnavailableError(FLASH_ATTN_HINT)
+    names, var_kw = _accepts(generator_cls)
+    out = dict(base)
+    if "dtype" in names or var_kw:
+        out["dtype"] = to_torch_dtype(torch_dtype)
+    elif torch_dtype not in (None, "bfloat16"):
+        raise InputError(
+            f"Step1XEditBackbone: the installed ImageGenerator takes no dtype=, so --dtype {torch_dtype} "
+            "cannot be honoured; drop --dtype (upstream runs bfloat16) or update the repository"
+        )
+    if "version" in names or var_kw:
+        out["version"] = version
+    elif version != "v1.0":
+        raise InputError(
+            f"Step1XEditBackbone: version={version!r} needs an ImageGenerator that takes version= (the "
+            "v1.1 release of stepfun-ai/Step1X-Edit); update the repository (git pull) or use version='v1.0'"
+        )
+    if "mode" in names or var_kw:
+        out["mode"] = mode or ("flash" if importlib.util.find_spec("flash_attn") else "torch")
+    elif mode is not None:
+        raise InputError("Step1XEditBackbone: the installed ImageGenerator takes no mode=; drop mode")
+    return out
 
 
 class Step1XEditBackbone:
@@ -117,6 +176,7 @@ class Step1XEditBackbone:
         route: str = "auto",
         version: str = "v1.0",
         torch_dtype: Any = None,
+        mode: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Build the best available route: a diffusers pipeline adapter or the repository adapter.
@@ -127,6 +187,10 @@ class Step1XEditBackbone:
         ``DiffusersEditBackbone``'s. The repository route reads ``vae.safetensors`` and the DiT
         checkpoint of ``version`` (``v1.0``: ``step1x-edit-i1258``, ``v1.1``:
         ``step1x-edit-v1p1-official``) from ``model_path``; its keyword arguments are this class's.
+        There ``torch_dtype`` is ImageGenerator's ``dtype`` (the Qwen2.5-VL encoder's; upstream itself
+        keeps the DiT in bf16, or fp8 with ``quantized``, and the VAE in fp32), and ``version`` and
+        ``mode`` (``"flash"`` / ``"torch"`` DiT attention; default flash when flash-attn is installed)
+        are forwarded when the installed ImageGenerator takes them; v1.1 with one that does not is refused.
         """
         if route not in ("auto", "diffusers", "repo"):
             raise InputError(
@@ -174,12 +238,18 @@ class Step1XEditBackbone:
                 f"in {model_path} (or choose version={'v1.0' if version == 'v1.1' else 'v1.1'})"
             )
         generator = generator_cls(
-            dit_path=dit_path,
-            ae_path=os.path.join(model_path, "vae.safetensors"),
-            qwen2vl_model_path=qwen2vl_model_path or "Qwen/Qwen2.5-VL-7B-Instruct",
-            device=device,
-            quantized=quantized,
-            offload=offload,
+            **generator_arguments(
+                generator_cls,
+                dit_path=dit_path,
+                ae_path=os.path.join(model_path, "vae.safetensors"),
+                qwen2vl_model_path=qwen2vl_model_path or "Qwen/Qwen2.5-VL-7B-Instruct",
+                device=device,
+                quantized=quantized,
+                offload=offload,
+                version=version,
+                mode=mode,
+                torch_dtype=torch_dtype,
+            )
         )
         backbone = cls(generator, **kwargs)
         backbone.version = version
