@@ -51,7 +51,12 @@ def test_the_readme_first_hour_runs_in_order(tmp_path):
     work.mkdir()
     for name in ("Makefile", "pyproject.toml"):  # copy2 keeps mtimes: the venv's install stamp stays newer
         shutil.copy2(REPO / name, work / name)
-    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    venv = Path(sys.executable).parent.parent
+    stamps = sorted(venv.glob(".installed-*"))
+    if not stamps or stamps[-1].stat().st_mtime < (REPO / "pyproject.toml").stat().st_mtime:
+        # make would reinstall this venv from the scratch directory: `make test` installs first
+        pytest.fail(f"{venv} is older than pyproject.toml: run `make install` (or `make test`) first")
+    (work / ".venv").symlink_to(venv)
     (work / "tiny-calibrate.yaml").write_text(TINY_CALIBRATION)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONHOME"))},
