@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU build on these machines; override e.g. TORCH_SPEC='torch==2.5.1' or TORCH_SPEC='torch' on a GPU host.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,diffusers,minilm,serve,dev
+EXTRAS ?= train,diffusers,minilm,serve,ray,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | md5sum | cut -c1-8)
 
