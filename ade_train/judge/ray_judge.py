@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ade_runtime.errors import ADEError, InputError
-from ade_runtime.scale.options import Progress, RayOptions, require_ray, start_ray
+from ade_runtime.scale.options import FAULT_ENV, Progress, RayOptions, require_ray, start_ray
 
 from .base import AttemptRef, JudgeFailure, JudgeResult
 from .journal import Journal, outcome_from_json, outcome_to_json
@@ -67,10 +67,13 @@ class JudgeWorker:
     """A Ray Data actor: one judge, built once; a row is one batch of attempts (JSON), the output one
     JSON list of outcomes."""
 
-    def __init__(self, spec: str, options: dict[str, Any], name: str) -> None:
+    def __init__(
+        self, spec: str, options: dict[str, Any], name: str, fault: tuple[str, Path] | None = None
+    ) -> None:
         from .spec import build_judge
 
         self.judge = build_judge(spec, **options)
+        self.fault = fault
         if self.judge.name != name:
             raise InputError(
                 f"judge {spec!r} is named {self.judge.name!r} in the worker, {name!r} in the driver"
@@ -80,8 +83,28 @@ class JudgeWorker:
         out = []
         for text in batch["tasks"]:
             tasks = [_task_from_json(t) for t in json.loads(text)]
+            if self.fault is not None and any(t.ref.record_id == self.fault[0] for t in tasks):
+                _die_once(*self.fault)
             out.append(json.dumps([outcome_to_json(o) for o in _run_batch(self.judge, tasks)]))
         return {"outcomes": np.array(out, dtype=object)}
+
+
+def fault_from_env() -> str | None:
+    """Test-only: ``ADE_RAY_FAULT=<record id>`` kills the worker that gets the first batch with an attempt
+    of that record, once per run (before judging it). Never set it in production."""
+    import os
+
+    return os.environ.get(FAULT_ENV) or None
+
+
+def _die_once(record_id: str, marker_dir: Path) -> None:
+    import os
+
+    from ade_runtime.scale.claims import claim_key, create_exclusive
+
+    if create_exclusive(marker_dir / f".ray-fault-{claim_key(record_id)}", record_id):
+        print(f"{PROG}: {FAULT_ENV}: a worker dies on {record_id}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _task_to_json(t: _Task) -> dict[str, Any]:
@@ -144,7 +167,12 @@ class RayJudgeTasks:
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
         ds = ds.map_batches(
             JudgeWorker,
-            fn_constructor_kwargs={"spec": judge.spec, "options": judge.options, "name": judge.name},
+            fn_constructor_kwargs={
+                "spec": judge.spec,
+                "options": judge.options,
+                "name": judge.name,
+                "fault": (rid, journal.path.parent) if (rid := fault_from_env()) else None,
+            },
             batch_size=1,
             batch_format="numpy",
             **self.opts.actor_args(ray, n_workers, gpus),

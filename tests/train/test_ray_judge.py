@@ -1,0 +1,109 @@
+"""``ade-judge --ray`` on a local Ray cluster (2 CPUs, the testbed judge), through the CLI: the dataset
+equals a single-process run's, and a worker killed mid-run loses and duplicates no label.
+
+The input is the committed testbed fixture with its judges stripped; ``--limit`` keeps it small.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from helpers import FIXTURE_SMALL
+from helpers.traces import strip_judges
+
+from ade_runtime.traces import TraceDataset
+from ade_train.judge import read_journal
+from ade_train.judge.cli import main
+
+ray = pytest.importorskip("ray", reason="the ray extra (make install puts it in)")
+
+LIMIT = "10"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logged") / "traces"
+    strip_judges(FIXTURE_SMALL, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def single(logged, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "out"
+    assert (
+        main(
+            [
+                "--traces",
+                str(logged),
+                "--out",
+                str(out),
+                "--judge",
+                "testbed",
+                "--limit",
+                LIMIT,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    return records(out)
+
+
+def records(out) -> dict:
+    ds = TraceDataset(out, images="decode")
+    recs = {r.id: r.to_json() for r in ds}
+    assert ds.rejects == [] and recs
+    return recs
+
+
+def judge_on_ray(logged, out, capsys) -> tuple[int, dict]:
+    rc = main(
+        ["--traces", str(logged), "--out", str(out), "--judge", "testbed", "--limit", LIMIT]
+        + ["--no-progress", "--json", "--ray", "--workers", "2", "--batch-size", "8"]
+    )
+    text = capsys.readouterr().out
+    return rc, json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def test_ray_judging_equals_the_single_process_run(cluster, logged, single, tmp_path, capsys):
+    out = tmp_path / "ray"
+    rc, summary = judge_on_ray(logged, out, capsys)
+    assert rc == 0 and summary["this_run"]["failed"] == 0
+    assert summary["labelled_by_this_judge"] > 0
+    assert records(out) == single  # every label, every record, byte-equal JSON
+    # a rerun on the finished dataset does nothing
+    rc, again = judge_on_ray(logged, out, capsys)
+    assert rc == 0 and again == summary
+
+
+def test_a_killed_judge_worker_loses_and_duplicates_no_label(
+    cluster, logged, single, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "ray"
+    victim = sorted(single)[3]
+    monkeypatch.setenv("ADE_RAY_FAULT", victim)  # test-only: the worker given its first batch dies once
+    rc, summary = judge_on_ray(logged, out, capsys)
+    assert rc == 0 and summary["this_run"]["failed"] == 0
+    assert len(list(out.glob(".ray-fault-*"))) == 1  # the worker did die
+    assert records(out) == single
+    refs = Counter(
+        json.dumps(line["ref"], sort_keys=True)
+        for line in read_journal(out / "judge-journal.ndjson")
+        if line["kind"] != "header"
+    )
+    assert refs and set(refs.values()) == {1}  # each attempt journaled exactly once
+    assert any(json.loads(r)["id"] == victim for r in refs)
+
+
+def test_human_labels_are_refused_on_ray(logged, tmp_path, capsys):
+    rc = main(["--traces", str(logged), "--out", str(tmp_path / "o"), "--judge", "human:x.csv", "--ray"])
+    assert rc == 2 and "run ade-judge without --ray" in capsys.readouterr().err
