@@ -57,6 +57,13 @@ bench: install
 	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)
 
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
+# Ray part (docs/scaling.md): ade-collect without Ray, --ray on 1 and 2 workers, the same requests side by side.
+BENCH_PARTS += ray_collect
+.PHONY: bench-ray-collect
+bench-ray-collect: install
+	$(PY) -m ade_train.bench.ray_collect --out $(BENCH_OUT)
+	$(MAKE) bench-report
+
 .PHONY: bench-report
 bench-report: install
 	$(PY) -m ade_train.bench.run --report-only --out $(BENCH_OUT)

@@ -137,11 +137,13 @@ class Progress:
         self.stream = stream or sys.stderr
         self.done = self.attempts = 0
         self.t0 = self._last = time.monotonic()
+        self.stamps: list[float] = []  # when each update came (for the steady rate)
 
     def update(self, done: int = 1, attempts: int = 0) -> None:
         self.done += done
         self.attempts += attempts
         now = time.monotonic()
+        self.stamps.append(now)
         if now - self._last >= self.every or self.done >= self.total:
             self._last = now
             self.stream.write(self.line() + "\n")

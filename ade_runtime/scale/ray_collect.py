@@ -200,6 +200,19 @@ def _run(ray: Any, opts: RayOptions, args: argparse.Namespace, todo: list[Any], 
     return outcomes, workers, gpus, bar
 
 
+def _rates(bar: Progress) -> dict[str, float | None]:
+    """attempts/s over the job, the seconds to the first finished request (the workers' start), and
+    requests/s after it (the steady rate, None with fewer than 3 requests)."""
+    wall = max(time.monotonic() - bar.t0, 1e-9)
+    first = bar.stamps[0] - bar.t0 if bar.stamps else None
+    span = bar.stamps[-1] - bar.stamps[0] if len(bar.stamps) >= 3 else 0.0
+    return {
+        "attempts_per_second": round(bar.attempts / wall, 3),
+        "first_request_seconds": None if first is None else round(first, 3),
+        "steady_requests_per_second": round((len(bar.stamps) - 1) / span, 3) if span > 0 else None,
+    }
+
+
 def ray_error_line(exc: BaseException) -> str:
     """The cause of a Ray error in one line: the last line of the worker's traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -220,12 +233,15 @@ def collect_on_ray(
     print(f"{PROG}: {len(reqs)} requests, {skipped} already collected", file=sys.stderr)
     t0 = time.monotonic()
     outcomes: dict[str, tuple[str, str]] = {}
-    workers, gpus, rate = 0, 0.0, None
+    workers, gpus = 0, 0.0
+    rates: dict[str, float | None] = dict.fromkeys(
+        ("attempts_per_second", "first_request_seconds", "steady_requests_per_second")
+    )
     if todo:
         started = start_ray(ray, opts, "ade-collect")
         try:
             outcomes, workers, gpus, bar = _run(ray, opts, args, todo, out, levels)
-            rate = round(bar.attempts / max(time.monotonic() - bar.t0, 1e-9), 3)
+            rates = _rates(bar)
         finally:
             if started:
                 ray.shutdown()
@@ -244,7 +260,7 @@ def collect_on_ray(
         "workers": workers,
         "gpus_per_worker": gpus,
         "wall_seconds": round(time.monotonic() - t0, 3),
-        "attempts_per_second": rate,
+        **rates,
     }
     print(json.dumps(summary))
     if missing:
