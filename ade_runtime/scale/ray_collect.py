@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ade_runtime.errors import ADEError, InputError
-from ade_runtime.scale.claims import ClaimBook, claim_key, create_exclusive
+from ade_runtime.scale.claims import ClaimBook, claim_key, create_exclusive, forget_done
 from ade_runtime.scale.options import FAULT_ENV, Progress, RayOptions, require_ray, start_ray
 
 PROG = "ade-collect --ray"
@@ -94,26 +94,29 @@ class CollectWorker:
         claim = self.claims.claim(rid)
         if claim is None:
             return rid, "skipped", 0, "already written (or claimed by a live worker)"
-        if claim.tries > self.args.max_retries:
-            return (
-                rid,
-                "failed",
-                0,
-                f"{claim.tries} worker(s) died collecting it (--max-retries); rerun to retry",
-            )
         try:
-            record = self.collector.record(request, self.writer)
-        except InputError as exc:  # the backbone refuses this request
-            return rid, "rejected", 0, str(exc)
-        if not record.attempts:
-            return rid, "failed", 0, "every attempt failed in the backbone"
-        if self.fault is not None and self.fault[0] == rid and self.fault[1] == "mid_line":
-            self._die_mid_line(record)
-        self.writer.write(record)
-        if self.fault is not None and self.fault[0] == rid and self.fault[1] == "after_line":
-            self._die(rid)
-        self.claims.finish(claim)
-        return rid, "written", len(record.attempts), ""
+            if claim.tries > self.args.max_retries:
+                return (
+                    rid,
+                    "failed",
+                    0,
+                    f"{claim.tries} worker(s) died collecting it (--max-retries); rerun to retry",
+                )
+            try:
+                record = self.collector.record(request, self.writer)
+            except InputError as exc:  # the backbone refuses this request
+                return rid, "rejected", 0, str(exc)
+            if not record.attempts:
+                return rid, "failed", 0, "every attempt failed in the backbone"
+            if self.fault is not None and self.fault[0] == rid and self.fault[1] == "mid_line":
+                self._die_mid_line(record)
+            self.writer.write(record)
+            if self.fault is not None and self.fault[0] == rid and self.fault[1] == "after_line":
+                self._die(rid)
+            self.claims.finish(claim)
+            return rid, "written", len(record.attempts), ""
+        finally:
+            self.claims.release(claim)
 
     def _die(self, rid: str) -> None:
         """Test-only: exit the process at once, the first time only (a marker in the claims dir)."""
@@ -228,9 +231,20 @@ def collect_on_ray(
 
     ray = require_ray("ade-collect")
     done = collected_ids(out, PROG)
-    todo = [r for r in reqs if r.id not in done]
+    todo, unreadable = [], []
+    for r in reqs:
+        if r.id not in done:
+            (todo if Path(r.image).is_file() else unreadable).append(r)
+    for r in unreadable:  # the cheap check before any worker starts; workers decode and check the rest
+        print(f"ade-collect: rejected {r.id}: image {r.image} does not exist", file=sys.stderr)
     skipped = len(done & {r.id for r in reqs})
     print(f"{PROG}: {len(reqs)} requests, {skipped} already collected", file=sys.stderr)
+    stale = forget_done(out, [r.id for r in todo])
+    if stale:
+        print(
+            f"{PROG}: {stale} request(s) marked done have no record in --out: collecting them again",
+            file=sys.stderr,
+        )
     t0 = time.monotonic()
     outcomes: dict[str, tuple[str, str]] = {}
     workers, gpus = 0, 0.0
@@ -254,7 +268,7 @@ def collect_on_ray(
         "shard": "ray",
         "written": counts["written"],
         "skipped": skipped + counts["skipped"],
-        "failed": counts["rejected"] + counts["failed"],
+        "failed": counts["rejected"] + counts["failed"] + len(unreadable),
         "rejected_lines": len(bad),
         "missing": len(missing),
         "workers": workers,
