@@ -17,7 +17,8 @@ FAULT_ENV = "ADE_RAY_FAULT"  # test-only fault injection, see ray_collect.fault_
 
 def add_ray_args(p: argparse.ArgumentParser, *, workers: bool = True, retries: bool = True) -> None:
     """``--ray`` and its options; ``workers=False`` when the CLI already has a ``--workers``,
-    ``retries=False`` when its ``--max-retries`` means something else (ade-judge: API retries)."""
+    ``retries=False`` when its ``--max-retries`` means something else (ade-judge: API retries; the
+    option is ``--ray-max-retries`` there)."""
     g = p.add_argument_group("Ray (docs/scaling.md)")
     g.add_argument(
         "--ray",
@@ -40,13 +41,13 @@ def add_ray_args(p: argparse.ArgumentParser, *, workers: bool = True, retries: b
         help="GPUs each Ray worker holds (default: 1 when the cluster has GPUs, else 0)",
     )
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray worker holds")
-    if retries:
-        g.add_argument(
-            "--max-retries",
-            type=int,
-            default=3,
-            help="workers that may die on one request before it is given up in this job (a rerun tries it again)",
-        )
+    g.add_argument(
+        "--max-retries" if retries else "--ray-max-retries",
+        dest="max_retries" if retries else "ray_max_retries",
+        type=int,
+        default=3,
+        help="Ray workers that may die on one request (batch) before this job gives it up (a rerun tries again)",
+    )
 
 
 @dataclass
@@ -74,7 +75,7 @@ class RayOptions:
             workers=args.workers,
             gpus_per_worker=args.gpus_per_worker,
             cpus_per_worker=args.cpus_per_worker,
-            **({"max_retries": args.max_retries} if retries else {}),
+            max_retries=args.max_retries if retries else args.ray_max_retries,
         )
 
     def resolve(self, ray: Any) -> tuple[int, float]:
@@ -89,7 +90,8 @@ class RayOptions:
     def actor_args(self, ray: Any, workers: int, gpus: float) -> dict[str, Any]:
         """Ray Data ``map_batches`` arguments of a fixed pool of ``workers`` actors. Ray Data restarts a
         dead actor and retries its unfinished batch by default; ``max_retries`` bounds the deaths per
-        request in the workers themselves (``claims.Claim.tries``)."""
+        request (batch) in the workers themselves (``claims.Claim.tries``, ray_judge's entries), so
+        that an input that kills every worker is given up instead of retried forever."""
         return {
             "compute": ray.data.ActorPoolStrategy(size=workers),
             "num_gpus": gpus,

@@ -16,7 +16,9 @@ Human labels are a file lookup, not compute: ``--judge human:...`` is refused wi
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,11 +70,18 @@ class JudgeWorker:
     JSON list of outcomes."""
 
     def __init__(
-        self, spec: str, options: dict[str, Any], name: str, fault: tuple[str, Path] | None = None
+        self,
+        spec: str,
+        options: dict[str, Any],
+        name: str,
+        entries: str,
+        max_retries: int,
+        fault: tuple[str, Path] | None = None,
     ) -> None:
         from .spec import build_judge
 
         self.judge = build_judge(spec, **options)
+        self.entries, self.max_retries = Path(entries), max_retries
         self.fault = fault
         if self.judge.name != name:
             raise InputError(
@@ -81,12 +90,29 @@ class JudgeWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
-        for text in batch["tasks"]:
+        for index, text in zip(batch["index"], batch["tasks"], strict=True):
             tasks = [_task_from_json(t) for t in json.loads(text)]
-            if self.fault is not None and any(t.ref.record_id == self.fault[0] for t in tasks):
-                _die_once(*self.fault)
-            out.append(json.dumps([outcome_to_json(o) for o in _run_batch(self.judge, tasks)]))
+            deaths = _enter(self.entries, int(index))
+            if deaths > self.max_retries:  # this batch killed its workers: give it up in this run
+                why = f"{deaths} Ray workers died judging this batch (--ray-max-retries); rerun to retry"
+                outcomes: list = [JudgeFailure(t.ref, "judge_error", why) for t in tasks]
+            else:
+                if self.fault is not None and any(t.ref.record_id == self.fault[0] for t in tasks):
+                    _die_once(*self.fault)
+                outcomes = _run_batch(self.judge, tasks)
+            out.append(json.dumps([outcome_to_json(o) for o in outcomes]))
         return {"outcomes": np.array(out, dtype=object)}
+
+
+def _enter(entries: Path, index: int) -> int:
+    """Record that a worker starts batch ``index``; how many started it before (and died: a batch is
+    started again only when its worker died). One ``O_EXCL`` file per start, so racing starts count."""
+    from ade_runtime.scale.claims import create_exclusive
+
+    n = 0
+    while not create_exclusive(entries / f"{index}.{n}", ""):
+        n += 1
+    return n
 
 
 def fault_from_env() -> str | None:
@@ -163,7 +189,10 @@ class RayJudgeTasks:
             f"{gpus:g} GPU(s) each",
             file=sys.stderr,
         )
-        items = [{"tasks": json.dumps([_task_to_json(t) for t in b])} for b in batches]
+        items = [
+            {"index": i, "tasks": json.dumps([_task_to_json(t) for t in b])} for i, b in enumerate(batches)
+        ]
+        entries = Path(tempfile.mkdtemp(prefix=".ray-batches-", dir=journal.path.parent))
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
         ds = ds.map_batches(
             JudgeWorker,
@@ -171,6 +200,8 @@ class RayJudgeTasks:
                 "spec": judge.spec,
                 "options": judge.options,
                 "name": judge.name,
+                "entries": str(entries),
+                "max_retries": self.opts.max_retries,
                 "fault": (rid, journal.path.parent) if (rid := fault_from_env()) else None,
             },
             batch_size=1,
@@ -196,4 +227,6 @@ class RayJudgeTasks:
                 f"the Ray job stopped ({ray_error_line(exc)}); every judged attempt is in the journal: "
                 "run the same command again to resume"
             ) from None
+        finally:
+            shutil.rmtree(entries, ignore_errors=True)
         return tally.now, time.monotonic() - t0

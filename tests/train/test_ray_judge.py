@@ -65,10 +65,10 @@ def records(out) -> dict:
     return recs
 
 
-def judge_on_ray(logged, out, capsys) -> tuple[int, dict]:
+def judge_on_ray(logged, out, capsys, *extra) -> tuple[int, dict]:
     rc = main(
         ["--traces", str(logged), "--out", str(out), "--judge", "testbed", "--limit", LIMIT]
-        + ["--no-progress", "--json", "--ray", "--workers", "2", "--batch-size", "8"]
+        + ["--no-progress", "--json", "--ray", "--workers", "2", "--batch-size", "8", *extra]
     )
     text = capsys.readouterr().out
     return rc, json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
@@ -102,6 +102,21 @@ def test_a_killed_judge_worker_loses_and_duplicates_no_label(
     )
     assert refs and set(refs.values()) == {1}  # each attempt journaled exactly once
     assert any(json.loads(r)["id"] == victim for r in refs)
+
+
+def test_a_batch_that_kills_its_workers_is_given_up(cluster, logged, single, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ray"
+    victim = sorted(single)[5]
+    monkeypatch.setenv("ADE_RAY_FAULT", victim)
+    rc, summary = judge_on_ray(logged, out, capsys, "--ray-max-retries", "0")
+    assert rc == 0 and summary["this_run"]["failed"] > 0  # the victim's batch: judge_error, said why
+    failures = [line for line in read_journal(out / "judge-journal.ndjson") if line["kind"] == "failure"]
+    assert {f["reason"] for f in failures} == {"judge_error"}
+    assert all("Ray workers died judging this batch" in f["message"] for f in failures)
+    assert any(f["ref"]["id"] == victim for f in failures)
+    got = records(out)
+    assert got.keys() == single.keys() and got != single  # every record, some labels missing
+    assert not list(out.glob(".ray-batches-*"))  # the bookkeeping is not left in the dataset
 
 
 def test_human_labels_are_refused_on_ray(logged, tmp_path, capsys):
