@@ -117,6 +117,8 @@ def start_ray(ray: Any, opts: RayOptions, prog: str) -> bool:
         f"{prog}: {'joining Ray at ' + opts.address if opts.address else 'starting a local Ray cluster'}",
         file=sys.stderr,
     )
+    if opts.address:
+        _check_reachable(opts.address)
     try:
         ray.init(address=opts.address, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -127,6 +129,23 @@ def start_ray(ray: Any, opts: RayOptions, prog: str) -> bool:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()  # our own progress line below; Ray's bars on a terminal
     return True
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) nobody listens on at once: Ray itself would keep
+    retrying the connection for minutes. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(
+            f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the cluster with "
+            "`ray start --head` and pass the address it prints, or omit --ray-address for a local cluster"
+        ) from None
 
 
 class Progress:
