@@ -142,7 +142,8 @@ def markdown(f: dict) -> list[str]:
         f"2 workers / 1 worker: {f['ray_2_vs_ray_1']}x. On two shared cores the workers and the driver compete "
         "for the same CPUs and an attempt takes milliseconds, so Ray's fixed costs (actor start, task "
         "dispatch, the claim files) dominate; with one GPU per worker and seconds per attempt, throughput "
-        "grows with the workers until the shared filesystem or the request source limits it (docs/scaling.md).",
+        "is expected to grow with the workers until the shared filesystem or the request source limits it "
+        "(not measured here; docs/scaling.md).",
     ]
     return md
 
