@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU build on these machines; override e.g. TORCH_SPEC='torch==2.5.1' or TORCH_SPEC='torch' on a GPU host.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,diffusers,minilm,serve,dev
+EXTRAS ?= train,diffusers,minilm,serve,ray,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | md5sum | cut -c1-8)
 
@@ -71,6 +71,13 @@ bench-setup: install
 	$(MAKE) bench-report
 
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
+# Ray part (docs/scaling.md): ade-collect without Ray, --ray on 1 and 2 workers, the same requests side by side.
+BENCH_PARTS += ray_collect
+.PHONY: bench-ray-collect
+bench-ray-collect: install
+	$(PY) -m ade_train.bench.ray_collect --out $(BENCH_OUT)
+	$(MAKE) bench-report
+
 .PHONY: bench-report
 bench-report: install
 	$(PY) -m ade_train.bench.run --report-only --out $(BENCH_OUT)

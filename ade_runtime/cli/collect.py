@@ -5,8 +5,10 @@ round r-1 of the same candidate with the critique's feedback (and region) when a
 with a critique head is given, else it is a blind retry on the previous output. Seeds
 match the live loop's, so collected attempts are the ones ADE would have sampled. The
 output is a v1 trace dataset with ``judge`` empty (label it with ``ade-judge``).
-``--shard k/n`` takes every n-th request starting at k, so a scheduler can fan a request
-file out over many GPUs into one directory; a rerun skips requests already written.
+``--ray`` runs the same grid on a Ray cluster, one worker per GPU, into the same kind of dataset
+(docs/scaling.md). ``--shard k/n`` is the hand-made alternative: it takes every n-th request starting
+at k, so a scheduler can fan a request file out over many GPUs into one directory. Either way a
+rerun skips requests already written.
 
 Two runs of the same shard into one ``--out`` are refused (a lock per shard), so ids are never
 written twice.
@@ -44,7 +46,8 @@ from ade_runtime.errors import InputError
 from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
-from ade_runtime.traces import TraceWriter, load_records
+from ade_runtime.scale.options import RayOptions, add_ray_args
+from ade_runtime.traces import EditRecord, TraceWriter, load_records
 from ade_runtime.traces.serving import build_record
 
 REQUESTS_FORMAT = """\
@@ -236,13 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         p, required=False, help="export directory whose critique writes the refinement prompts (OUT/export)"
     )
     add_verifier_args(p)
-    p.add_argument("--shard", default="0/1", help="k/n: take requests k, k+n, k+2n, ...")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="k/n: take requests k, k+n, k+2n, ... (a hand-made split; --ray splits itself)",
+    )
     p.add_argument("--seed", type=int, default=0)
+    add_ray_args(p)
     args = p.parse_args(argv)
     check_backbone_name(args.backbone)
     pipeline_kwargs(args)  # a JSON typo is refused before anything loads
     check_verifier_args(args)
     k, n = parse_shard(args.shard)
+    ray_opts = RayOptions.from_args(args) if args.ray else None
+    if ray_opts is not None and n != 1:
+        raise InputError(
+            f"--shard {args.shard} and --ray do not combine: Ray splits the requests over its workers"
+        )
     try:
         levels = sorted({int(x) for x in args.reasoning.split(",") if x.strip()})
     except ValueError:
@@ -258,11 +271,78 @@ def main(argv: list[str] | None = None) -> int:
     for msg in bad:
         print(f"ade-collect: rejected {msg}", file=sys.stderr)
     out = prepare_out_dir(args.out)
-    with ShardLock(out, k, n):
+    with ShardLock(out, k, n):  # a --ray job holds shard 0/1: it writes every request
+        if ray_opts is not None:
+            from ade_runtime.scale.ray_collect import collect_on_ray
+
+            return collect_on_ray(args, ray_opts, reqs, bad, out, levels)
         return _collect(args, reqs, bad, out, k, n, levels)
 
 
 REQUESTS_HINT = '{"id": ..., "image": ..., "instruction": ...}, see ade-collect --help'
+
+
+def load_request(line: RequestLine) -> EditRequest:
+    """The request a line names, image loaded and checked (OSError / InputError when unusable)."""
+    with Image.open(line.image) as im:
+        image = im.copy()
+    return validate_request(EditRequest(image, line.instruction, line.id, line.category))
+
+
+class Collector:
+    """What one process holds to collect traces: the backbone (with its caches), the critique, the
+    scorer and the verifier, loaded once; ``record`` runs one request's grid and writes its record.
+    ``ade-collect`` uses one; ``ade-collect --ray`` one per Ray worker (ade_runtime/scale)."""
+
+    def __init__(self, args: argparse.Namespace, levels: list[int], prog: str = "ade-collect") -> None:
+        self.args, self.levels = args, levels
+        self.critique = load_predictors(args, prog).critique if args.predictors else None
+        self.backbone = build_backbone(args, prog)
+        self.scorer = build_scorer(args, args.backbone)
+        self.verifier = build_verifier(args)
+
+    def record(self, request: EditRequest, writer: TraceWriter) -> EditRecord:
+        """The request's record, images written through ``writer`` (the record itself is not written).
+        InputError when the backbone refuses the request."""
+        args, backbone, verifier = self.args, self.backbone, self.verifier
+        request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
+        logs = run_grid(
+            backbone,
+            request,
+            candidates=args.candidates,
+            rounds=args.rounds,
+            levels=self.levels,
+            seed=args.seed,
+            critique=self.critique,
+            scorer=self.scorer,
+            verifier=verifier,
+        )
+        errors = [{"key": list(e.step.key), "error": e.error} for e in logs if e.error]
+        if verifier is not None:  # what replay charges per call (verifier_seconds)
+            calls = [c for e in logs for c in e.verifier_calls]
+            request.meta["reward_model"] = {
+                "name": verifier.name,
+                "seconds_per_call": (sum(c["seconds"] for c in calls) / len(calls)) if calls else 0.0,
+                "calls": len(calls),
+                "cost_source": getattr(verifier.cost, "source", ""),
+            }
+        return build_record(
+            request,
+            logs,
+            backbone.name,
+            ade_meta={"collect": True, "failures": errors},
+            writer=writer,
+        )
+
+
+def collected_ids(out: Path, prog: str = "ade-collect") -> set[str]:
+    """Ids of the valid records already in ``out`` (a record whose image went bad still counts)."""
+    if not any(out.rglob("*.jsonl")):
+        return set()
+    records, rejects = load_records(out, images="none")
+    for line in reject_lines(rejects, "in --out ignored"):
+        print(f"{prog}: {line}", file=sys.stderr)
+    return {r.id for r in records}
 
 
 def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> int:
@@ -270,20 +350,12 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
     # validate every request of this shard before the backbone loads
     todo_checked: list[tuple[RequestLine, EditRequest]] = []
     failed = 0
-    done: set[str] = set()
-    if any(out.rglob("*.jsonl")):
-        # ids only: a record whose image went bad still counts as collected (no duplicate ids)
-        records, rejects = load_records(out, images="none")
-        done = {r.id for r in records}
-        for line in reject_lines(rejects, "in --out ignored"):
-            print(f"ade-collect: {line}", file=sys.stderr)
+    done = collected_ids(out)
     for line in mine:
         if line.id in done:
             continue
         try:
-            with Image.open(line.image) as im:
-                image = im.copy()
-            request = validate_request(EditRequest(image, line.instruction, line.id, line.category))
+            request = load_request(line)
         except (OSError, InputError) as exc:
             print(f"ade-collect: rejected {line.id}: {exc}", file=sys.stderr)
             failed += 1
@@ -293,46 +365,16 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
         f"ade-collect: shard {k}/{n}: {len(mine)} requests, {len(done & {r.id for r in mine})} already collected",
         file=sys.stderr,
     )
-    critique = load_predictors(args, "ade-collect").critique if args.predictors else None
-    backbone = build_backbone(args, "ade-collect")
-    scorer = build_scorer(args, args.backbone)
-    verifier = build_verifier(args)
+    collector = Collector(args, levels)
     written = 0
     with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
         for _, request in progress(todo_checked, desc="ade-collect"):
-            request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
             try:
-                logs = run_grid(
-                    backbone,
-                    request,
-                    candidates=args.candidates,
-                    rounds=args.rounds,
-                    levels=levels,
-                    seed=args.seed,
-                    critique=critique,
-                    scorer=scorer,
-                    verifier=verifier,
-                )
+                record = collector.record(request, writer)
             except InputError as exc:  # the backbone refuses this request (e.g. prepare): skip it
                 print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
-            errors = [{"key": list(e.step.key), "error": e.error} for e in logs if e.error]
-            if verifier is not None:  # what replay charges per call (verifier_seconds)
-                calls = [c for e in logs for c in e.verifier_calls]
-                request.meta["reward_model"] = {
-                    "name": verifier.name,
-                    "seconds_per_call": (sum(c["seconds"] for c in calls) / len(calls)) if calls else 0.0,
-                    "calls": len(calls),
-                    "cost_source": getattr(verifier.cost, "source", ""),
-                }
-            record = build_record(
-                request,
-                logs,
-                backbone.name,
-                ade_meta={"collect": True, "failures": errors},
-                writer=writer,
-            )
             if record.attempts:
                 writer.write(record)
                 written += 1

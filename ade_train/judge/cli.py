@@ -14,6 +14,7 @@ import json
 import sys
 
 from ade_runtime.errors import ADEError
+from ade_runtime.scale.options import add_ray_args
 
 from .spec import SPEC_FORMS
 
@@ -30,7 +31,12 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--judge", required=True, help="judge spec: " + " | ".join(SPEC_FORMS))
     p.add_argument("--limit", type=int, default=None, help="only the first N valid records (a trial run)")
-    p.add_argument("--workers", type=int, default=1, help="threads calling the judge (API judges: >1 helps)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads calling the judge (API judges: >1 helps; default 1); with --ray: Ray workers, one judge each",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="attempts per judge call")
     p.add_argument(
         "--pass-threshold",
@@ -61,7 +67,8 @@ def _run_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", default=None)
     g.add_argument("--rps", type=float, default=2.0, help="requests per second (0 = unlimited)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--max-retries", type=int, default=4)
+    g.add_argument("--max-retries", type=int, default=4, help="retries of one API request")
+    add_ray_args(p, workers=False, retries=False)
     return p
 
 
@@ -91,8 +98,7 @@ def _run(argv: list[str]) -> int:
     from .spec import build_judge
 
     args = _run_parser().parse_args(argv)
-    judge = build_judge(
-        args.judge,
+    options = dict(
         pass_threshold=args.pass_threshold,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
@@ -105,12 +111,23 @@ def _run(argv: list[str]) -> int:
         timeout_s=args.timeout,
         max_retries=args.max_retries,
     )
+    judge_tasks = None
+    if args.ray:  # the judge is built in the Ray workers only
+        from ade_runtime.scale.options import RayOptions
+
+        from .ray_judge import RayJudgeTasks, RemoteJudge
+
+        judge = RemoteJudge(args.judge, options)
+        judge_tasks = RayJudgeTasks(RayOptions.from_args(args, retries=False))
+    else:
+        judge = build_judge(args.judge, **options)
     summary = judge_traces(
         args.traces,
         args.out,
         judge,
         limit=args.limit,
-        workers=args.workers,
+        workers=args.workers or 1,
+        judge_tasks=judge_tasks,
         batch_size=args.batch_size,
         retry_failed=args.retry_failed,
         restart=args.restart,

@@ -178,6 +178,29 @@ def _plan(traces: Path, limit: int | None, judge: Judge, journal: Journal, retry
     return tasks, refs, counts, list(ds.rejects)
 
 
+class Tally:
+    """What the driver does with each judged batch, whoever judged it: journal it (the main thread or
+    the Ray driver alone writes the journal), count it, and stop the run when the first ``ABORT_AFTER``
+    batches all failed with judge_error (a misconfigured judge)."""
+
+    def __init__(self, judge_name: str) -> None:
+        self.judge_name = judge_name
+        self.now: Counter = Counter()
+        self.broken: list[JudgeFailure] = []
+
+    def add(self, outcomes: list[JudgeResult | JudgeFailure], journal: Journal) -> None:
+        journal.record(outcomes)
+        for o in outcomes:
+            self.now["judged" if isinstance(o, JudgeResult) else "failed"] += 1
+        if self.now["judged"] == 0 and all(getattr(o, "reason", "") == "judge_error" for o in outcomes):
+            self.broken.append(outcomes[0])
+        if len(self.broken) >= ABORT_AFTER:
+            raise ADEError(
+                f"judge {self.judge_name} raised on each of the first {ABORT_AFTER} batches, e.g. "
+                f"{self.broken[0].message}; fix the judge and run the same command again to resume"
+            )
+
+
 def _judge_tasks(
     judge: Judge, tasks: list[_Task], journal: Journal, workers: int, batch_size: int, show: bool
 ):
@@ -185,8 +208,7 @@ def _judge_tasks(
     from tqdm.auto import tqdm
 
     batches = iter([tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)])
-    now: Counter = Counter()
-    broken: list[JudgeFailure] = []  # first batches that failed entirely with judge_error
+    tally = Tally(judge.name)
     bar = tqdm(total=len(tasks), unit="attempt", desc=f"judging ({judge.name})", disable=not show)
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -199,22 +221,16 @@ def _judge_tasks(
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 outcomes = fut.result()
-                journal.record(outcomes)
-                for o in outcomes:
-                    now["judged" if isinstance(o, JudgeResult) else "failed"] += 1
-                bar.update(len(outcomes))
-                if now["judged"] == 0 and all(getattr(o, "reason", "") == "judge_error" for o in outcomes):
-                    broken.append(outcomes[0])
-                if len(broken) >= ABORT_AFTER:
+                try:
+                    tally.add(outcomes, journal)
+                except ADEError:
                     for f in pending:
                         f.cancel()
                     bar.close()
-                    raise ADEError(
-                        f"judge {judge.name} raised on each of the first {ABORT_AFTER} batches, e.g. "
-                        f"{broken[0].message}; fix the judge and run the same command again to resume"
-                    )
+                    raise
+                bar.update(len(outcomes))
     bar.close()
-    return now, time.monotonic() - t0
+    return tally.now, time.monotonic() - t0
 
 
 def _write_dataset(
@@ -265,8 +281,12 @@ def judge_traces(
     restart: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    judge_tasks: Callable[..., tuple[Counter, float]] | None = None,
 ) -> dict[str, Any]:
-    """Judge every attempt of ``traces`` that lacks a judge; write the dataset to ``out``; the summary."""
+    """Judge every attempt of ``traces`` that lacks a judge; write the dataset to ``out``; the summary.
+
+    ``judge_tasks`` replaces the thread pool that judges the pending attempts (same arguments as
+    ``_judge_tasks``): ``ade-judge --ray`` passes one that judges them on Ray workers (ray_judge.py)."""
     traces_p, out_p = Path(traces).resolve(), Path(out).resolve()
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
@@ -310,7 +330,7 @@ def judge_traces(
             f"{counts['no_image']} without image"
         )
         show = os.isatty(2) if progress is None else progress
-        now, judge_wall = _judge_tasks(judge, tasks, journal, workers, batch_size, show)
+        now, judge_wall = (judge_tasks or _judge_tasks)(judge, tasks, journal, workers, batch_size, show)
         problems = []
         if isinstance(judge, HumanJudge):
             unmatched = judge.unmatched(refs)

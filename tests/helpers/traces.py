@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ade_runtime.traces import Attempt, Cost, EditRecord, Flaw, Judge
+from ade_runtime.traces import Attempt, Cost, EditRecord, Flaw, Judge, TraceDataset, TraceWriter
 
 
 def png_bytes(size: tuple[int, int] = (8, 8), value: int = 0, fmt: str = "PNG") -> bytes:
@@ -124,3 +126,21 @@ def simple_record(rid: str, source: str, image: str | None, passed: bool = True)
             )
         ],
     )
+
+
+def strip_judges(src: Path, dst: Path) -> None:
+    """Copy a dataset without its judges: images byte for byte, records through TraceWriter."""
+    records = list(TraceDataset(src))
+    with TraceWriter(dst) as w:
+        for rec in records:
+            for rel in [rec.source_image] + [a.image for a in rec.attempts if a.image]:
+                target = dst / Path(os.path.relpath(rec.resolve(rel), src))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    shutil.copyfile(rec.resolve(rel), target)
+            rec.source_image = Path(os.path.relpath(rec.resolve(rec.source_image), src)).as_posix()
+            for a in rec.attempts:
+                a.judge = None
+                if a.image:
+                    a.image = Path(os.path.relpath(rec.resolve(a.image), src)).as_posix()
+            w.write(rec)

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 FORBIDDEN = ("lightning", "pytorch_lightning", "lightning_fabric", "wandb", "sklearn", "ade_train")
-# house rule: backbone libraries load lazily, inside the adapters' and encoders' functions
-LAZY = ("transformers", "diffusers", "tokenizers", "accelerate")
+# house rule: backbone libraries load lazily, inside the adapters' and encoders' functions; Ray only on the --ray path
+LAZY = ("transformers", "diffusers", "tokenizers", "accelerate", "ray")
 # the server's libraries (the `serve` extra) load only inside ade_runtime.serve's server modules
 SERVE_LIBS = ("litserve", "fastapi", "uvicorn", "starlette", "prometheus_client")
 

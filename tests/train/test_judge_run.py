@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import FIXTURES
+from helpers.traces import strip_judges
 from PIL import Image
 
 from ade_runtime.traces import TraceDataset, TraceWriter
@@ -35,24 +36,6 @@ def labelled() -> Path:
     """The committed testbed fixture (40 requests, 960 attempts, all judged)."""
     assert FIXTURE.is_dir(), f"missing fixture {FIXTURE}"
     return FIXTURE
-
-
-def strip_judges(src: Path, dst: Path) -> None:
-    """Copy a dataset without its judges: images byte for byte, records through TraceWriter."""
-    records = list(TraceDataset(src))
-    with TraceWriter(dst) as w:
-        for rec in records:
-            for rel in [rec.source_image] + [a.image for a in rec.attempts if a.image]:
-                target = dst / Path(os.path.relpath(rec.resolve(rel), src))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.exists():
-                    shutil.copyfile(rec.resolve(rel), target)
-            rec.source_image = Path(os.path.relpath(rec.resolve(rec.source_image), src)).as_posix()
-            for a in rec.attempts:
-                a.judge = None
-                if a.image:
-                    a.image = Path(os.path.relpath(rec.resolve(a.image), src)).as_posix()
-            w.write(rec)
 
 
 def _by_id(root: Path) -> dict:
