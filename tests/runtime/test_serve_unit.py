@@ -17,6 +17,7 @@ from ade_runtime.policy import PolicyConfig
 from ade_runtime.serve import server
 from ade_runtime.serve.api import EditAPI
 from ade_runtime.serve.exports import ExportWatcher, export_fingerprint, load_strict
+from ade_runtime.serve.gate import parse_multipart
 from ade_runtime.testbed import World, save_png
 from ade_runtime.testbed.imageio import make_image
 from ade_runtime.traces import TraceDataset
@@ -112,11 +113,11 @@ def test_multipart_parser():
         b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x00\xff\r\n--XyZ--\r\n"
     )
-    out = server.parse_multipart("multipart/form-data; boundary=XyZ", body)
+    out = parse_multipart("multipart/form-data; boundary=XyZ", body)
     assert out["instruction"] == "Turn it blue"
-    assert base64.b64decode(out["image"]) == b"\x89PNG\r\n\x00\xff"
+    assert out["image"] == b"\x89PNG\r\n\x00\xff"
     with pytest.raises(ValueError, match="boundary"):
-        server.parse_multipart("multipart/form-data", body)
+        parse_multipart("multipart/form-data", body)
 
 
 def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys):
