@@ -268,12 +268,13 @@ def _number(payload: Any, name: str, kind: type, lo: float, hi: float) -> Any:
     if v is None or v == "":
         return None
     what = "an integer" if kind is int else "a number"
+    span = f"[{int(lo)}, {int(hi)}]" if kind is int else f"[{lo:g}, {hi:g}]"
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise BadRequest(422, f"field '{name}' must be {what}, got {type(v).__name__}")
     if isinstance(v, str) and len(v) > MAX_NUMBER_CHARS:
-        raise BadRequest(422, f"field '{name}' has {len(v)} characters; send {what} in [{lo:g}, {hi:g}]")
+        raise BadRequest(422, f"field '{name}' has {len(v)} characters; send {what} in {span}")
     if isinstance(v, int) and v.bit_length() > 64:  # a JSON integer of hundreds of digits
-        raise BadRequest(422, f"field '{name}' is out of range; send {what} in [{lo:g}, {hi:g}]")
+        raise BadRequest(422, f"field '{name}' is out of range; send {what} in {span}")
     try:
         x = float(v)
         if kind is int:
@@ -287,7 +288,7 @@ def _number(payload: Any, name: str, kind: type, lo: float, hi: float) -> Any:
     if not (math.isfinite(x) and lo <= x <= hi):
         raise BadRequest(
             422,
-            f"field '{name}' is {str(v)[:40]}; send {what} in [{lo:g}, {hi:g}]"
+            f"field '{name}' is {str(v)[:40]}; send {what} in {span}"
             + (" (this server's deadline, --max-seconds)" if name == "max_seconds" else ""),
         )
     return x
