@@ -56,6 +56,13 @@ bench: install
 	$(foreach part,$(BENCH_PARTS),$(PY) -m ade_train.bench.$(part) --out $(BENCH_OUT) &&) true
 	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)
 
+# ade-serve under load and past capacity on loopback (docs/serving.md; about 2 minutes on 2 cores).
+BENCH_PARTS += serve_load
+.PHONY: bench-serve-load
+bench-serve-load: install
+	$(PY) -m ade_train.bench.serve_load --out $(BENCH_OUT)
+	$(MAKE) bench-report
+
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
 .PHONY: bench-report
 bench-report: install

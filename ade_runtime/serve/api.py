@@ -178,7 +178,6 @@ class EditAPI(ls.LitAPI):
     def predict(self, job: EditJob) -> dict:
         self.busy = True
         self.state.busy(self.worker)
-        t0 = time.perf_counter()
         try:
             return self._predict(job)
         except Cancelled:
@@ -186,7 +185,7 @@ class EditAPI(ls.LitAPI):
                 CLIENT_CLOSED, "the client closed the connection; stopped before the next attempt"
             ) from None
         finally:
-            self.state.idle(self.worker, time.perf_counter() - t0)
+            self.state.idle(self.worker)
             self.busy = False
             if self.stopping:
                 self.close()

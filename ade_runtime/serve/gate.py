@@ -124,7 +124,7 @@ class EditGate:
         return False
 
     async def _edit(self, scope, receive, send) -> None:
-        admitted, wait = self.state.admit(self.max_wait, self.max_queue)
+        admitted, wait, ahead = self.state.admit(self.max_wait, self.max_queue)
         if not admitted:
             retry = self.state.retry_after(self.max_wait)
             await respond(
@@ -137,6 +137,14 @@ class EditGate:
             return
         ticket = self.state.ticket()
         upload = self.upload_dir / f"u-{ticket}"
+        t0 = time.monotonic()
+        status = {"code": 0}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
         try:
             raw = await self._read(scope, receive)
             if isinstance(raw, tuple):
@@ -148,8 +156,10 @@ class EditGate:
             if isinstance(body, tuple):
                 await respond(send, *body)
                 return
-            await self._forward(scope, receive, send, body, ticket)
+            await self._forward(scope, receive, send_status, body, ticket)
         finally:
+            if status["code"] == 200:
+                self.state.answered(time.monotonic() - t0, ahead)
             self.state.release()
             upload.unlink(missing_ok=True)
 

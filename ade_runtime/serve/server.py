@@ -155,7 +155,7 @@ def build_server(args: argparse.Namespace, run_dir: str):
         workers_per_device=args.workers_per_device,
         timeout=args.queue_timeout,
         healthcheck_path="/ready",
-        disable_openapi_url=True,  # the API is documented in docs/serving.md; LitServe's schema of it 500s
+        disable_openapi_url=True,  # no /docs, /openapi.json: the API is docs/serving.md; less surface
     )
     # shared memory sized to the workers LitServe will start, inherited by them and the HTTP processes
     api.state = ServeState(len(server._inference_workers_config_for_api("/edit")))
@@ -172,10 +172,12 @@ def build_server(args: argparse.Namespace, run_dir: str):
         max_queue=args.max_queue,
     )
 
-    async def health() -> Response:
+    # no return annotations: under `from __future__ import annotations` FastAPI cannot resolve them
+    # and its OpenAPI schema failed with a 500 (issue #24)
+    async def health():
         return Response(content="alive", media_type="text/plain")
 
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint():
         body, ctype = metrics.render()
         return Response(content=body, media_type=ctype)
 

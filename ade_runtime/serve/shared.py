@@ -43,7 +43,7 @@ class ServeState:
         self._tickets = ctx.Value("q", 0)
         self._admitted = ctx.Value("i", 0)
         self._busy = ctx.Array("d", workers)  # time.monotonic() at which the running request began; 0: idle
-        self._service = ctx.Value("d", 0.0)  # mean wall seconds of one request in a worker (EMA)
+        self._service = ctx.Value("d", 0.0)  # mean wall seconds one request holds a worker (EMA)
         self._cancelled = ctx.Array("q", ring)  # ring buffer of tickets whose client disconnected
         self._cancel_at = ctx.Value("q", 0)
 
@@ -54,16 +54,27 @@ class ServeState:
             self._tickets.value += 1
             return self._tickets.value
 
-    def admit(self, max_wait: float, max_queue: int) -> tuple[bool, float]:
-        """Admit one more request unless its expected wait exceeds ``max_wait`` seconds or more than
-        ``max_queue`` requests per worker are admitted; returns (admitted, expected wait in seconds)."""
+    def admit(self, max_wait: float, max_queue: int) -> tuple[bool, float, int]:
+        """Admit one more request unless it would not be answered within ``max_wait`` seconds (the
+        requests ahead per worker, then its own, at the mean service time) or more than ``max_queue``
+        requests per worker are admitted; returns (admitted, expected wait in seconds, requests ahead)."""
         with self._admitted.get_lock():
             ahead = self._admitted.value
             wait = ahead / self.workers * self._service.value
-            if ahead >= max_queue * self.workers or (ahead >= self.workers and wait > max_wait):
-                return False, wait
+            if ahead >= max_queue * self.workers or (
+                ahead >= self.workers and wait + self._service.value > max_wait
+            ):
+                return False, wait, ahead
             self._admitted.value += 1
-            return True, wait
+            return True, wait, ahead
+
+    def answered(self, seconds: float, ahead: int) -> None:
+        """Learn the service time from one answered request: it waited for ``ahead / workers``
+        requests and then its own, so one request holds a worker about seconds / (that + 1)."""
+        sample = seconds / (ahead / self.workers + 1)
+        with self._service.get_lock():
+            old = self._service.value
+            self._service.value = sample if old == 0.0 else (1 - EMA) * old + EMA * sample
 
     def release(self) -> None:
         with self._admitted.get_lock():
@@ -74,9 +85,9 @@ class ServeState:
         return self._admitted.value
 
     def retry_after(self, max_wait: float) -> int:
-        """Seconds until the queue should have drained below ``max_wait`` (at least 1)."""
-        excess = self._admitted.value / self.workers * self._service.value - max_wait
-        return max(1, math.ceil(excess if excess > 0 else self._service.value or 1.0))
+        """Seconds until the queue should have drained enough to admit one more (at least 1)."""
+        excess = (self._admitted.value / self.workers + 1) * self._service.value - max_wait
+        return max(1, math.ceil(excess if excess > 0 else self._service.value))
 
     def cancel(self, ticket: int) -> None:
         with self._cancel_at.get_lock():
@@ -93,11 +104,8 @@ class ServeState:
     def busy(self, worker: int) -> None:
         self._busy[worker % self.workers] = time.monotonic()
 
-    def idle(self, worker: int, seconds: float) -> None:
+    def idle(self, worker: int) -> None:
         self._busy[worker % self.workers] = 0.0
-        with self._service.get_lock():
-            old = self._service.value
-            self._service.value = seconds if old == 0.0 else (1 - EMA) * old + EMA * seconds
 
     @property
     def service_seconds(self) -> float:

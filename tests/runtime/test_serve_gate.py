@@ -218,13 +218,17 @@ def test_gate_turns_an_escaping_exception_into_a_counted_500(tmp_path):
 # -- shared state ---------------------------------------------------------------------------------------
 def test_admission_sheds_by_expected_wait_and_queue_length():
     s = ServeState(2)
-    assert [s.admit(max_wait=1.0, max_queue=3)[0] for _ in range(6)] == [True] * 6
-    assert s.admit(max_wait=1.0, max_queue=3) == (False, 0.0)  # 3 per worker admitted
+    assert [s.admit(max_wait=1.0, max_queue=3)[0] for _ in range(6)] == [True] * 6  # no service time yet
+    assert s.admit(max_wait=1.0, max_queue=3) == (False, 0.0, 6)  # 3 per worker admitted
     for _ in range(6):
         s.release()
-    s.idle(0, 0.5)  # one request took 0.5 s: 4 ahead on 2 workers = 1 s of waiting
-    assert [s.admit(max_wait=0.9, max_queue=100)[0] for _ in range(5)] == [True] * 4 + [False]
-    assert s.retry_after(0.9) >= 1
+    s.answered(0.5, ahead=0)  # one request took 0.5 s with nobody ahead
+    # 2 ahead on 2 workers: 0.5 s of waiting + 0.5 s of its own > 0.9 s
+    assert [s.admit(max_wait=0.9, max_queue=100)[0] for _ in range(3)] == [True, True, False]
+    assert s.retry_after(0.9) == 1
+    one = ServeState(1)
+    one.answered(3.0, ahead=2)  # waited for two, then its own: 1 s each
+    assert one.service_seconds == pytest.approx(1.0)
 
 
 def test_cancel_ring_and_stall_detection():
@@ -239,7 +243,7 @@ def test_cancel_ring_and_stall_detection():
     s.busy(1)
     time.sleep(0.05)
     assert s.stalled(0.01) and not s.stalled(60)
-    s.idle(1, 0.05)
+    s.idle(1)
     assert not s.stalled(0.01)
 
 
@@ -274,3 +278,11 @@ def test_redact_removes_server_paths():
     out = redact(msg, "/srv/models/export")
     assert "/srv" not in out and "/var" not in out and "export" in out and "x.log" in out
     assert redact(f"{os.getcwd()}/a.json", None).endswith("a.json")
+
+
+def test_the_app_builds_its_openapi_schema(tmp_path):
+    from ade_runtime.serve.server import build_server
+
+    args = build_parser().parse_args(["--backbone", "testbed", "--predictors", "x", "--device", "cpu"])
+    schema = build_server(args, str(tmp_path)).app.openapi()  # not served (404), but it must not fail
+    assert "/health" in schema["paths"] and "/metrics" in schema["paths"]

@@ -134,3 +134,35 @@ def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys):
     assert isinstance(
         server.build_parser().parse_args(["--backbone", "testbed", "--predictors", "x"]), argparse.Namespace
     )
+
+
+class CancelAfter:
+    """The testbed backbone; the client 'disconnects' once ``n`` attempts have run."""
+
+    def __init__(self, backbone, state, ticket, n):
+        self.backbone, self.state, self.ticket, self.n, self.runs = backbone, state, ticket, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backbone, name)
+
+    def run(self, state, spec):
+        out = self.backbone.run(state, spec)
+        self.runs += 1
+        if self.runs == self.n:
+            self.state.cancel(self.ticket)
+        return out
+
+
+def test_a_disconnect_stops_a_running_request_before_its_next_attempt(tmp_path, source):
+    api = api_for(tmp_path, write_export(tmp_path / "export"))
+    img, text = source
+    payload = {"image": base64.b64encode(img).decode(), "instruction": text, "policy": "best_of_8"}
+    api.backbone = CancelAfter(api.backbone, api.state, ticket=7, n=2)
+    with pytest.raises(HTTPException) as exc:
+        api.predict(api.decode_request({**payload, "_ticket": 7}))
+    assert exc.value.status_code == 499 and api.backbone.runs == 2  # 8 asked, 2 run
+    with pytest.raises(HTTPException) as exc:  # already cancelled while queued: refused before any work
+        api.decode_request({**payload, "_ticket": 7})
+    assert exc.value.status_code == 499
+    assert not list((tmp_path / "traces").glob("*.jsonl")) or not list(TraceDataset(tmp_path / "traces"))
+    api.close()
