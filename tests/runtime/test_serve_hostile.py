@@ -237,7 +237,7 @@ def test_abandoned_requests_are_not_computed(served, sources):
         time.sleep(0.5)
     computed = {r.id for r in TraceDataset(server.traces, images="none") if r.id.startswith("gone-")}
     assert m.get('ade_serve_requests_total{status="499"}', 0) >= 1, m
-    assert len(computed) < n
+    assert len(computed) <= n // 2, sorted(computed)  # the issue: 27 of 30 abandoned requests computed
 
 
 def test_answers_carry_no_server_paths(served, sources):
