@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers.serve import Server, as_json, multipart, png, make_sources, write_export
+from helpers.serve import Server, as_json, make_sources, multipart, png, write_export
 from PIL import Image
 
 from ade_runtime.artifacts import atomic_export_dir

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.serve import Server, as_json, multipart, make_sources, write_export
+from helpers.serve import Server, as_json, make_sources, multipart, write_export
 
 from ade_runtime.traces import TraceDataset
 
