@@ -16,7 +16,6 @@ answering, and the port stayed taken): each child asks Linux for a signal when i
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import math
 import multiprocessing as mp
@@ -126,9 +125,9 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's prctl, no lookup
             libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        except OSError as exc:  # no libc to call: the parent check below still runs
+        except (OSError, AttributeError) as exc:  # no prctl to call: the parent check below still runs
             log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
     expected = os.environ.get(PARENT_ENV)
     if expected and expected.isdigit() and os.getppid() != int(expected):

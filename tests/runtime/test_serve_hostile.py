@@ -274,9 +274,11 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_overload_is_shed_and_sigkill_leaves_no_orphans(tmp_path, sources):
+def test_overload_is_shed_stalls_unready_and_sigkill_leaves_no_orphans(tmp_path, sources):
     export = write_export(tmp_path / "export")
-    server = Server(export, tmp_path / "traces", "--max-queue", "2", "--queue-timeout", "1")
+    server = Server(
+        export, tmp_path / "traces", "--max-queue", "2", "--queue-timeout", "1", "--stall-seconds", "0.05"
+    )
     try:
         children = _children(server.proc.pid)
         assert len(children) >= 3, children  # the manager, the HTTP server, the worker
@@ -296,6 +298,27 @@ def test_overload_is_shed_and_sigkill_leaves_no_orphans(tmp_path, sources):
         for r in responses:
             if r.status_code == 503:
                 assert int(r.headers["retry-after"]) >= 1 and "busy" in r.json()["detail"]
+
+        # /ready turns 503 while the only worker has been on one request past --stall-seconds
+        async def busy_and_probe():
+            async with httpx.AsyncClient(timeout=60) as c:
+                ready: list[int] = []
+
+                async def work(k):
+                    for i in range(4):
+                        await c.post(
+                            server.url + "/edit", **as_json(*sources[(k + i) % 8], policy="best_of_16")
+                        )
+
+                jobs = asyncio.gather(work(0), work(1))
+                while not jobs.done():
+                    ready.append((await c.get(server.url + "/ready")).status_code)
+                    await asyncio.sleep(0.01)
+                await jobs
+                return ready, (await c.get(server.url + "/ready")).status_code
+
+        ready, after = asyncio.run(busy_and_probe())
+        assert 503 in ready and after == 200, ready
 
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)

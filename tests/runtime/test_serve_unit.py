@@ -131,6 +131,12 @@ def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys):
     assert "unknown policy" in capsys.readouterr().err
     assert server.main([*fb, "--host", "10.0.0.1"]) == 2
     assert "--host" in capsys.readouterr().err
+    assert server.main([*fb, "--max-candidates", "0"]) == 2
+    assert "--max-candidates 0: use an integer >= 1" in capsys.readouterr().err
+    assert server.main([*fb, "--policy", "best_of_32"]) == 2  # the default policy must fit the limits
+    assert "--max-candidates" in capsys.readouterr().err
+    assert server.main([*fb, "--body-timeout", "0"]) == 2
+    assert "--body-timeout" in capsys.readouterr().err
     assert isinstance(
         server.build_parser().parse_args(["--backbone", "testbed", "--predictors", "x"]), argparse.Namespace
     )
