@@ -97,7 +97,7 @@ class EditGate:
                     send_status,
                     401,
                     "missing or wrong API key; send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
-                    [(b"www-authenticate", b"Bearer")],
+                    [(b"www-authenticate", b"Bearer"), (b"connection", b"close")],  # the body stays unread
                 )
             elif edit:
                 await self._edit(scope, receive, send_status)
@@ -132,7 +132,7 @@ class EditGate:
                 503,
                 f"the server is busy: {self.state.admitted} requests ahead, about {wait:.0f} s of waiting "
                 f"(the limit is {self.max_wait:g} s); retry after {retry} s",
-                [(b"retry-after", str(retry).encode())],
+                [(b"retry-after", str(retry).encode()), (b"connection", b"close")],
             )
             return
         ticket = self.state.ticket()
