@@ -37,7 +37,6 @@ from typing import Any
 
 import anyio.to_thread
 
-from ade_runtime.serve import metrics
 from ade_runtime.serve.inputs import BadRequest, Limits, _image_bytes, check_fields, open_image
 from ade_runtime.serve.shared import ServeState
 
@@ -82,6 +81,8 @@ class EditGate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        from ade_runtime.serve import metrics  # here: prometheus_client loads only in a server process
+
         edit = scope["path"] == self.path and scope["method"] == "POST"
         t0 = time.perf_counter()
         status = {"code": 0}
