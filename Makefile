@@ -70,6 +70,13 @@ bench-setup: install
 	$(PY) -m ade_train.bench.setup_time --out $(BENCH_OUT) --venv $(abspath $(VENV))
 	$(MAKE) bench-report
 
+# ade-serve under load and past capacity on loopback (docs/serving.md; about 2 minutes on 2 cores).
+BENCH_PARTS += serve_load
+.PHONY: bench-serve-load
+bench-serve-load: install
+	$(PY) -m ade_train.bench.serve_load --out $(BENCH_OUT)
+	$(MAKE) bench-report
+
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
 # Ray part (docs/scaling.md): ade-collect without Ray, --ray on 1 and 2 workers, the same requests side by side.
 BENCH_PARTS += ray_collect

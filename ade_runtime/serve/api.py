@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -32,11 +33,46 @@ from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.serve import metrics
 from ade_runtime.serve.exports import ExportWatcher, load_strict
-from ade_runtime.serve.inputs import BadRequest, EditJob, parse_payload
+from ade_runtime.serve.inputs import UPLOAD_RE, BadRequest, EditJob, Limits, parse_payload
+from ade_runtime.serve.shared import ServeState, die_with_parent
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER = 8000
+ABS_PATH_RE = re.compile(r"(?<![\w.])(?:/[\w.@+-]+)+/([\w.@+-]+)")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
+
+
+class Cancelled(BaseException):
+    """The client went away: stop before the next attempt (a BaseException so that the loop's
+    per-attempt ``except Exception`` fallback does not swallow it)."""
+
+
+class _Cancellable:
+    """The backbone, with a check for a cancelled request before each attempt."""
+
+    def __init__(self, backbone, cancelled) -> None:
+        self._backbone = backbone
+        self._cancelled = cancelled
+
+    def __getattr__(self, name):
+        return getattr(self._backbone, name)
+
+    def run(self, state, spec):
+        if self._cancelled():
+            raise Cancelled()
+        return self._backbone.run(state, spec)
+
+
+def redact(text: str, *roots) -> str:
+    """A client-facing message without the server's absolute paths (the export's, the traces' ...)."""
+    for root in roots:
+        if root:
+            for form in {str(root), str(os.path.abspath(root))}:
+                text = text.replace(form.rstrip("/") + "/", "").replace(
+                    form, os.path.basename(form.rstrip("/"))
+                )
+    return ABS_PATH_RE.sub(r"\1", text)
 
 
 def _png(img) -> bytes:
@@ -48,13 +84,30 @@ def _png(img) -> bytes:
 class EditAPI(ls.LitAPI):
     """``POST /edit``. ``args`` are ade-serve's parsed options (picklable: workers are spawned)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        limits: Limits | None = None,
+        state: ServeState | None = None,
+        upload_dir: str | None = None,
+        stall_seconds: float | None = None,
+    ) -> None:
         super().__init__(api_path="/edit", max_batch_size=1)
         self.args = args
+        self.limits = limits or Limits(max_image_bytes=args.max_image_bytes)
+        self.state = state or ServeState(1)
+        self.upload_dir = upload_dir
+        self.stall_seconds = stall_seconds
+
+    def health(self) -> bool:
+        """``/ready`` (in the HTTP process): not ready while every worker is stuck on one request."""
+        return self.stall_seconds is None or not self.state.stalled(self.stall_seconds)
 
     # -- worker lifetime --------------------------------------------------------------------------
     def setup(self, device: str) -> None:
         a = self.args
+        if "LITSERVE_WORKER_ID" in os.environ:  # a LitServe worker: die with the launcher (SIGTERM: drain)
+            die_with_parent(signal.SIGTERM)
         self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
         if str(a.device).startswith("cuda:"):
             device = a.device  # the user pinned a GPU; LitServe numbers its devices from 0
@@ -94,23 +147,50 @@ class EditAPI(ls.LitAPI):
     # -- one request ------------------------------------------------------------------------------
     def decode_request(self, request):  # no annotations: LitServe reads them as FastAPI types
         try:
-            return parse_payload(
+            job = parse_payload(
                 request,
                 default_policy=self.args.policy,
                 base_policy=self.base_policy,
-                max_image_bytes=self.args.max_image_bytes,
+                limits=self.limits,
+                image=self._upload(request),
             )
         except BadRequest as exc:
-            raise HTTPException(exc.status, str(exc)) from None
+            raise HTTPException(exc.status, redact(str(exc), self.args.predictors)) from None
+        if self.state.is_cancelled(job.ticket):  # queued, and its client is gone: no work at all
+            raise HTTPException(CLIENT_CLOSED, "the client closed the connection before the request started")
+        return job
+
+    def _upload(self, request) -> bytes | None:
+        """The image the HTTP gate stored in the run directory (the queue carries only its name)."""
+        name = request.get("_upload") if hasattr(request, "get") else None
+        if name is None:
+            return None
+        if not (isinstance(name, str) and UPLOAD_RE.fullmatch(name) and self.upload_dir):
+            raise BadRequest(400, "field '_upload' is internal; send the image in 'image'")
+        try:
+            with open(os.path.join(self.upload_dir, name), "rb") as f:
+                return f.read()
+        except OSError:
+            raise BadRequest(
+                400, "the uploaded image is gone (the client disconnected?); send it again"
+            ) from None
 
     def predict(self, job: EditJob) -> dict:
         self.busy = True
+        self.state.busy(self.worker)
         try:
             return self._predict(job)
+        except Cancelled:
+            raise HTTPException(
+                CLIENT_CLOSED, "the client closed the connection; stopped before the next attempt"
+            ) from None
         finally:
+            self.state.idle(self.worker)
             self.busy = False
             if self.stopping:
                 self.close()
+                if os.getppid() != int(os.environ.get("ADE_SERVE_PARENT_PID", os.getppid())):
+                    os._exit(0)  # the launcher is gone (SIGKILL): nobody will read this answer
 
     def _swap(self) -> None:
         event = self.watcher.check()
@@ -124,19 +204,21 @@ class EditAPI(ls.LitAPI):
             raise HTTPException(409, f"id {rid!r} was already served; send a new id (or none)")
         request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
         fp = self.watcher.fingerprint
-        deadline = _min(job.max_seconds, self.args.max_seconds)
+        deadline = job.max_seconds
+        self._check_first_attempt(job, deadline)
         extra = {
             "export": fp,
             "server": {"worker": self.worker, "policy": job.policy, "max_seconds": deadline},
         }
+        backbone = _Cancellable(self.backbone, lambda: self.state.is_cancelled(job.ticket))
         editor = AdaptiveEditor(
-            self.backbone, self.watcher.predictors, policy=job.policy, scorer=self.scorer, seed=job.seed
+            backbone, self.watcher.predictors, policy=job.policy, scorer=self.scorer, seed=job.seed
         )
         t0 = time.perf_counter()
         try:
             result = editor.edit(request, max_seconds=deadline)
         except InputError as exc:  # the backbone refused this input (e.g. the testbed needs testbed images)
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, redact(str(exc), self.args.predictors)) from None
         except Exception as exc:
             raise self._internal_error(request, rid, f"{type(exc).__name__}: {exc}", extra) from None
         wall = time.perf_counter() - t0
@@ -152,20 +234,20 @@ class EditAPI(ls.LitAPI):
                 failures.append({"stage": "trace", "error": repr(exc)})
                 metrics.FAILURES.labels("trace").inc()
         metrics.observe_result(result, self._verifier_calls(editor, result))
+        failures = [self._public(f) for f in failures]
         if result.image is None:
-            metrics.INTERNAL_ERRORS.inc()
             raise HTTPException(
                 500,
                 {
                     "error": "every attempt failed; nothing to return",
                     "request_id": rid,
-                    "failures": [{k: v for k, v in f.items() if k != "trace"} for f in failures],
+                    "failures": failures,
                 },
             )
         s = edit_summary(result)
         s.update(
             id=rid,
-            failures=[{k: v for k, v in f.items() if k != "trace"} for f in failures],
+            failures=failures,
             decisions=result.decisions,
             gpu_seconds=round(result.seconds, 4),
             seconds_kind="modelled" if self.backbone.name.startswith("testbed") else "measured",
@@ -177,9 +259,31 @@ class EditAPI(ls.LitAPI):
         )
         return {"png": _png(result.image), "summary": s, "response": job.response}
 
+    def _public(self, failure: dict) -> dict:
+        """A failure as the client sees it: no traceback, no server path."""
+        return {
+            k: redact(v, self.args.predictors, self.args.trace_dir) if isinstance(v, str) else v
+            for k, v in failure.items()
+            if k != "trace"
+        }
+
+    def _check_first_attempt(self, job: EditJob, deadline: float) -> None:
+        """Reasoning tokens count against the deadline: where the backbone models its cost (the
+        testbed), a request whose first attempt alone would exceed its deadline is refused."""
+        cost = getattr(self.backbone, "cost", None)
+        tokens = job.config.reasoning_tokens or 0
+        if not (tokens and self.backbone.supports_reasoning and hasattr(cost, "latency")):
+            return
+        first = float(cost.latency(cost.nfe, tokens))
+        if first > deadline:
+            raise HTTPException(
+                422,
+                f"policy {job.policy!r}: one attempt with {tokens} reasoning tokens takes about {first:.0f} s, "
+                f"over the deadline of {deadline:g} s; ask for fewer tokens or a longer max_seconds",
+            )
+
     def _internal_error(self, request, rid: str, error: str, extra: dict) -> HTTPException:
         log.exception("request %s failed", rid)
-        metrics.INTERNAL_ERRORS.inc()
         if self.writer is not None:
             from ade_runtime.traces.serving import log_error
 
@@ -217,8 +321,3 @@ class EditAPI(ls.LitAPI):
             "format": "png",
             "summary": output["summary"],
         }
-
-
-def _min(a: float | None, b: float | None) -> float | None:
-    vals = [v for v in (a, b) if v is not None]
-    return min(vals) if vals else None

@@ -12,20 +12,55 @@ import binascii
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
 
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.errors import InputError
-from ade_runtime.loop import MAX_SIDE, validate_request
+from ade_runtime.loop import MAX_INSTRUCTION_CHARS, MAX_SIDE, validate_request
 from ade_runtime.policy import POLICY_NAMES, PolicyConfig, preset
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_IMAGE_BYTES = 20 << 20
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 FIELDS = ("image", "instruction", "policy", "seed", "max_seconds", "id", "response", "category")
+INTERNAL = ("_ticket", "_upload")  # set by the HTTP gate (server.py), never by a client
+UPLOAD_RE = re.compile(r"u-[0-9]{1,18}")
+# characters a field may hold before any other check (the instruction's own limit is checked stripped)
+MAX_CHARS = {
+    "instruction": 4 * MAX_INSTRUCTION_CHARS,
+    "policy": 64,
+    "response": 16,
+    "category": 64,
+    "id": 128,
+}
+MAX_NUMBER_CHARS = 32  # a number sent as text (multipart) or as a JSON number of more digits is refused
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server: ade-serve's ``--max-*`` options; more is a 422."""
+
+    max_candidates: int = 16
+    max_rounds: int = 4
+    max_tokens: int = 2048
+    max_seconds: float = 300.0
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_candidates", "max_rounds", "max_image_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"--{name.replace('_', '-')} {v!r}: use an integer >= 1")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+            raise InputError(f"--max-tokens {self.max_tokens!r}: use an integer >= 0")
+        if not (isinstance(self.max_seconds, (int, float)) and math.isfinite(self.max_seconds)):
+            raise InputError(f"--max-seconds {self.max_seconds!r}: use a positive number of seconds")
+        if self.max_seconds <= 0:
+            raise InputError(f"--max-seconds {self.max_seconds!r}: use a positive number of seconds")
 
 
 class BadRequest(InputError):
@@ -42,9 +77,11 @@ class EditJob:
 
     request: EditRequest
     policy: str
+    config: PolicyConfig
     seed: int
-    max_seconds: float | None
+    max_seconds: float
     response: str  # "json" (base64 PNG in the JSON) or "image" (PNG bytes, summary in a header)
+    ticket: int | None = None  # the gate's number for this request (client disconnects cancel it)
 
 
 def _text(payload: Any, name: str) -> str | None:
@@ -55,6 +92,17 @@ def _text(payload: Any, name: str) -> str | None:
         v = bytes(v).decode("utf-8", "replace")
     if not isinstance(v, str):
         raise BadRequest(400, f"field '{name}' must be a string, got {type(v).__name__}")
+    limit = MAX_CHARS[name]
+    if len(v) > limit:
+        raise BadRequest(422, f"field '{name}' has {len(v)} characters; the limit is {limit}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            422, f"field '{name}' is not valid Unicode (a lone surrogate escape); send UTF-8 text"
+        ) from None
+    if name != "instruction" and CONTROL_RE.search(v):
+        raise BadRequest(422, f"field '{name}' contains control characters; send plain text")
     return v
 
 
@@ -77,7 +125,8 @@ def _image_bytes(payload: Any) -> bytes:
         ) from None
 
 
-def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+def open_image(data: bytes, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+    """Read the image's header only: format, size and mode, with no pixel decoded (cheap)."""
     if len(data) > max_bytes:
         raise BadRequest(413, f"image is {len(data)} bytes; the limit is {max_bytes} (resize or compress it)")
     if not data:
@@ -86,45 +135,70 @@ def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image
         im = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.UnidentifiedImageError:
         raise BadRequest(415, "image is not a PNG, JPEG or WebP file; convert it to PNG") from None
-    except (OSError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL refuses > 2x MAX_IMAGE_PIXELS before decoding
+        raise BadRequest(
+            413, f"image is too large ({exc}); each side must be at most {MAX_SIDE} px"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise BadRequest(
             400, f"image cannot be read ({exc}); send a complete PNG, JPEG or WebP file"
         ) from None
     w, h = im.size
     if max(w, h) > MAX_SIDE:  # refuse before decoding the pixels
         raise BadRequest(413, f"image is {w}x{h}; each side must be at most {MAX_SIDE} px (resize it first)")
+    return im
+
+
+def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+    im = open_image(data, max_bytes)
     try:
         im.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadRequest(
             400, f"image cannot be decoded ({exc}); send a complete PNG, JPEG or WebP file"
         ) from None
     return im
 
 
-def check_policy(name: str, base: PolicyConfig | None) -> str:
+def check_policy(name: str, base: PolicyConfig | None, limits: Limits | None = None) -> PolicyConfig:
+    """The policy's config, refused (422) when unknown or when it asks for more than ``limits``."""
     try:
-        preset(name, base)
+        cfg = preset(name, base)
     except ValueError:
         raise BadRequest(
             422, f"unknown policy {name!r}; use one of {', '.join(POLICY_NAMES[:-1])} or best_of_N"
         ) from None
-    return name
+    if limits is None:
+        return cfg
+    over = [
+        (cfg.max_candidates, limits.max_candidates, "candidates", "--max-candidates"),
+        (cfg.s_max, limits.max_rounds, "rounds per candidate", "--max-rounds"),
+        (cfg.reasoning_tokens or 0, limits.max_tokens, "reasoning tokens", "--max-tokens"),
+    ]
+    for asked, cap, what, option in over:
+        if asked > cap:
+            raise BadRequest(
+                422,
+                f"policy {name!r} asks for {asked} {what}; this server allows at most {cap} ({option}); "
+                "ask for fewer",
+            )
+    return cfg
 
 
-def parse_payload(
+def check_fields(
     payload: Any,
     *,
     default_policy: str = "ade",
     base_policy: PolicyConfig | None = None,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-) -> EditJob:
-    """``payload`` is the JSON object (the HTTP layer turns a multipart form into one, image in base64)."""
+    limits: Limits | None = None,
+) -> dict[str, Any]:
+    """Every field but the image's pixels, bounded: what the HTTP gate checks before any work."""
+    limits = limits or Limits()
     if not hasattr(payload, "get"):
         raise BadRequest(
             400, "the body must be a JSON object or a multipart form with 'image' and 'instruction'"
         )
-    unknown = sorted(k for k in payload.keys() if k not in FIELDS)
+    unknown = sorted(str(k)[:40] for k in payload.keys() if k not in FIELDS + INTERNAL)
     if unknown:
         raise BadRequest(400, f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(FIELDS)}")
     rid = _text(payload, "id")
@@ -136,42 +210,85 @@ def parse_payload(
     instruction = _text(payload, "instruction")
     if instruction is None:
         raise BadRequest(400, "field 'instruction' is missing; say what to edit")
-    image = decode_image(_image_bytes(payload), max_image_bytes)
-    policy = check_policy(_text(payload, "policy") or default_policy, base_policy)
-    seed = _number(payload, "seed", int)
-    if seed is not None and not 0 <= seed < 2**31:
-        raise BadRequest(422, f"seed {seed} is out of range; use an integer in [0, 2**31)")
-    max_seconds = _number(payload, "max_seconds", float)
-    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise BadRequest(422, f"max_seconds {max_seconds} must be a positive number of seconds")
+    category = _text(payload, "category")
+    if category is not None and not category.strip():
+        raise BadRequest(422, "field 'category' is blank; leave it out or name the edit's category")
+    name = _text(payload, "policy") or default_policy
+    config = check_policy(name, base_policy, limits)
+    seed = _number(payload, "seed", int, 0, 2**31 - 1)
+    max_seconds = _number(payload, "max_seconds", float, 0.0, limits.max_seconds)
     response = _text(payload, "response") or "json"
     if response not in ("json", "image"):
         raise BadRequest(
             422, f"response {response!r}: use 'json' (base64 PNG + summary) or 'image' (PNG bytes)"
         )
+    return {
+        "id": rid,
+        "instruction": instruction,
+        "category": category,
+        "policy": name,
+        "config": config,
+        "seed": 0 if seed is None else seed,
+        "max_seconds": limits.max_seconds if max_seconds is None else max_seconds,
+        "response": response,
+    }
+
+
+def parse_payload(
+    payload: Any,
+    *,
+    default_policy: str = "ade",
+    base_policy: PolicyConfig | None = None,
+    max_image_bytes: int | None = None,
+    limits: Limits | None = None,
+    image: bytes | None = None,
+) -> EditJob:
+    """``payload`` is the JSON object (the HTTP layer turns a multipart form into one, image in base64;
+    or it hands the image's bytes over as ``image``)."""
+    limits = limits or Limits()
+    if max_image_bytes is not None:
+        limits = replace(limits, max_image_bytes=max_image_bytes)
+    f = check_fields(payload, default_policy=default_policy, base_policy=base_policy, limits=limits)
+    pixels = decode_image(_image_bytes(payload) if image is None else image, limits.max_image_bytes)
     req = EditRequest(
-        image=image, instruction=instruction, id=rid or "request", category=_text(payload, "category")
+        image=pixels, instruction=f["instruction"], id=f["id"] or "request", category=f["category"]
     )
     try:
         req = validate_request(req)
     except InputError as exc:
         raise BadRequest(422, str(exc).replace("request 'request': ", "")) from None
-    return EditJob(req, policy, 0 if seed is None else seed, max_seconds, response)
+    ticket = payload.get("_ticket")
+    ticket = ticket if isinstance(ticket, int) and not isinstance(ticket, bool) else None
+    return EditJob(req, f["policy"], f["config"], f["seed"], f["max_seconds"], f["response"], ticket)
 
 
-def _number(payload: Any, name: str, kind: type) -> Any:
+def _number(payload: Any, name: str, kind: type, lo: float, hi: float) -> Any:
+    """A bounded number from JSON (a number) or a form (text); anything else, or out of [lo, hi], is a 422."""
     v = payload.get(name)
     if v is None or v == "":
         return None
-    if isinstance(v, bool):
-        raise BadRequest(422, f"field '{name}' must be a number, got a boolean")
+    what = "an integer" if kind is int else "a number"
+    span = f"[{int(lo)}, {int(hi)}]" if kind is int else f"[{lo:g}, {hi:g}]"
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise BadRequest(422, f"field '{name}' must be {what}, got {type(v).__name__}")
+    if isinstance(v, str) and len(v) > MAX_NUMBER_CHARS:
+        raise BadRequest(422, f"field '{name}' has {len(v)} characters; send {what} in {span}")
+    if isinstance(v, int) and v.bit_length() > 64:  # a JSON integer of hundreds of digits
+        raise BadRequest(422, f"field '{name}' is out of range; send {what} in {span}")
     try:
+        x = float(v)
         if kind is int:
-            if isinstance(v, float) and not v.is_integer():
+            if not x.is_integer():
                 raise ValueError
-            return int(v)
-        return float(v)
-    except (TypeError, ValueError):
+            x = int(x)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRequest(422, f"field '{name}' must be {what}, got {str(v)[:40]!r}") from None
+    if name == "max_seconds" and x <= 0:
+        raise BadRequest(422, f"max_seconds {str(v)[:40]} must be a positive number of seconds")
+    if not (math.isfinite(x) and lo <= x <= hi):
         raise BadRequest(
-            422, f"field '{name}' must be {'an integer' if kind is int else 'a number'}, got {v!r}"
-        ) from None
+            422,
+            f"field '{name}' is {str(v)[:40]}; send {what} in {span}"
+            + (" (this server's deadline, --max-seconds)" if name == "max_seconds" else ""),
+        )
+    return x

@@ -6,113 +6,24 @@ import asyncio
 import base64
 import io
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from helpers import REPO
-from helpers.predictors import calibrator, card
+from helpers.serve import Server, as_json, make_sources, multipart, png, write_export
 from PIL import Image
 
 from ade_runtime.artifacts import atomic_export_dir
-from ade_runtime.policy import PolicyConfig
 from ade_runtime.serve.exports import export_fingerprint
-from ade_runtime.testbed import World, save_png
-from ade_runtime.testbed.imageio import make_image
 from ade_runtime.traces import TraceDataset
-
-ROOT = REPO  # the repository root
-STARTUP_S = 120
-
-
-def write_export(d: Path, bias: float = -1.0) -> Path:
-    card(levels=(1, 2, 4)).save_pretrained(d)
-    calibrator(bias, 6.0, PolicyConfig(tau_high=0.8, tau_low=0.1, s_max=2)).save_pretrained(d)
-    return d
-
-
-def png(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sources")
-    world = World(seed=11)
-    out = []
-    for i in range(8):
-        r = world.sample_request(np.random.default_rng(i))
-        save_png(make_image(r.source, r.source, world.size), d / f"{i}.png")  # keeps the testbed chunk
-        out.append(((d / f"{i}.png").read_bytes(), r.instruction))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, export: Path, traces: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.traces = traces
-        self.signalled = False
-        self.log = open(traces.parent / f"server-{self.port}.log", "wb")
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ade_runtime.serve.server", "--backbone", "testbed"]
-            + ["--predictors", str(export), "--allow-fallback"]  # the test exports have no critique
-            + ["--trace-dir", str(traces), "--port", str(self.port), *extra],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=traces.parent,
-        )
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError("server not ready in time:\n" + self.output())
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")[-4000:]
-
-    def terminate(self) -> None:
-        self.signalled = True
-        self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            if not self.signalled:  # a second SIGTERM during interpreter exit would kill it
-                self.terminate()
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
+    return make_sources(tmp_path_factory.mktemp("sources"))
 
 
 @pytest.fixture(scope="module")
@@ -122,17 +33,6 @@ def served(tmp_path_factory):
     server = Server(export, base / "traces", "--max-image-bytes", "200000")
     yield server, export
     assert server.stop() == 0, server.output()
-
-
-def multipart(image: bytes, instruction: str, **fields) -> dict:
-    return {
-        "files": {"image": ("src.png", image, "image/png")},
-        "data": {"instruction": instruction, **fields},
-    }
-
-
-def as_json(image: bytes, instruction: str, **fields) -> dict:
-    return {"json": {"image": base64.b64encode(image).decode(), "instruction": instruction, **fields}}
 
 
 async def post_many(url: str, payloads: list[dict]) -> list[httpx.Response]:

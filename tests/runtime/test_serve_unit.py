@@ -17,6 +17,7 @@ from ade_runtime.policy import PolicyConfig
 from ade_runtime.serve import server
 from ade_runtime.serve.api import EditAPI
 from ade_runtime.serve.exports import ExportWatcher, export_fingerprint, load_strict
+from ade_runtime.serve.gate import parse_multipart
 from ade_runtime.testbed import World, save_png
 from ade_runtime.testbed.imageio import make_image
 from ade_runtime.traces import TraceDataset
@@ -112,11 +113,11 @@ def test_multipart_parser():
         b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x00\xff\r\n--XyZ--\r\n"
     )
-    out = server.parse_multipart("multipart/form-data; boundary=XyZ", body)
+    out = parse_multipart("multipart/form-data; boundary=XyZ", body)
     assert out["instruction"] == "Turn it blue"
-    assert base64.b64decode(out["image"]) == b"\x89PNG\r\n\x00\xff"
+    assert out["image"] == b"\x89PNG\r\n\x00\xff"
     with pytest.raises(ValueError, match="boundary"):
-        server.parse_multipart("multipart/form-data", body)
+        parse_multipart("multipart/form-data", body)
 
 
 def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys):
@@ -130,6 +131,44 @@ def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys):
     assert "unknown policy" in capsys.readouterr().err
     assert server.main([*fb, "--host", "10.0.0.1"]) == 2
     assert "--host" in capsys.readouterr().err
+    assert server.main([*fb, "--max-candidates", "0"]) == 2
+    assert "--max-candidates 0: use an integer >= 1" in capsys.readouterr().err
+    assert server.main([*fb, "--policy", "best_of_32"]) == 2  # the default policy must fit the limits
+    assert "--max-candidates" in capsys.readouterr().err
+    assert server.main([*fb, "--body-timeout", "0"]) == 2
+    assert "--body-timeout" in capsys.readouterr().err
     assert isinstance(
         server.build_parser().parse_args(["--backbone", "testbed", "--predictors", "x"]), argparse.Namespace
     )
+
+
+class CancelAfter:
+    """The testbed backbone; the client 'disconnects' once ``n`` attempts have run."""
+
+    def __init__(self, backbone, state, ticket, n):
+        self.backbone, self.state, self.ticket, self.n, self.runs = backbone, state, ticket, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backbone, name)
+
+    def run(self, state, spec):
+        out = self.backbone.run(state, spec)
+        self.runs += 1
+        if self.runs == self.n:
+            self.state.cancel(self.ticket)
+        return out
+
+
+def test_a_disconnect_stops_a_running_request_before_its_next_attempt(tmp_path, source):
+    api = api_for(tmp_path, write_export(tmp_path / "export"))
+    img, text = source
+    payload = {"image": base64.b64encode(img).decode(), "instruction": text, "policy": "best_of_8"}
+    api.backbone = CancelAfter(api.backbone, api.state, ticket=7, n=2)
+    with pytest.raises(HTTPException) as exc:
+        api.predict(api.decode_request({**payload, "_ticket": 7}))
+    assert exc.value.status_code == 499 and api.backbone.runs == 2  # 8 asked, 2 run
+    with pytest.raises(HTTPException) as exc:  # already cancelled while queued: refused before any work
+        api.decode_request({**payload, "_ticket": 7})
+    assert exc.value.status_code == 499
+    assert not list((tmp_path / "traces").glob("*.jsonl")) or not list(TraceDataset(tmp_path / "traces"))
+    api.close()
