@@ -44,8 +44,8 @@ from ade_runtime.errors import InputError
 from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
-from ade_runtime.traces import TraceWriter, load_records
-from ade_runtime.traces.serving import build_record
+from ade_runtime.traces import RecordRefused, TraceWriter, load_records
+from ade_runtime.traces.serving import staged_record
 
 REQUESTS_FORMAT = """\
 requests file (--requests): JSON lines, one request per line:
@@ -326,18 +326,19 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
                     "calls": len(calls),
                     "cost_source": getattr(verifier.cost, "source", ""),
                 }
-            record = build_record(
-                request,
-                logs,
-                backbone.name,
-                ade_meta={"collect": True, "failures": errors},
-                writer=writer,
+            record, images = staged_record(
+                request, logs, backbone.name, ade_meta={"collect": True, "failures": errors}
             )
-            if record.attempts:
-                writer.write(record)
-                written += 1
-            else:
+            if not record.attempts:
                 failed += 1
+                continue
+            try:  # the record and its images, all or nothing
+                writer.write(record, images=images)
+            except RecordRefused as exc:
+                print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            written += 1
     print(
         json.dumps(
             {
