@@ -70,8 +70,9 @@ class EditAPI(ls.LitAPI):
         self.writer = None
         if a.trace_dir:
             from ade_runtime.traces import TraceWriter
+            from ade_runtime.traces.serving import SERVE_LIMITS
 
-            self.writer = TraceWriter(a.trace_dir, prefix=f"serve-w{self.worker}")
+            self.writer = TraceWriter(a.trace_dir, prefix=f"serve-w{self.worker}", limits=SERVE_LIMITS)
         self.served: set[str] = set()
         self.busy = False
         self.stopping = False
@@ -123,6 +124,17 @@ class EditAPI(ls.LitAPI):
         if rid in self.served:
             raise HTTPException(409, f"id {rid!r} was already served; send a new id (or none)")
         request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
+        # the id is unique in the dataset (across restarts and workers) and the record fits: before any work
+        if self.writer is not None:
+            from ade_runtime.traces import DuplicateRecordId, RecordRefused
+            from ade_runtime.traces.serving import claim_request
+
+            try:
+                claim_request(self.writer, request, self.backbone.name)
+            except DuplicateRecordId as exc:
+                raise HTTPException(409, str(exc)) from None
+            except RecordRefused as exc:
+                raise HTTPException(422, str(exc)) from None
         fp = self.watcher.fingerprint
         deadline = _min(job.max_seconds, self.args.max_seconds)
         extra = {
@@ -136,6 +148,8 @@ class EditAPI(ls.LitAPI):
         try:
             result = editor.edit(request, max_seconds=deadline)
         except InputError as exc:  # the backbone refused this input (e.g. the testbed needs testbed images)
+            if self.writer is not None:
+                self.writer.release(rid)  # no record: the id may be sent again
             raise HTTPException(422, str(exc)) from None
         except Exception as exc:
             raise self._internal_error(request, rid, f"{type(exc).__name__}: {exc}", extra) from None
