@@ -295,3 +295,32 @@ def _pil(arr):
     from PIL import Image
 
     return Image.fromarray(arr)
+
+
+# -- resumable collection with claims --------------------------------------------------------------
+
+
+def test_collect_resumes_after_a_crash_that_left_a_claim(tmp_path, capsys):
+    from ade_runtime.cli import collect
+    from ade_runtime.testbed import World, save_png
+    from ade_runtime.testbed.imageio import make_image
+
+    world = World(seed=11)
+    lines = []
+    for i in range(2):
+        r = world.sample_request(np.random.default_rng(i))
+        save_png(make_image(r.source, r.source, world.size), tmp_path / f"src{i}.png")
+        lines.append({"id": f"q{i}", "image": f"src{i}.png", "instruction": r.instruction})
+    (tmp_path / "requests.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "collected"
+    args = ["--backbone", "testbed", "--requests", str(tmp_path / "requests.jsonl"), "--out", str(out)]
+    args += ["--candidates", "1", "--rounds", "1", "--reasoning", "0"]
+    assert collect.main(args) == 0
+    run_in_process(claim_and_die, str(out), "q2")  # a collect killed while q2 was being written
+    lines.append(dict(lines[0], id="q2"))
+    (tmp_path / "requests.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    capsys.readouterr()
+    assert collect.main(args) == 0  # resumes: q0, q1 skipped, q2's stale claim released, q2 written
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == 1
+    code, summary, _ = validate(out, "--decode")
+    assert (code, summary["valid"]) == (0, 3)
