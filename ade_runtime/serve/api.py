@@ -126,15 +126,23 @@ class EditAPI(ls.LitAPI):
         request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
         # the id is unique in the dataset (across restarts and workers) and the record fits: before any work
         if self.writer is not None:
+            from ade_runtime.errors import TraceError
             from ade_runtime.traces import DuplicateRecordId, RecordRefused
             from ade_runtime.traces.serving import claim_request
 
             try:
                 claim_request(self.writer, request, self.backbone.name)
-            except DuplicateRecordId as exc:
-                raise HTTPException(409, str(exc)) from None
+            except DuplicateRecordId:  # no detail: it would name the writer's pid and host
+                raise HTTPException(
+                    409, f"id {rid!r} is already used in the traces; send a new id (or none)"
+                ) from None
             except RecordRefused as exc:
                 raise HTTPException(422, str(exc)) from None
+            except (
+                TraceError
+            ) as exc:  # the trace directory is unusable (disk full, removed): no edit untraced
+                log.error("request %s: cannot claim its id: %s", rid, exc)
+                raise HTTPException(503, "the trace directory cannot be written; try again later") from None
         fp = self.watcher.fingerprint
         deadline = _min(job.max_seconds, self.args.max_seconds)
         extra = {

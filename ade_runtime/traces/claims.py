@@ -125,6 +125,8 @@ class IdRegistry:
             return
         try:
             self._create(rid)
+        except FileNotFoundError as exc:  # the claims folder was removed under a running writer
+            raise TraceError(f"cannot claim id {rid!r} in {self.dir}: {exc}; reopen the writer") from exc
         except FileExistsError:
             owner = self._read_claim(self.dir / id_key(rid))
             if not self._alive(owner.get("owner")) and self._recover_one(rid):
@@ -134,6 +136,8 @@ class IdRegistry:
                     raise DuplicateRecordId(self._taken(rid, owner)) from None
             else:
                 raise DuplicateRecordId(self._taken(rid, owner)) from None
+        except OSError as exc:
+            raise TraceError(f"cannot claim id {rid!r} in {self.dir}: {exc}") from exc
         self.pending.add(rid)
 
     def commit(self, rid: str) -> None:
