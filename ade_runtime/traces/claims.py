@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import InputError, TraceError
+from .images import file_sha256, safe_join
 from .reader import DEFAULT_MAX_LINE_BYTES, _lines, _open, find_shards
 
 CLAIMS_DIR = ".ade-ids"
@@ -66,14 +67,18 @@ def id_key(rid: str) -> str:
     return hashlib.sha256(rid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def scan_ids(root: Path) -> set[str]:
-    """Ids of the records in ``root``'s shards (parsed lines with a string id; not a validation)."""
+def scan_ids(root: Path, paths: set[str] | None = None) -> set[str]:
+    """Ids of the records in ``root``'s shards (parsed lines with a string id; not a validation).
+
+    With ``paths`` (a set), the image paths the records name are added to it, relative to ``root``.
+    """
     ids: set[str] = set()
     try:
         shards = find_shards(root)
     except TraceError:
         return ids
     for shard in shards:
+        base = os.path.relpath(shard.parent, root)
         try:
             with _open(shard) as f:
                 for _, raw, _ in _lines(f, DEFAULT_MAX_LINE_BYTES):
@@ -83,9 +88,19 @@ def scan_ids(root: Path) -> set[str]:
                         continue
                     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
                         ids.add(obj["id"])
+                        if paths is not None:
+                            paths.update(os.path.normpath(os.path.join(base, p)) for p in _named(obj))
         except (OSError, EOFError):
             continue  # an unreadable shard is the reader's to report, not the writer's
     return ids
+
+
+def _named(obj: dict) -> list[str]:
+    out = [obj.get("source_image")]
+    attempts = obj.get("attempts")
+    if isinstance(attempts, list):
+        out += [a.get("image") for a in attempts if isinstance(a, dict)]
+    return [p for p in out if isinstance(p, str)]
 
 
 class IdRegistry:
@@ -139,6 +154,18 @@ class IdRegistry:
         except OSError as exc:
             raise TraceError(f"cannot claim id {rid!r} in {self.dir}: {exc}") from exc
         self.pending.add(rid)
+
+    def note_images(self, rid: str, planned: dict[str, str]) -> None:
+        """Record in our claim on ``rid`` the images about to be created (``{rel: sha256}``), so that
+        if this process dies before the record is written, recovery removes them with the claim."""
+        if self.dir is None or rid not in self.pending or not planned:
+            return
+        path = self.dir / id_key(rid)
+        info = {**self._read_claim(path), "images": planned}
+        tmp = path.with_name(f".{path.name}.{self.token}.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(json.dumps(info))
+        os.replace(tmp, path)  # atomic: the claim never disappears, readers see old or new content
 
     def commit(self, rid: str) -> None:
         """The record of ``rid`` is written: the claim stays for good."""
@@ -226,6 +253,7 @@ class IdRegistry:
         with self._recovery_lock():
             t0 = time.time()
             dead, held = self._dead_writers()  # before the scan: a writer dead now adds no record later
+            named: dict[str, set[str]] = {}  # filled on first need: paths the records name
             try:
                 self.known = scan_ids(self.root)
                 keys = {id_key(rid) for rid in self.known}
@@ -238,6 +266,7 @@ class IdRegistry:
                         owner not in held and entry.stat().st_mtime < t0 - _UNKNOWN_OWNER_GRACE_S
                     )
                     if gone:
+                        self._drop_orphans(claim, named)
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
                         self.stale_released += 1
@@ -284,11 +313,35 @@ class IdRegistry:
             claim = self._read_claim(path)
             if not claim or self._alive(claim.get("owner")):
                 return False
-            if rid in scan_ids(self.root):
+            paths: set[str] = set()
+            if rid in scan_ids(self.root, paths):
                 self.known.add(rid)
                 return False
+            self._drop_orphans(claim, {"paths": paths})
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             self.stale_released += 1
             log.warning("%s: released the stale claim on id %r (its writer stopped)", self.root, rid)
             return True
+
+    def _drop_orphans(self, claim: dict, named: dict[str, set[str]]) -> None:
+        """Remove the images a stale claim's writer created for its never-written record: only files
+        still holding the bytes it wrote and named by no record (``named["paths"]``, scanned once)."""
+        planned = claim.get("images")
+        if not isinstance(planned, dict) or not planned:
+            return
+        if "paths" not in named:
+            named["paths"] = set()
+            scan_ids(self.root, named["paths"])
+        for rel, digest in planned.items():
+            if not isinstance(rel, str) or os.path.normpath(rel) in named["paths"]:
+                continue
+            try:
+                full = safe_join(self.root, rel)
+            except ValueError:
+                continue
+            if file_sha256(full) == digest:
+                with contextlib.suppress(OSError):
+                    os.unlink(full)
+                with contextlib.suppress(OSError):
+                    os.rmdir(full.parent)  # the record's folder, when nothing else is in it

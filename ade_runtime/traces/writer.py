@@ -213,6 +213,9 @@ class TraceWriter:
             self._ids.claim(rid)
         files: list[Path] = []
         try:
+            hashes = obj["meta"]["ade"]["image_sha256"] if staged else {}
+            planned = {rel: hashes[rel] for rel, (target, _, _) in staged.items() if not target.exists()}
+            self._ids.note_images(rid, planned)  # a crash from here on: recovery removes these images
             files, dirs = place_images(staged, self.fsync)
             self._append(line, rid)
         except BaseException:

@@ -40,3 +40,16 @@ def claim_and_die(root: str, rid: str) -> None:
     w = TraceWriter(root)
     w.claim(rid)
     os._exit(0)
+
+
+def write_then_die(root: str, rid: str, value: int) -> None:
+    """Write ``rid`` with its images, but end the process when the record's line is about to be
+    appended (after the claim and the images: the crash window of an all-or-nothing write)."""
+    w = TraceWriter(root)
+    obj, images = staged(rid, value)
+
+    def die(fd, data):
+        os._exit(0)
+
+    os.write = die  # only the shard append goes through os.write
+    w.write(obj, images=images)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.traces import png_bytes, record_dict
-from helpers.writers import claim_and_die, staged, write_ids
+from helpers.writers import claim_and_die, staged, write_ids, write_then_die
 
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.traces import (
@@ -57,6 +57,10 @@ def files(root: Path) -> set[str]:
         for p in root.rglob("*")
         if p.is_file() and CLAIMS_DIR not in p.relative_to(root).parts
     }
+
+
+def images_of(root: Path) -> set[str]:
+    return {f for f in files(root) if f.startswith("images/")}
 
 
 def claims(root: Path) -> list[str]:
@@ -324,3 +328,20 @@ def test_collect_resumes_after_a_crash_that_left_a_claim(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == 1
     code, summary, _ = validate(out, "--decode")
     assert (code, summary["valid"]) == (0, 3)
+
+
+def test_images_of_a_record_whose_line_never_came_are_removed_with_its_stale_claim(tmp_path):
+    TraceWriter(tmp_path).close()
+    run_in_process(write_then_die, str(tmp_path), "half", 50)  # claim + 5 images, no line
+    assert len(claims(tmp_path)) == 1 and len(images_of(tmp_path)) == 5
+    with TraceWriter(tmp_path) as w:  # recovery at open: the claim and its orphan images go
+        assert w.stale_claims_released == 1
+        assert images_of(tmp_path) == set() and claims(tmp_path) == []
+        w.write(*staged("half", 60))  # the retry (other bytes) is not blocked by leftovers
+        run_in_process(write_then_die, str(tmp_path), "half-2", 70)  # and while a writer is open
+        assert len(images_of(tmp_path)) == 10
+        w.write(*staged("half-2", 80))  # recovery on demand
+        assert w.stale_claims_released == 2
+    code, summary, _ = validate(tmp_path, "--decode")
+    assert (code, summary["valid"]) == (0, 2)
+    assert len(images_of(tmp_path)) == 2 * 5  # the two records' images, nothing else
