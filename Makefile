@@ -56,17 +56,17 @@ bench: install
 	$(foreach part,$(BENCH_PARTS),$(PY) -m ade_train.bench.$(part) --out $(BENCH_OUT) &&) true
 	$(PY) -m ade_train.bench.run --data $(DATA) --out $(BENCH_OUT) --seed $(SEED)
 
+# Re-render report.md from report.json and the parts (after re-measuring one part alone).
+.PHONY: bench-report
+bench-report: install
+	$(PY) -m ade_train.bench.run --report-only --out $(BENCH_OUT)
+
 # Trace integrity (docs/traces.md): writer open on 10k records, all-or-nothing writes vs two-step.
 BENCH_PARTS += trace_integrity
 .PHONY: bench-trace-integrity
 bench-trace-integrity: install
 	$(PY) -m ade_train.bench.trace_integrity --out $(BENCH_OUT)
 	$(MAKE) bench-report
-
-# Re-render report.md from report.json and the parts (after re-measuring one part alone).
-.PHONY: bench-report
-bench-report: install
-	$(PY) -m ade_train.bench.run --report-only --out $(BENCH_OUT)
 
 # Calibration (docs/calibration.md): calibrated P(pass) and the policy thresholds, chosen by replay on
 # the calibration split with the CARD / critique already exported in $(OUT)/export; merges into it.
