@@ -89,6 +89,13 @@ bench-ray-collect: install
 bench-report: install
 	$(PY) -m ade_train.bench.run --report-only --out $(BENCH_OUT)
 
+# Trace integrity (docs/traces.md): writer open on 10k records, all-or-nothing writes vs two-step.
+BENCH_PARTS += trace_integrity
+.PHONY: bench-trace-integrity
+bench-trace-integrity: install
+	$(PY) -m ade_train.bench.trace_integrity --out $(BENCH_OUT)
+	$(MAKE) bench-report
+
 # Calibration (docs/calibration.md): calibrated P(pass) and the policy thresholds, chosen by replay on
 # the calibration split with the CARD / critique already exported in $(OUT)/export; merges into it.
 TARGET_FRACTION ?= 1.0

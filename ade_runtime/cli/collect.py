@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -47,8 +48,8 @@ from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
 from ade_runtime.scale.options import RayOptions, add_ray_args
-from ade_runtime.traces import EditRecord, TraceWriter, load_records
-from ade_runtime.traces.serving import build_record
+from ade_runtime.traces import EditRecord, RecordRefused, TraceWriter, load_records
+from ade_runtime.traces.serving import staged_record
 
 REQUESTS_FORMAT = """\
 requests file (--requests): JSON lines, one request per line:
@@ -301,9 +302,9 @@ class Collector:
         self.scorer = build_scorer(args, args.backbone)
         self.verifier = build_verifier(args)
 
-    def record(self, request: EditRequest, writer: TraceWriter) -> EditRecord:
-        """The request's record, images written through ``writer`` (the record itself is not written).
-        InputError when the backbone refuses the request."""
+    def record(self, request: EditRequest) -> tuple[EditRecord, dict[str, Any]]:
+        """The request's record and the images it names, for ``TraceWriter.write(record, images=...)``
+        (nothing is written here). InputError when the backbone refuses the request."""
         args, backbone, verifier = self.args, self.backbone, self.verifier
         request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
         logs = run_grid(
@@ -326,13 +327,7 @@ class Collector:
                 "calls": len(calls),
                 "cost_source": getattr(verifier.cost, "source", ""),
             }
-        return build_record(
-            request,
-            logs,
-            backbone.name,
-            ade_meta={"collect": True, "failures": errors},
-            writer=writer,
-        )
+        return staged_record(request, logs, backbone.name, ade_meta={"collect": True, "failures": errors})
 
 
 def collected_ids(out: Path, prog: str = "ade-collect") -> set[str]:
@@ -370,16 +365,21 @@ def _collect(args, reqs, bad, out: Path, k: int, n: int, levels: list[int]) -> i
     with TraceWriter(out, prefix=f"collect-s{k}of{n}") as writer:
         for _, request in progress(todo_checked, desc="ade-collect"):
             try:
-                record = collector.record(request, writer)
+                record, images = collector.record(request)
             except InputError as exc:  # the backbone refuses this request (e.g. prepare): skip it
                 print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
-            if record.attempts:
-                writer.write(record)
-                written += 1
-            else:
+            if not record.attempts:
                 failed += 1
+                continue
+            try:  # the record and its images, all or nothing
+                writer.write(record, images=images)
+            except RecordRefused as exc:
+                print(f"ade-collect: rejected {request.id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            written += 1
     print(
         json.dumps(
             {

@@ -32,6 +32,7 @@ import numpy as np
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.scale.claims import ClaimBook, claim_key, create_exclusive, forget_done
 from ade_runtime.scale.options import FAULT_ENV, Progress, RayOptions, require_ray, start_ray
+from ade_runtime.traces import RecordRefused
 
 PROG = "ade-collect --ray"
 FAULT_MODES = ("mid_line", "after_line")
@@ -103,14 +104,17 @@ class CollectWorker:
                     f"{claim.tries} worker(s) died collecting it (--max-retries); rerun to retry",
                 )
             try:
-                record = self.collector.record(request, self.writer)
+                record, images = self.collector.record(request)
             except InputError as exc:  # the backbone refuses this request
                 return rid, "rejected", 0, str(exc)
             if not record.attempts:
                 return rid, "failed", 0, "every attempt failed in the backbone"
             if self.fault is not None and self.fault[0] == rid and self.fault[1] == "mid_line":
                 self._die_mid_line(record)
-            self.writer.write(record)
+            try:  # the record and its images, all or nothing
+                self.writer.write(record, images=images)
+            except RecordRefused as exc:
+                return rid, "rejected", 0, str(exc)
             if self.fault is not None and self.fault[0] == rid and self.fault[1] == "after_line":
                 self._die(rid)
             self.claims.finish(claim)

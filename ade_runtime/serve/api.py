@@ -123,8 +123,9 @@ class EditAPI(ls.LitAPI):
         self.writer = None
         if a.trace_dir:
             from ade_runtime.traces import TraceWriter
+            from ade_runtime.traces.serving import SERVE_LIMITS
 
-            self.writer = TraceWriter(a.trace_dir, prefix=f"serve-w{self.worker}")
+            self.writer = TraceWriter(a.trace_dir, prefix=f"serve-w{self.worker}", limits=SERVE_LIMITS)
         self.served: set[str] = set()
         self.busy = False
         self.stopping = False
@@ -203,6 +204,25 @@ class EditAPI(ls.LitAPI):
         if rid in self.served:
             raise HTTPException(409, f"id {rid!r} was already served; send a new id (or none)")
         request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
+        # the id is unique in the dataset (across restarts and workers) and the record fits: before any work
+        if self.writer is not None:
+            from ade_runtime.errors import TraceError
+            from ade_runtime.traces import DuplicateRecordId, RecordRefused
+            from ade_runtime.traces.serving import claim_request
+
+            try:
+                claim_request(self.writer, request, self.backbone.name)
+            except DuplicateRecordId:  # no detail: it would name the writer's pid and host
+                raise HTTPException(
+                    409, f"id {rid!r} is already used in the traces; send a new id (or none)"
+                ) from None
+            except RecordRefused as exc:
+                raise HTTPException(422, str(exc)) from None
+            except (
+                TraceError
+            ) as exc:  # the trace directory is unusable (disk full, removed): no edit untraced
+                log.error("request %s: cannot claim its id: %s", rid, exc)
+                raise HTTPException(503, "the trace directory cannot be written; try again later") from None
         fp = self.watcher.fingerprint
         deadline = job.max_seconds
         self._check_first_attempt(job, deadline)
@@ -218,6 +238,8 @@ class EditAPI(ls.LitAPI):
         try:
             result = editor.edit(request, max_seconds=deadline)
         except InputError as exc:  # the backbone refused this input (e.g. the testbed needs testbed images)
+            if self.writer is not None:
+                self.writer.release(rid)  # no record: the id may be sent again
             raise HTTPException(422, redact(str(exc), self.args.predictors)) from None
         except Exception as exc:
             raise self._internal_error(request, rid, f"{type(exc).__name__}: {exc}", extra) from None

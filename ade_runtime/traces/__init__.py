@@ -14,7 +14,7 @@ from .reader import DEFAULT_MAX_LINE_BYTES, Reject, TraceDataset, find_shards, l
 from .records import FORMAT, Attempt, Cost, EditRecord, Flaw, Judge
 from .stats import StatsAccumulator, compute_stats, format_stats
 from .validate import REASONS, Problem, parse_record, validate_record
-from .writer import TraceWriter
+from .writer import DuplicateRecordId, RecordLimits, RecordRefused, TraceWriter
 
 SCHEMA_FILE = "trace-format-v1.schema.json"
 
@@ -34,12 +34,15 @@ __all__ = [
     "SCHEMA_FILE",
     "Attempt",
     "Cost",
+    "DuplicateRecordId",
     "EditRecord",
     "Flaw",
     "ImageChecker",
     "StatsAccumulator",
     "Judge",
     "Problem",
+    "RecordLimits",
+    "RecordRefused",
     "Reject",
     "TraceDataset",
     "TraceWriter",

@@ -17,6 +17,8 @@ this follows PIL's own guard (``PIL/Image.py: _decompression_bomb_check``) with 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import warnings
@@ -63,6 +65,7 @@ class ImageChecker:
         self._real_root = os.path.realpath(self.root)
         self._cache: dict[str, tuple[str, str] | None] = {}
         self._fast: dict[tuple[Any, Any], tuple[str, str] | None] = {}
+        self._digests: dict[str, str] = {}
 
     def check(self, base_dir: str | os.PathLike, rel: object) -> tuple[str, str] | None:
         """(reason, detail) for the image ``rel`` named from ``base_dir``, or None when it is fine.
@@ -93,9 +96,22 @@ class ImageChecker:
         self._fast[fast_key] = result
         return result
 
+    def digest(self, base_dir: str | os.PathLike, rel: str) -> str | None:
+        """SHA-256 (hex) of the image ``rel`` named from ``base_dir``, cached; None when unreadable."""
+        full = os.path.abspath(os.path.join(os.fspath(base_dir), rel))
+        cached = self._digests.get(full)
+        if cached is None:
+            cached = file_sha256(full)
+            if cached is not None:
+                if len(self._digests) >= _CACHE_LIMIT:
+                    self._digests.clear()
+                self._digests[full] = cached
+        return cached
+
     def forget(self, path: str | os.PathLike) -> None:
         """Drop a cached result (a writer calls this after replacing an image file)."""
         self._cache.pop(os.path.normpath(os.path.abspath(path)), None)
+        self._digests.pop(os.path.normpath(os.path.abspath(path)), None)
         self._fast.clear()  # aliases of the path may be keyed there
 
     def _check_full(self, full: str, rel: str) -> tuple[str, str] | None:
@@ -113,6 +129,13 @@ class ImageChecker:
         return check_image_file(real, decode=self.mode == "decode", max_pixels=self.max_pixels, label=rel)
 
 
+def check_image_bytes(
+    data: bytes, *, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "image"
+) -> tuple[str, str] | None:
+    """``check_image_file`` for an encoded image held in memory."""
+    return _check_image(io.BytesIO(data), data[:30], decode, max_pixels, label)
+
+
 def check_image_file(
     path: str | os.PathLike, *, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None
 ) -> tuple[str, str] | None:
@@ -120,9 +143,16 @@ def check_image_file(
     label = label if label is not None else os.fspath(path)
     try:
         with open(path, "rb") as f:
-            declared = _webp_canvas(f.read(30))
+            head = f.read(30)
     except OSError as exc:
         return "unreadable_image", f"({label!r}) cannot be opened: {exc}"
+    return _check_image(path, head, decode, max_pixels, label)
+
+
+def _check_image(
+    source: Any, head: bytes, decode: bool, max_pixels: int, label: str
+) -> tuple[str, str] | None:
+    declared = _webp_canvas(head)
     if declared is not None and declared[0] * declared[1] > max_pixels:
         # PIL's WebP opener allocates the canvas at open(): refuse from the first 30 bytes instead.
         return _too_large(label, *declared, max_pixels)
@@ -130,7 +160,7 @@ def check_image_file(
         with warnings.catch_warnings():
             # PIL warns (and above 2x its cap raises) on huge images; our own cap below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 fmt = im.format
                 width, height = im.size
                 if fmt not in ALLOWED_FORMATS:
@@ -153,6 +183,18 @@ def check_image_file(
             f"({label!r}) cannot be {'decoded' if decode else 'read'}: {exc}; rewrite the file",
         )
     return None
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """SHA-256 (hex) of a file's bytes, or None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def _too_large(label: str, width: int, height: int, max_pixels: int) -> tuple[str, str]:

@@ -56,7 +56,13 @@ REASONS: dict[str, str] = {
     "unsupported_image_format": "an image is not PNG, JPEG or WebP",
     "image_too_large": "an image declares more pixels than the cap (decompression-bomb guard)",
     "corrupt_image": "an image cannot be opened or decoded",
+    "image_hash_mismatch": (
+        "an image's SHA-256 differs from the one its record stores in meta.ade.image_sha256 "
+        "(checked when images are decoded)"
+    ),
 }
+
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class _TooMany(Exception):
 class _Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.hashes: dict[str, str] = {}  # meta.ade.image_sha256: relative path -> hex digest
 
     def add(self, reason: str, field: str | None, message: str) -> None:
         self.problems.append(Problem(reason, field, message))
@@ -180,6 +187,33 @@ def _image(
     )
     if problem is not None:
         c.add(problem[0], field, f"{field} {problem[1]}")
+        return
+    expected = c.hashes.get(v) if isinstance(v, str) else None
+    if expected is None or checker is None or base_dir is None or checker.mode != "decode":
+        return
+    actual = checker.digest(base_dir, v)
+    if actual is not None and actual != expected:
+        c.add(
+            "image_hash_mismatch",
+            field,
+            f"{field} ({v!r}) has SHA-256 {actual[:16]}... but meta.ade.image_sha256 records "
+            f"{expected[:16]}...: the file was replaced or altered after the record was written; "
+            "restore the original image or drop the record",
+        )
+
+
+def _image_hashes(obj: dict) -> dict[str, str]:
+    """The well-formed entries of ``meta.ade.image_sha256`` (optional; anything else is ignored)."""
+    meta = obj.get("meta")
+    ade = meta.get("ade") if isinstance(meta, dict) else None
+    table = ade.get("image_sha256") if isinstance(ade, dict) else None
+    if not isinstance(table, dict):
+        return {}
+    return {
+        k: v
+        for k, v in table.items()
+        if isinstance(k, str) and isinstance(v, str) and len(v) == 64 and _HEX.issuperset(v)
+    }
 
 
 def _judge(c: _Collector, j: Any, p: str) -> None:
@@ -284,6 +318,7 @@ def _record(c: _Collector, obj: Any, base_dir: Any, checker: ImageChecker | None
         c.add("missing_field", "format", f'format is missing; write "format": "{FORMAT}"')
     elif obj["format"] != FORMAT:
         c.add("wrong_format", "format", f"format must be exactly {FORMAT!r}, got {_show(obj['format'])}")
+    c.hashes = _image_hashes(obj)
     c.string(obj, "id", "", required=True, non_empty=True)
     c.string(obj, "instruction", "", required=True, non_empty=True, strip=True)
     if "source_image" not in obj:
