@@ -8,8 +8,10 @@ confidence inside ``PolicyConfig.verify_band``, and every call is counted); the 
 as the confidence reaches tau_high, otherwise the critique's feedback (and its region,
 intersected with the SRM attention mask) drives the next refinement round; at the budget
 the attempt with the highest confidence is returned. The decision rules are
-``ade_runtime.policy.PolicySession``, the same ones offline replay calibrates, and every
-request can be logged as a trace (format v1, judge empty) through the crash-safe writer.
+``ade_runtime.policy.PolicySession``, and the attempt procedure is ``ade_runtime.policy.driver.drive``
+over a ``LiveSource`` (``ade_runtime.attempts``): replay and calibration run the same driver over a
+logged source, so what they measure is what the loop does. Every request can be logged as a trace
+(format v1, judge empty) through the crash-safe writer.
 
 Failures never lose a request: a missing or failing predictor falls back (fixed budget,
 critique-free confidence), a backbone error on one attempt is recorded and the loop goes
@@ -19,55 +21,24 @@ on with the next candidate, and NaN/inf confidences never select an attempt.
 from __future__ import annotations
 
 import logging
-import math
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, Backbone, EditRequest
-from ade_runtime.errors import InputError
-from ade_runtime.policy import Decision, Key, PolicyConfig, PolicySession, Step, preset
-from ade_runtime.policy.replay import DEFAULT_PREVIEW_STEP, needs_verifier
-from ade_runtime.policy.signals import (
-    CRITIQUE_FEATURE,
-    first_stage_features,
-    preview_confidence,
-    reads_verifier,
-)
+from ade_runtime.attempts import AttemptLog, LiveSource, Scorer
+from ade_runtime.backbones.base import Backbone, EditRequest
+from ade_runtime.policy import Decision, Key, PolicyConfig, PolicySession, preset
+from ade_runtime.policy.config import DEFAULT_PREVIEW_STEP
+from ade_runtime.policy.driver import drive
+from ade_runtime.policy.signals import VLM_FEATURE, reads_verifier
 from ade_runtime.predictors.bundle import Predictors
+from ade_runtime.requests import validate_request
 from ade_runtime.traces.records import EditRecord
 from ade_runtime.verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
-
-MAX_INSTRUCTION_CHARS = 2000
-MIN_SIDE, MAX_SIDE = 16, 4096
-
-Scorer = Callable[[Image.Image, Image.Image, str], dict[str, float]]
-
-
-@dataclass
-class AttemptLog:
-    """One attempt the loop ran, with what it was judged online."""
-
-    step: Step
-    prompt: str
-    output: AttemptOutput | None
-    scores: dict[str, float] = field(default_factory=dict)
-    critique_p: float | None = None
-    confidence: float | None = None
-    feedback: str | None = None
-    mask: np.ndarray | None = None
-    error: str | None = None
-    overhead_s: float = 0.0
-    first_stage: float | None = None  # the confidence from the cheap signals alone (the cascade's stage 1)
-    refine_ok: bool = True  # the critique's refine-or-fresh choice (CritiquePredictor.should_refine)
-    verifier_calls: list[dict] = field(default_factory=list)  # expensive-verifier calls on this attempt
 
 
 @dataclass
@@ -125,43 +96,6 @@ def budget_reason(card: dict) -> str:
     return f"{card.get('source', 'card')}{src}: {why}{tok}"
 
 
-def attempt_seed(base: int, candidate: int, round_: int) -> int:
-    """The sampler seed of one attempt; ade-collect uses the same, so traces match live runs."""
-    return base + 1000 * candidate + round_
-
-
-def _named(request: EditRequest) -> str:
-    """How messages name a request: its id, or "the request" when it has none of its own."""
-    return f"request {request.id!r}" if request.id and request.id != "request" else "the request"
-
-
-def validate_request(request: EditRequest) -> EditRequest:
-    """Check the inputs with errors that say the fix; converts the image to RGB."""
-    img = request.image
-    if not isinstance(img, Image.Image):
-        raise InputError(f"{_named(request)}: image must be a PIL.Image, got {type(img).__name__}")
-    w, h = img.size
-    if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE:
-        raise InputError(
-            f"{_named(request)}: image is {w}x{h}; each side must be between {MIN_SIDE} and {MAX_SIDE} px"
-            " (resize it first)"
-        )
-    if img.mode not in ("RGB", "RGBA", "L", "P", "LA"):
-        raise InputError(f"{_named(request)}: image mode {img.mode!r} is not supported; convert it to RGB")
-    text = (request.instruction or "").strip()
-    if not text:
-        raise InputError(f"{_named(request)}: the instruction is empty; say what to edit")
-    if len(text) > MAX_INSTRUCTION_CHARS:
-        raise InputError(
-            f"{_named(request)}: the instruction has {len(text)} characters; the limit is "
-            f"{MAX_INSTRUCTION_CHARS} (shorten it or split it into several requests)"
-        )
-    rgb = img.convert("RGB") if img.mode != "RGB" else img
-    return EditRequest(
-        image=rgb, instruction=text, id=request.id, category=request.category, meta=request.meta
-    )
-
-
 class AdaptiveEditor:
     """ADE around one backbone. ``policy`` is a PolicyConfig or a policy name (``ade``, ``best_of_8`` ...)."""
 
@@ -189,7 +123,7 @@ class AdaptiveEditor:
                 "verifier %r is loaded but the calibration does not read its score (%r): it is not called; "
                 "calibrate on traces that carry it (ade-train calibrate)",
                 getattr(verifier, "name", verifier),
-                "vlm",
+                VLM_FEATURE,
             )
 
     def verifier_info(self) -> dict | None:
@@ -240,92 +174,7 @@ class AdaptiveEditor:
             )
             return cfg.default_budget, fixed_tokens
 
-    # -- confidence -------------------------------------------------------------------------------
-    def _judge_online(self, request: EditRequest, entry: AttemptLog, failures: list[dict]) -> None:
-        out = entry.output
-        assert out is not None and out.image is not None
-        t0 = time.perf_counter()
-        if self.scorer is not None:
-            try:
-                entry.scores = {
-                    k: float(v) for k, v in self.scorer(request.image, out.image, request.instruction).items()
-                }
-            except Exception as exc:
-                failures.append({"stage": "score", "key": list(entry.step.key), "error": repr(exc)})
-        crit = self.predictors.critique
-        if crit is not None:
-            try:
-                c = crit.predict(
-                    request.image,
-                    out.image,
-                    request.instruction,
-                    attention_mask=out.attention_mask,
-                    scores=first_stage_features(entry.scores),  # the cheap scores, as replay passes them
-                )
-                entry.critique_p = float(c.p_pass)
-                entry.feedback = c.feedback
-                entry.mask = c.mask
-                entry.refine_ok = bool(crit.should_refine(c))
-            except Exception as exc:
-                failures.append({"stage": "critique", "key": list(entry.step.key), "error": repr(exc)})
-        # the cascade: the cheap signals first; the expensive verifier only inside the uncertain band
-        first = self._confidence(
-            first_stage_features(entry.scores), entry.critique_p, failures, entry.step.key
-        )
-        entry.first_stage = entry.confidence = first
-        entry.overhead_s += time.perf_counter() - t0
-        if self.verifier is not None and not self._verifier_unread and needs_verifier(self.config, first):
-            t1 = time.perf_counter()
-            try:
-                verdict = self.verifier.verify(request.image, out.image, request.instruction)
-                entry.scores.update(verdict.scores)
-                entry.verifier_calls.append(verdict.call_record(self.verifier.name, entry.step.key))
-                entry.confidence = self._confidence(entry.scores, entry.critique_p, failures, entry.step.key)
-            except Exception as exc:  # a failing verifier leaves the first-stage confidence
-                failures.append(
-                    {
-                        "stage": "verifier",
-                        "key": list(entry.step.key),
-                        "error": repr(exc),
-                        "fallback": "first_stage",
-                    }
-                )
-            entry.overhead_s += time.perf_counter() - t1
-
-    def _confidence(
-        self, scores: dict[str, float], critique_p: float | None, failures: list[dict], key
-    ) -> float | None:
-        cal = self.predictors.calibrator
-        feats = dict(scores)
-        if critique_p is not None:
-            feats[CRITIQUE_FEATURE] = critique_p
-        if cal is not None:
-            try:
-                p = float(cal.predict_proba(feats))
-                return p if math.isfinite(p) else None
-            except Exception as exc:
-                failures.append({"stage": "calibration", "key": list(key), "error": repr(exc)})
-        # Documented fallback: the critique's own probability, else no confidence (no early stop).
-        return critique_p if critique_p is not None and math.isfinite(critique_p) else None
-
-    def _preview_fn(self, request: EditRequest, session: PolicySession, sink: dict):
-        def keep(preview: Image.Image, step_index: int) -> bool:
-            t0 = time.perf_counter()
-            scores = {}
-            if self.scorer is not None:
-                try:
-                    scores = self.scorer(request.image, preview, request.instruction)
-                except Exception:
-                    scores = {}
-            conf = preview_confidence(self.predictors.calibrator, scores)
-            sink["preview_confidence"] = conf
-            sink["overhead_s"] = sink.get("overhead_s", 0.0) + time.perf_counter() - t0
-            return not session.should_prune(conf)
-
-        return keep
-
     # -- the loop ---------------------------------------------------------------------------------
-    # long function: the loop in one piece so its order of actions reads top to bottom; the rules live in PolicySession
     def edit(self, request: EditRequest, *, max_seconds: float | None = None) -> EditResult:
         """Run the loop on one request; ``max_seconds`` (default: the editor's) caps its compute in
         backbone + controller seconds: when the next attempt would exceed it, the best so far is
@@ -340,86 +189,36 @@ class AdaptiveEditor:
         if card_log:
             session.decisions.append(Decision("budget", None, budget_reason(card_log)))
         overhead = time.perf_counter() - t_overhead
-        state = self.backbone.prepare(request)
-        logs: dict[Key, AttemptLog] = {}
-        order: list[AttemptLog] = []
-        nfe = 0
-        backbone_s = 0.0
-        prune = self.config.prune_threshold is not None and self.backbone.supports_preview
-        while (step := session.next_step()) is not None:
-            prev = logs.get(step.refines) if step.refines else None
-            prompt = request.instruction
-            input_image = None
-            mask = None
-            if prev is not None and prev.output is not None:
-                prompt = prev.feedback or request.instruction
-                input_image = prev.output.image
-                if self.config.use_mask and self.backbone.supports_mask:
-                    mask = prev.mask
-            sink: dict[str, Any] = {}
-            spec = AttemptSpec(
-                candidate=step.candidate,
-                round=step.round,
-                reasoning_tokens=step.reasoning_tokens,
-                prompt=prompt,
-                seed=attempt_seed(self.seed, step.candidate, step.round),
-                input_image=input_image,
-                mask=mask,
-                preview_step=self._preview_step() if (prune and step.round == 0) else None,
-                preview_fn=self._preview_fn(request, session, sink) if (prune and step.round == 0) else None,
-            )
-            entry = AttemptLog(step=step, prompt=prompt, output=None)
-            t_run = time.perf_counter()
-            try:
-                out = self.backbone.run(state, spec)
-            except Exception as exc:  # one failing attempt must not fail the request
-                entry.error = f"{type(exc).__name__}: {exc}"
-                failures.append(
-                    {
-                        "stage": "backbone",
-                        "key": list(step.key),
-                        "error": entry.error,
-                        "trace": traceback.format_exc(limit=3),
-                    }
-                )
-                order.append(entry)
-                session.observe(step, None, failed=True, seconds=time.perf_counter() - t_run)
-                continue
-            entry.output = out
-            entry.overhead_s += sink.get("overhead_s", 0.0)
-            nfe += int(out.nfe)
-            backbone_s += float(out.latency_s)
-            logs[step.key] = entry
-            order.append(entry)
-            if out.pruned or out.image is None:
-                session.observe(step, None, pruned=True, seconds=float(out.latency_s) + entry.overhead_s)
-                continue
-            # scores + critique -> calibrated confidence; the critique also writes the refinement prompt
-            self._judge_online(request, entry, failures)
-            session.observe(
-                step,
-                entry.confidence,
-                seconds=float(out.latency_s) + entry.overhead_s,
-                refine_ok=entry.refine_ok,
-            )
+        source = LiveSource(
+            self.backbone,
+            request,
+            self.predictors,
+            failures,
+            scorer=self.scorer,
+            verifier=None if self._verifier_unread else self.verifier,
+            seed=self.seed,
+            use_mask=self.config.use_mask,
+            preview_step=self._preview_step(),
+        )
+        drive(session, source)
         chosen = session.best()
         if chosen is None:
             # Documented fallback: no usable confidence -> the first attempt that produced an image.
-            done = [e for e in order if e.output is not None and e.output.image is not None]
+            done = [e for e in source.order if e.output is not None and e.output.image is not None]
             chosen = done[0].step.key if done else None
-        overhead += sum(e.overhead_s for e in order)
-        best = logs.get(chosen) if chosen is not None else None
+        overhead += sum(e.overhead_s for e in source.order)
+        best = source.logs.get(chosen) if chosen is not None else None
         return EditResult(
             image=best.output.image if best is not None and best.output is not None else None,
             chosen=chosen,
             confidence=best.confidence if best is not None else None,
-            attempts=order,
+            attempts=source.order,
             budget=budget,
             reasoning_tokens=tokens,
             decisions=[d.to_json() for d in session.decisions],
             stop_reason=session.stop_reason or "done",
-            nfe=nfe,
-            backbone_seconds=backbone_s,
+            nfe=source.nfe,
+            backbone_seconds=source.backbone_s,
             overhead_seconds=overhead,
             failures=failures,
             card=card_log or None,

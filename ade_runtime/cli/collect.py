@@ -26,7 +26,8 @@ from typing import Any
 
 from PIL import Image
 
-from ade_runtime.backbones.base import AttemptSpec, EditRequest
+from ade_runtime.attempts import AttemptLog, LiveSource
+from ade_runtime.backbones.base import EditRequest
 from ade_runtime.cli._common import (
     add_backbone_args,
     backbone_meta,
@@ -44,9 +45,10 @@ from ade_runtime.cli._io import (
 )
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
-from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
-from ade_runtime.policy.session import Step
+from ade_runtime.policy.driver import GridSession, drive
+from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
+from ade_runtime.requests import validate_request
 from ade_runtime.scale.options import RayOptions, add_ray_args
 from ade_runtime.traces import EditRecord, RecordRefused, TraceWriter, load_records
 from ade_runtime.traces.serving import staged_record
@@ -132,59 +134,30 @@ def run_grid(
     scorer=None,
     verifier=None,
 ) -> list[AttemptLog]:
-    """Every attempt of the grid for one request, in trace order. ``verifier`` (an expensive verifier)
-    scores every attempt, so that replay can run the cascade at any band and charge each call."""
-    state = backbone.prepare(request)
-    logs: list[AttemptLog] = []
-    for t in levels:
-        for c in range(candidates):
-            prev: AttemptLog | None = None
-            for r in range(rounds):
-                prompt, input_image, mask = request.instruction, None, None
-                if prev is not None:
-                    if prev.output is None or prev.output.image is None:
-                        break  # the chain broke (backbone error): nothing to refine
-                    input_image = prev.output.image
-                    prompt = prev.feedback or request.instruction
-                    mask = prev.mask if backbone.supports_mask else None
-                step = Step(c, r, t, (c, r - 1, t) if r else None)
-                entry = AttemptLog(step=step, prompt=prompt, output=None)
-                spec = AttemptSpec(
-                    c, r, t, prompt, attempt_seed(seed, c, r), input_image=input_image, mask=mask
-                )
-                try:
-                    entry.output = backbone.run(state, spec)
-                except Exception as exc:  # recorded; the grid goes on
-                    entry.error = f"{type(exc).__name__}: {exc}"
-                    print(f"ade-collect: {request.id} {step.key}: {entry.error}", file=sys.stderr)
-                    logs.append(entry)
-                    break
-                img = entry.output.image
-                if img is not None:
-                    if scorer is not None:
-                        entry.scores = {
-                            k: float(v) for k, v in scorer(request.image, img, request.instruction).items()
-                        }
-                    if verifier is not None:
-                        verdict = verifier.verify(request.image, img, request.instruction)
-                        entry.scores.update(verdict.scores)
-                        entry.verifier_calls.append(verdict.call_record(verifier.name, step.key))
-                    if critique is not None:
-                        crit = critique.predict(
-                            request.image,
-                            img,
-                            request.instruction,
-                            attention_mask=entry.output.attention_mask,
-                            scores=entry.scores,
-                        )
-                        entry.critique_p, entry.feedback, entry.mask = (
-                            float(crit.p_pass),
-                            crit.feedback,
-                            crit.mask,
-                        )
-                logs.append(entry)
-                prev = entry
-    return logs
+    """Every attempt of the grid for one request, in trace order: the live loop's driver and attempt
+    source, visited by a ``GridSession``. ``verifier`` (an expensive verifier) scores every attempt,
+    so that replay can run the cascade at any band and charge each call."""
+    failures: list[dict] = []
+    source = LiveSource(
+        backbone,
+        request,
+        Predictors(critique=critique),
+        failures,
+        scorer=scorer,
+        verifier=verifier,
+        seed=seed,
+        use_mask=True,
+    )
+    drive(GridSession(candidates, rounds, levels), source)
+    for f in failures:
+        if f["stage"] != "backbone":  # training data never holds an attempt with scores missing
+            raise RuntimeError(f"{request.id} {tuple(f['key'])}: the {f['stage']} failed: {f['error']}")
+    for e in source.order:
+        if e.error:  # recorded in the trace (meta.ade.failures); the grid went on
+            print(f"ade-collect: {request.id} {e.step.key}: {e.error}", file=sys.stderr)
+    for entry in source.order:
+        entry.confidence = entry.first_stage = None  # no calibration in collection: nothing to record
+    return source.order
 
 
 class ShardLock:

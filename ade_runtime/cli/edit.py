@@ -32,8 +32,9 @@ from ade_runtime.cli._io import (
 )
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
-from ade_runtime.loop import AdaptiveEditor, EditResult, validate_request
+from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.policy import POLICY_NAMES
+from ade_runtime.requests import validate_request
 from ade_runtime.traces.writer import file_mode
 
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass, replace
 
 from ade_runtime.predictors.config_base import ArtifactConfig, config_field
 
+# The denoising step whose one-step preview decides pruning, when a backbone does not name its own;
+# replay charges the NFE up to it for a pruned candidate (a record's meta.preview_nfe overrides).
+DEFAULT_PREVIEW_STEP = 4
+
 POLICY_NAMES = (
     "single",
     "best_of_4",

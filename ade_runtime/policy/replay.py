@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from ade_runtime.policy.budget import pruned_nfe
-from ade_runtime.policy.config import PolicyConfig, preset
-from ade_runtime.policy.session import Decision, Key, PolicySession
+from ade_runtime.policy.config import DEFAULT_PREVIEW_STEP, PolicyConfig, preset
+from ade_runtime.policy.driver import Generated, Judged, Keep, drive
+from ade_runtime.policy.session import Decision, Key, PolicySession, Step
 from ade_runtime.traces.records import Attempt, EditRecord
-
-DEFAULT_PREVIEW_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,78 @@ def _seconds(a: Attempt) -> float:
     return float(a.cost.latency_s) if a.cost.latency_s is not None else float("nan")
 
 
-# long function: mirrors AdaptiveEditor.edit step for step, kept whole so the two read side by side
+class LoggedSource:
+    """A trace record as an attempt source (``policy.driver``): each attempt is looked up, its logged
+    signals fed back, and its logged cost charged with the controller's modelled ``overhead``."""
+
+    def __init__(
+        self,
+        record: EditRecord,
+        config: PolicyConfig,
+        confidence: Mapping[Key, float],
+        *,
+        preview: Mapping[Key, float] | None,
+        overhead: Overhead,
+        preview_step: int | None,
+        first_stage: Mapping[Key, float] | None,
+        refine_ok: Mapping[Key, bool] | None,
+    ) -> None:
+        self.grid = record.attempt_grid()
+        self.config, self.confidence, self.preview = config, confidence, preview
+        self.overhead, self.first_stage, self.refine_ok = overhead, first_stage, refine_ok
+        self.verifies = first_stage is not None
+        # NFE spent up to the preview: the record's meta.preview_nfe (CFG passes counted), else the step index
+        self.preview_nfe = int(
+            record.meta.get(
+                "preview_nfe", preview_step or record.meta.get("preview_step", DEFAULT_PREVIEW_STEP)
+            )
+        )
+        self.s_per_nfe = record.meta.get("s_per_nfe")
+        self.nfe = self.total_s = 0.0
+        self.calls = 0
+        self._before = 0.0  # total seconds before the current attempt
+
+    def generate(self, step: Step, keep: Keep | None) -> Generated | None:
+        a = self.grid.get(step.key)
+        if a is None:
+            return None
+        self._before = self.total_s
+        if keep is not None:
+            self.total_s += self.overhead.preview_s
+            if not keep(self.preview.get(step.key) if self.preview is not None else None):
+                spent = pruned_nfe(a.cost.nfe, self.preview_nfe)
+                self.nfe += spent
+                if isinstance(self.s_per_nfe, (int, float)):
+                    # reasoning happens before denoising, so a pruned attempt still paid for it
+                    self.total_s += _seconds(a) - (a.cost.nfe - spent) * float(self.s_per_nfe)
+                else:
+                    self.total_s += _seconds(a) * (spent / a.cost.nfe if a.cost.nfe else 0.0)
+                return Generated(pruned=True)
+        self.nfe += a.cost.nfe
+        # every finished attempt is scored and critiqued: the calibrated confidence reads both
+        self.total_s += _seconds(a) + self.overhead.score_s + self.overhead.critique_s
+        return Generated()
+
+    def judge(self, step: Step) -> Judged:
+        ok = True if self.refine_ok is None else bool(self.refine_ok.get(step.key, True))
+        table = self.first_stage if self.first_stage is not None else self.confidence
+        return Judged(table.get(step.key), ok)
+
+    def verify(self, step: Step) -> float | None:
+        self.total_s += self.overhead.verify_s
+        self.calls += 1
+        return self.confidence.get(step.key)
+
+    def select_value(self, step: Step, confidence: float | None) -> float | None:
+        if self.config.select == "judge":  # the hindsight selector: the judge's label, not a confidence
+            a = self.grid[step.key]
+            return a.judge.score if a.judge is not None else None
+        return confidence
+
+    def seconds(self, step: Step) -> float:
+        return self.total_s - self._before
+
+
 def replay_record(
     record: EditRecord,
     config: PolicyConfig,
@@ -79,7 +149,7 @@ def replay_record(
     first_stage: Mapping[Key, float] | None = None,
     refine_ok: Mapping[Key, bool] | None = None,
 ) -> Outcome:
-    """Replay ``config`` on one record.
+    """Replay ``config`` on one record: the live loop's driver over a ``LoggedSource``.
 
     ``confidence`` maps attempt keys to calibrated P(pass); ``preview`` to the calibrated
     confidence of their one-step preview (needed when ``config.prune_threshold`` is set).
@@ -91,7 +161,6 @@ def replay_record(
     ``budget``/``reasoning_tokens`` come from CARD when ``config.use_card``. ``max_seconds`` is the
     live loop's deadline (``PolicySession.deadline_reached``), charged with the logged seconds.
     """
-    grid = record.attempt_grid()
     levels = sorted({a.reasoning_tokens for a in record.attempts})
     if config.use_card:
         if budget is None:
@@ -101,68 +170,34 @@ def replay_record(
     else:
         attempts_budget = config.default_budget
         t = levels[0] if config.reasoning_tokens is None else _snap(levels, config.reasoning_tokens)
-    prune = config.prune_threshold is not None
-    if prune and preview is None:
+    if config.prune_threshold is not None and preview is None:
         raise ReplayError("pruning needs preview confidences; the dataset has no preview scores")
-    # NFE spent up to the preview: the record's meta.preview_nfe (CFG passes counted), else the step index
-    preview_nfe = int(
-        record.meta.get("preview_nfe", preview_step or record.meta.get("preview_step", DEFAULT_PREVIEW_STEP))
-    )
-    s_per_nfe = record.meta.get("s_per_nfe")
     if max_seconds is not None and any(a.cost.latency_s is None for a in record.attempts):
         raise ReplayError(
             f"record {record.id!r}: a deadline (max_seconds) needs cost.latency_s on every attempt"
         )
-
     session = PolicySession(config, attempts_budget, t, max_seconds=max_seconds)
     if config.use_card:  # the live loop logs CARD's choice first, too
         session.decisions.append(
             Decision("budget", None, f"card: {attempts_budget} attempts; {t} reasoning tokens")
         )
-    nfe = seconds = 0.0
-    calls = 0
-    missing: Key | None = None
-    while (step := session.next_step()) is not None:
-        a = grid.get(step.key)
-        if a is None:
-            missing = step.key
-            session.abort("missing_attempt")
-            break
-        before = seconds
-        if prune and step.round == 0:
-            seconds += overhead.preview_s
-            if session.should_prune(preview.get(step.key)):  # type: ignore[union-attr]
-                spent = pruned_nfe(a.cost.nfe, preview_nfe)
-                nfe += spent
-                if isinstance(s_per_nfe, (int, float)):
-                    # reasoning happens before denoising, so a pruned attempt still paid for it
-                    seconds += _seconds(a) - (a.cost.nfe - spent) * float(s_per_nfe)
-                else:
-                    seconds += _seconds(a) * (spent / a.cost.nfe if a.cost.nfe else 0.0)
-                session.observe(step, None, pruned=True, seconds=seconds - before)
-                continue
-        nfe += a.cost.nfe
-        # every finished attempt is scored and critiqued: the calibrated confidence reads both
-        seconds += _seconds(a) + overhead.score_s + overhead.critique_s
-        c = confidence.get(step.key)
-        if first_stage is not None:
-            p1 = first_stage.get(step.key)
-            if needs_verifier(config, p1):
-                seconds += overhead.verify_s
-                calls += 1
-            else:
-                c = p1
-        if config.select == "judge":
-            c = a.judge.score if a.judge is not None else None
-        ok = True if refine_ok is None else bool(refine_ok.get(step.key, True))
-        session.observe(step, c, seconds=seconds - before, refine_ok=ok)
-
+    source = LoggedSource(
+        record,
+        config,
+        confidence,
+        preview=preview,
+        overhead=overhead,
+        preview_step=preview_step,
+        first_stage=first_stage,
+        refine_ok=refine_ok,
+    )
+    missing = drive(session, source)
     chosen = session.best()
     if chosen is None:
         # No usable confidence: fall back to the first finished attempt (documented in the README).
         finished = [k for k in session.confidences]
         chosen = finished[0] if finished else None
-    ja = grid[chosen].judge if chosen is not None else None
+    ja = source.grid[chosen].judge if chosen is not None else None
     score = float(ja.score) if ja is not None else (0.0 if chosen is None else float("nan"))
     return Outcome(
         id=record.id,
@@ -170,25 +205,16 @@ def replay_record(
         chosen=chosen,
         score=score,
         passed=bool(ja.passed) if ja is not None else False,
-        nfe=nfe,
-        seconds=seconds,
+        nfe=source.nfe,
+        seconds=source.total_s,
         attempts=session.attempts_used,
         pruned=len(session.pruned),
         stop_reason=session.stop_reason or "done",
         complete=missing is None,
         missing=missing,
         decisions=[d.to_json() for d in session.decisions],
-        verifier_calls=calls,
+        verifier_calls=source.calls,
     )
-
-
-def needs_verifier(config: PolicyConfig, first_stage: float | None) -> bool:
-    """The cascade's rule, shared by the live loop and replay: call the expensive verifier when the
-    cheap-signal confidence is unknown or inside ``config.verify_band`` (always without a band)."""
-    band = config.verify_band
-    if band is None or first_stage is None or not math.isfinite(first_stage):
-        return True
-    return band[0] <= first_stage <= band[1]
 
 
 def replay_oracle(record: EditRecord) -> Outcome:

@@ -192,6 +192,18 @@ class PolicySession:
             self.decisions.append(Decision("new_candidate", step.key, reason, c))
             self._next_candidate()
 
+    def prunes(self, step: Step) -> bool:
+        """Whether ``step`` is judged at its one-step preview: a fresh candidate, pruning switched on."""
+        return self.config.prune_threshold is not None and step.round == 0
+
+    def needs_verifier(self, first_stage: float | None) -> bool:
+        """The cascade's rule: call the expensive verifier when the cheap-signal confidence is unknown
+        or inside ``config.verify_band`` (always without a band)."""
+        band = self.config.verify_band
+        if band is None or first_stage is None or not math.isfinite(first_stage):
+            return True
+        return band[0] <= first_stage <= band[1]
+
     def should_prune(self, preview_confidence: float | None) -> bool:
         """Whether a candidate whose one-step preview scored ``preview_confidence`` is dropped."""
         thr = self.config.prune_threshold

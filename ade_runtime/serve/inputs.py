@@ -19,8 +19,8 @@ from PIL import Image
 
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.errors import InputError
-from ade_runtime.loop import MAX_INSTRUCTION_CHARS, MAX_SIDE, validate_request
 from ade_runtime.policy import POLICY_NAMES, PolicyConfig, preset
+from ade_runtime.requests import MAX_INSTRUCTION_CHARS, MAX_SIDE, validate_request
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_IMAGE_BYTES = 20 << 20

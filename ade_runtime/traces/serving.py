@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ade_runtime import __version__
+from ade_runtime.attempts import AttemptLog
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.loop import AttemptLog, EditResult
+from ade_runtime.loop import EditResult
 from ade_runtime.traces.records import FORMAT, Attempt, Cost, EditRecord
 from ade_runtime.traces.writer import RecordLimits, TraceWriter
 
