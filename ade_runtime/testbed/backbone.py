@@ -29,7 +29,7 @@ from ade_runtime.errors import InputError
 from ade_runtime.feedback import split_feedback
 from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.testbed.costs import BackboneCost, get_cost
-from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image, read_scenes
+from ade_runtime.testbed.imageio import CHUNK_KEY, make_image, parse_chunk, read_scenes
 from ade_runtime.testbed.instructions import Edit, candidates, is_ambiguous, parse, resolve
 from ade_runtime.testbed.judge import Defect, diff
 from ade_runtime.testbed.scene import (
@@ -161,9 +161,10 @@ class SyntheticBackbone:
 
     def prepare(self, request: EditRequest) -> _State:
         current, _ = read_scenes(request.image, "request image")
-        return self._state(current, request.image.size[0], request.instruction)
+        return self.state_for(current, request.image.size[0], request.instruction)
 
-    def _state(self, source: Scene, size: int, instruction: str) -> _State:
+    def state_for(self, source: Scene, size: int, instruction: str) -> _State:
+        """The request state from a scene (``prepare`` reads it from the image); the generator's entry."""
         edits = parse(instruction)
         oids = target_oids(edits, source)
         h = _hash_u64(source.key(), repr(edits), self.name)
@@ -183,9 +184,9 @@ class SyntheticBackbone:
     def run(self, state: _State, spec: AttemptSpec) -> AttemptOutput:
         instruction, flaws = split_feedback(spec.prompt)
         if instruction.rstrip(".") != state.instruction.strip().rstrip("."):
-            state = self._state(state.source, state.size, instruction)
+            state = self.state_for(state.source, state.size, instruction)
         if spec.input_image is not None:
-            current, _ = _parse_chunk(spec.input_image.info.get(CHUNK_KEY), "input image")
+            current, _ = parse_chunk(spec.input_image.info.get(CHUNK_KEY), "input image")
             in_pixels = np.asarray(spec.input_image.convert("RGB"))
         else:
             current, in_pixels = state.source, None

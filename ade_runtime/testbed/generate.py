@@ -34,9 +34,10 @@ from PIL import Image, PngImagePlugin
 from ade_runtime.backbones.base import AttemptSpec
 from ade_runtime.errors import InputError
 from ade_runtime.feedback import feedback_prompt
+from ade_runtime.policy.driver import Generated, GridSession, Judged, drive
 from ade_runtime.testbed.backbone import SyntheticBackbone
 from ade_runtime.testbed.costs import get_cost
-from ade_runtime.testbed.imageio import CHUNK_KEY, _parse_chunk, make_image
+from ade_runtime.testbed.imageio import CHUNK_KEY, make_image, parse_chunk
 from ade_runtime.testbed.instructions import CATEGORIES
 from ade_runtime.testbed.judge import judge_scenes, online_scores
 from ade_runtime.testbed.reward import EmulatedRewardModel
@@ -110,66 +111,96 @@ def _attempt_seed(seed: int, index: int, c: int, t: int, r: int) -> int:
     return int.from_bytes(h, "little")
 
 
-def run_grid(
-    req: Request, backbone: SyntheticBackbone, cfg: GenConfig, seed: int, index: int, keep_images: bool
-):
-    """All attempts of one request: (attempt list, {rel path: PIL image}) for the source and attempts."""
-    source_img = make_image(req.source, req.source, cfg.image_size)
-    state = backbone._state(req.source, cfg.image_size, req.instruction)
-    attempts, images = [], {}
-    rid = f"req-{index:06d}"
-    cache: dict[str, tuple] = {}  # identical output scenes share judge and scores
-    for t in cfg.reasoning_levels:
-        for c in range(cfg.candidates):
-            prev, prev_judge = None, None
-            for r in range(cfg.rounds):
-                prompt = req.instruction if r == 0 else feedback_prompt(req.instruction, prev_judge.flaws)
-                previews = []
-                spec = AttemptSpec(
-                    candidate=c,
-                    round=r,
-                    reasoning_tokens=t,
-                    prompt=prompt,
-                    seed=_attempt_seed(seed, index, c, t, r),
-                    input_image=prev,
-                    preview_fn=lambda img, step, _p=previews: _p.append(img) or True,
-                )
-                out = backbone.run(state, spec)
-                key = out.image.info[CHUNK_KEY]
-                if key not in cache:
-                    scene, _ = _parse_chunk(key, "output image")
-                    judge = judge_scenes(scene, req.source, req.instruction)
-                    pscores = online_scores(source_img, previews[0], req.instruction)
-                    scores = online_scores(source_img, out.image, req.instruction)
-                    if cfg.reward_model:  # the emulated VLM reward model's score (an expensive verifier)
-                        scores[REWARD.feature] = round(
-                            REWARD.score_scene(key, judge.score, req.instruction), 6
-                        )
-                    cache[key] = (judge, scores, pscores)
-                judge, scores, pscores = cache[key]
-                rel = None
-                if keep_images:  # equal outputs share one file, named by content
-                    rel = f"images/{rid}/{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}.png"
-                    images[rel] = out.image
-                attempts.append(
-                    Attempt(
-                        candidate=c,
-                        round=r,
-                        reasoning_tokens=t,
-                        prompt=prompt,
-                        cost=Cost(nfe=out.nfe, latency_s=round(out.latency_s, 4)),
-                        image=rel,
-                        scores={
-                            **scores,
-                            "preview_clip_t": pscores["clip_t"],
-                            "preview_clip_i": pscores["clip_i"],
-                        },
-                        judge=judge,
-                    )
-                )
-                prev, prev_judge = out.image, judge
-    images[f"images/{rid}/source.png"] = source_img
-    return attempts, images
+class GridSource:
+    """The generator's attempt source (``policy.driver``): the synthetic backbone, each attempt labelled
+    by the exact judge and scored online (cheap scores, its preview's scores and, with
+    ``cfg.reward_model``, the emulated reward model). A refinement follows the judge's flaws, so
+    generated traces hold what an ideal critique would ask for."""
+
+    verifies = False  # the emulated reward model's score is logged with the cheap scores
+
+    def __init__(self, req: Request, backbone: SyntheticBackbone, cfg: GenConfig, index: int, keep_images):
+        self.req, self.backbone, self.cfg, self.index, self.keep_images = (
+            req,
+            backbone,
+            cfg,
+            index,
+            keep_images,
+        )
+        self.source_img = make_image(req.source, req.source, cfg.image_size)
+        self.state = backbone.state_for(req.source, cfg.image_size, req.instruction)
+        self.attempts: list[Attempt] = []
+        self.images: dict[str, Image.Image] = {}
+        self._cache: dict[str, tuple] = {}  # identical output scenes share judge and scores
+        self._done: dict[tuple, tuple] = {}  # attempt key -> (output image, judge), for refinements
+
+    def generate(self, step, keep) -> Generated:
+        req, cfg = self.req, self.cfg
+        c, r, t = step.key
+        prev, prev_judge = self._done.get(step.refines, (None, None)) if step.refines else (None, None)
+        prompt = req.instruction if r == 0 else feedback_prompt(req.instruction, prev_judge.flaws)
+        previews = []
+        spec = AttemptSpec(
+            candidate=c,
+            round=r,
+            reasoning_tokens=t,
+            prompt=prompt,
+            seed=_attempt_seed(cfg.seed, self.index, c, t, r),
+            input_image=prev,
+            preview_fn=lambda img, step, _p=previews: _p.append(img) or True,
+        )
+        out = self.backbone.run(self.state, spec)
+        key = out.image.info[CHUNK_KEY]
+        if key not in self._cache:
+            scene, _ = parse_chunk(key, "output image")
+            judge = judge_scenes(scene, req.source, req.instruction)
+            pscores = online_scores(self.source_img, previews[0], req.instruction)
+            scores = online_scores(self.source_img, out.image, req.instruction)
+            if cfg.reward_model:  # the emulated VLM reward model's score (an expensive verifier)
+                scores[REWARD.feature] = round(REWARD.score_scene(key, judge.score, req.instruction), 6)
+            self._cache[key] = (judge, scores, pscores)
+        judge, scores, pscores = self._cache[key]
+        rel = None
+        if self.keep_images:  # equal outputs share one file, named by content
+            rel = (
+                f"images/req-{self.index:06d}/{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}.png"
+            )
+            self.images[rel] = out.image
+        self.attempts.append(
+            Attempt(
+                candidate=c,
+                round=r,
+                reasoning_tokens=t,
+                prompt=prompt,
+                cost=Cost(nfe=out.nfe, latency_s=round(out.latency_s, 4)),
+                image=rel,
+                scores={**scores, "preview_clip_t": pscores["clip_t"], "preview_clip_i": pscores["clip_i"]},
+                judge=judge,
+            )
+        )
+        self._done[step.key] = (out.image, judge)
+        return Generated()
+
+    def judge(self, step) -> Judged:
+        return Judged(None)  # the grid session needs no confidence
+
+    def verify(self, step) -> float | None:
+        return None
+
+    def select_value(self, step, confidence: float | None) -> float | None:
+        return confidence
+
+    def seconds(self, step) -> float:
+        return 0.0  # each attempt's modelled cost is in its record
+
+
+def run_grid(req: Request, backbone: SyntheticBackbone, cfg: GenConfig, index: int, keep_images: bool):
+    """All attempts of one request: (attempt list, {rel path: PIL image}) for the source and attempts;
+    the driver of the live loop over a ``GridSource``, visited by a ``GridSession``."""
+    source = GridSource(req, backbone, cfg, index, keep_images)
+    drive(GridSession(cfg.candidates, cfg.rounds, cfg.reasoning_levels), source)
+    source.images[f"images/req-{index:06d}/source.png"] = source.source_img
+    return source.attempts, source.images
 
 
 REWARD_META = {
@@ -213,7 +244,7 @@ def simulate_request(cfg: GenConfig, index: int, keep_images: bool = False):
     world = World(cfg.seed, cfg.image_size, cfg.clutter, cfg.ambiguity)
     req = world.sample_request(request_rng(cfg.seed, index), cfg.categories)
     backbone = SyntheticBackbone(cfg.backbone)
-    attempts, images = run_grid(req, backbone, cfg, cfg.seed, index, keep_images)
+    attempts, images = run_grid(req, backbone, cfg, index, keep_images)
     return make_record(req, attempts, cfg, index), images
 
 

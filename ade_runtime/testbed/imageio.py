@@ -42,14 +42,14 @@ def make_image(
 
 def read_scenes(image: Image.Image, what: str = "image") -> tuple[Scene, Scene]:
     """(scene, source scene) of a testbed image; InputError when the chunk is missing or broken."""
-    scene, source = _parse_chunk(image.info.get(CHUNK_KEY), what)
+    scene, source = parse_chunk(image.info.get(CHUNK_KEY), what)
     return scene.copy(), source.copy()
 
 
 _CHUNK_CACHE: dict[str, tuple[Scene, Scene]] = {}
 
 
-def _parse_chunk(raw: str | None, what: str) -> tuple[Scene, Scene]:
+def parse_chunk(raw: str | None, what: str) -> tuple[Scene, Scene]:
     """Parse (cached; callers must not mutate the result, ``read_scenes`` copies)."""
     if raw is not None and raw in _CHUNK_CACHE:
         return _CHUNK_CACHE[raw]

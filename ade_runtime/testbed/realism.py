@@ -60,7 +60,7 @@ def refinement_experiment(n: int, seed: int = 0, backbone: str = "bagel", size: 
     wins = defaultdict(list)
     for i in range(n):
         req = world.sample_request(rng)
-        st = bb._state(req.source, size, req.instruction)
+        st = bb.state_for(req.source, size, req.instruction)
         out = bb.run(st, AttemptSpec(0, 0, 0, req.instruction, seed=i))
         j = judge_scenes(read_scenes(out.image)[0], req.source, req.instruction)
         if j.passed or not j.flaws:
