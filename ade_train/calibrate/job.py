@@ -46,13 +46,15 @@ class CalibrationSplit:
     test_records: list[EditRecord] = field(default_factory=list)  # read once, for the held-out slack
 
 
-def calibration_split(data: str | Path, out: Path, seed: int = 0, split: str = "auto") -> CalibrationSplit:
+def calibration_split(
+    data: str | Path, out: str | Path, seed: int = 0, split: str = "auto"
+) -> CalibrationSplit:
     """The calibration requests: the ids CARD's run wrote to ``OUT/splits.json`` when present (the same
     split the exported models were tuned around; refused when written for other data), else
     ``ade_train.splits.split_ids`` with ``seed``."""
     from ade_runtime.traces import TraceDataset
 
-    data = Path(data)
+    data, out = Path(data), Path(out)
     require_dataset(data)
     ds = TraceDataset(data, images="header")
     records = [r for r in ds if any(a.judge is not None for a in r.attempts)]
