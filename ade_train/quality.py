@@ -7,7 +7,7 @@ model card (``PredictorSection.warnings``):
   weak when the interval's lower end is not above 0.5 (chance).
 - ``card_warning``: CARD's validation NLL against the constant prior's and the per-category prior's.
 - ``calibration_warning``: the calibrated map against its cheap-score fallback on held-out data by
-  ECE and Brier score (the job then exports the fallback map; see ``ade_train.calibrate.job``).
+  ECE and Brier score (the job then exports the fallback map; see ``ade_train.calibrate.controller``).
 """
 
 from __future__ import annotations

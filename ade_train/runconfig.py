@@ -53,17 +53,40 @@ def trainer_config(preset: str | None) -> dict[str, Any]:
     return dict(data)
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any], where: str, path: str = "") -> dict[str, Any]:
+def _merge(
+    base: dict[str, Any],
+    extra: Mapping[str, Any],
+    where: str,
+    path: str = "",
+    free: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    unknown = [f"{path}.{k}" if path else str(k) for k in extra if k not in base]
+    if unknown:
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}; known keys here: {sorted(base)}")
     for key, value in extra.items():
         full = f"{path}.{key}" if path else str(key)
-        if key not in base:
-            raise InputError(f"{where}: unknown key '{full}'; known keys here: {sorted(base)}")
+        if full in free and isinstance(base[key], dict) and isinstance(value, Mapping):
+            base[key] = {
+                **base[key],
+                **copy.deepcopy(dict(value)),
+            }  # any keys: the job's config class checks them
         # a spec with a "kind" (encoder specs) is replaced as a whole: its keys depend on the kind
-        if isinstance(base[key], dict) and isinstance(value, Mapping) and "kind" not in base[key]:
-            _merge(base[key], value, where, full)
+        elif isinstance(base[key], dict) and isinstance(value, Mapping) and "kind" not in base[key]:
+            _merge(base[key], value, where, full, free)
         else:
             base[key] = copy.deepcopy(value)
     return base
+
+
+def _free_sections(cfg: Mapping[str, Any], path: str = "") -> frozenset[str]:
+    """Dotted paths of the default's empty mappings (``base_policy: {}``): they take any keys, which the
+    job's own config class checks (``PolicyConfig.from_dict``), since the default cannot list them."""
+    out: set[str] = set()
+    for key, value in cfg.items():
+        full = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict):
+            out |= {full} if not value else _free_sections(value, full)
+    return frozenset(out)
 
 
 def parse_overrides(args: Sequence[str]) -> list[tuple[list[str], Any]]:
@@ -101,6 +124,7 @@ def load_run_config(
     """Shared trainer config (``trainer``: cpu | ddp | YAML), the job's default config over it, then
     ``config_file``, then overrides; every key must exist in the default (``trainer.*`` takes any)."""
     cfg = default_config(name)
+    free = _free_sections(cfg)
     if "trainer" in cfg:  # the job's own trainer keys (max_epochs, ...) over the shared preset
         cfg["trainer"] = {**trainer_config(trainer), **(cfg["trainer"] or {})}
     if config_file is not None:
@@ -113,7 +137,7 @@ def load_run_config(
             raise InputError(f"--config {path}: not valid YAML ({exc})") from None
         if not isinstance(extra, Mapping):
             raise InputError(f"--config {path}: expected a mapping with model/data/trainer sections")
-        _merge(cfg, extra, str(path))
+        _merge(cfg, extra, str(path), free=free)
     for keys, value in parse_overrides(overrides):
         nested: Any = value
         for k in reversed(keys):
@@ -122,7 +146,7 @@ def load_run_config(
         if keys[0] == "trainer" and len(keys) == 2 and keys[1] not in cfg.get("trainer", {}):
             cfg.setdefault("trainer", {})[keys[1]] = value
             continue
-        _merge(cfg, nested, "command line")
+        _merge(cfg, nested, "command line", free=free)
     return cfg
 
 

@@ -4,7 +4,7 @@ Every setting of the calibration grid is replayed once over a judged pool of req
 never saw (the bench's held-out shifted set), with the exported calibrator, critique and CARD: a matrix
 of judge scores and GPU-seconds, requests x settings, plus the reference (Best-of-8 with the same
 calibrated selector). Each of ``n_splits`` random re-splits then draws a calibration part, certifies on
-it (Pareto front on one half, fixed-sequence Learn-then-Test on the other, ``ade_train.calibrate.certify``) and
+it (Pareto front on one half, fixed-sequence Learn-then-Test on the other, ``ade_train.calibrate.risk_control``) and
 scores the chosen setting on the untouched rest; today's search (the cheapest setting meeting the target
 on the whole calibration part) is scored beside it. The certificate should meet its target on the
 untouched part in at least 1 - delta of the re-splits; the search carries no such promise.
@@ -25,7 +25,8 @@ from ade_runtime.policy.signals import card_prediction, critique_signals, record
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
-from ade_train.calibrate.certify import RiskSpec, resplit_coverage
+from ade_train.calibrate.coverage import resplit_coverage
+from ade_train.calibrate.risk_control import RiskSpec
 
 
 def policy_matrix(

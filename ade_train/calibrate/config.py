@@ -1,59 +1,86 @@
-"""``CalibrateConfig``: one ``ade-train calibrate`` job (mirrors ``ade_train/configs/calibrate.yaml``)."""
+"""``CalibrateConfig``: one ``ade-train calibrate`` job, and its command line.
+
+The defaults live in one place, ``ade_train/configs/calibrate.yaml``: every field below takes its
+default from there. A job's config goes through the same layer as ``ade-train card`` and
+``critique`` (``ade_train.runconfig``): the packaged YAML, then ``--config FILE``, then dotted
+overrides (``--grid.s_max=[1,2]``, ``--score_s=0.1``), unknown keys refused; then the named flags.
+"""
 
 from __future__ import annotations
 
+import argparse
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from ade_runtime.errors import InputError
 from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.calibration import METHODS
+from ade_train.calibrate.risk_control import RiskSpec, check_target_fraction
 from ade_train.calibrate.search import SearchGrid
+from ade_train.runconfig import default_config, load_run_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "calibrate.yaml"
+RUN_TIME_KEYS = ("threads",)  # in the YAML, not in CalibrateConfig: never saved with the report or W&B
+
+
+@cache
+def _packaged() -> dict[str, Any]:
+    return default_config("calibrate")
+
+
+def packaged_defaults() -> dict[str, Any]:
+    """A fresh copy of ``configs/calibrate.yaml``, the defaults of ``CalibrateConfig`` and ``SearchGrid``."""
+    return copy.deepcopy(_packaged())
+
+
+def _default(name: str) -> Any:
+    return field(default_factory=lambda: packaged_defaults()[name])
 
 
 @dataclass
 class CalibrateConfig:
-    """One calibration job (mirrors ``configs/calibrate.yaml``)."""
+    """One calibration job (mirrors ``configs/calibrate.yaml``, which holds every default)."""
 
     data: str = ""  # trace dataset directory (the same one CARD and the critique were trained on)
     out: str = ""  # training output directory; predictors are read from and exported to OUT/export
-    target_fraction: float = 1.0  # chosen policy's mean judge score >= this x the reference's
-    reference_policy: str = "best_of_8"  # the baseline the quality target is taken from
-    seed: int = 0  # salt of the request-id splits inside the calibration split
-    split: str = "auto"  # auto: OUT/splits.json or split_ids; all: every judged request of data (a set
-    # collected for calibration alone, e.g. ade-collect with this export's critique writing the refinements)
-    score_names: list[str] | None = None  # cheap signals; None = those every judged attempt has
-    use_critique: bool = True  # use the exported critique's p_pass when OUT/export has one
-    use_verifier: bool = True  # read the expensive verifier's score (``vlm``) when the traces carry it
-    verify_s: float | None = None  # GPU-seconds per verifier call; None = the traces' meta.reward_model
-    methods: list[str] = field(default_factory=lambda: list(METHODS))  # methods compared on held-out data
-    held_out_fraction: float = 0.3  # requests held out to choose the method
-    min_isotonic_samples: int = 1000  # isotonic maps need at least this many fitting attempts
-    C: float = 1.0  # inverse L2 strength of the logistic regression
-    n_bins: int = 10  # bins of the ECE and the reliability diagrams
-    min_requests: int = 100  # warn below this many calibration requests (finite-sample margin)
-    score_s: float = 0.0  # modelled GPU-seconds to compute the cheap scores of one attempt
-    critique_s: float = 0.0  # modelled GPU-seconds of one critique call (charged when it is used)
-    preview_s: float = 0.0  # modelled GPU-seconds of decoding and scoring one preview
-    grid: dict[str, list] = field(default_factory=dict)  # overrides of SearchGrid's value lists
-    base_policy: dict[str, Any] = field(default_factory=dict)  # PolicyConfig fields not searched
-    risk: str = (
-        "relative"  # relative: mean score >= target_fraction x reference; absolute: pass rate >= pass_rate
-    )
-    pass_rate: float | None = None  # the absolute target (risk: absolute)
-    delta: float = 0.1  # the certificate fails with probability at most delta (Learn-then-Test)
-    p_value: str = "wsr"  # wsr (Waudby-Smith--Ramdas betting) or hb (Hoeffding-Bentkus, MAPIE)
-    certify_fraction: float = 0.5  # share of the calibration requests kept apart to certify on
-    allow_uncertified: bool = False  # export the uncertified cheapest choice when nothing certifies
-    wandb: bool = True  # log to W&B (offline unless WANDB_MODE says otherwise)
-    project: str = "ade"  # W&B project
+    target_fraction: float = _default("target_fraction")  # chosen policy's mean score >= this x reference's
+    reference_policy: str = _default("reference_policy")  # the baseline the quality target is taken from
+    seed: int = _default("seed")  # salt of the request-id splits inside the calibration split
+    split: str = _default("split")  # auto: OUT/splits.json or split_ids; all: every judged request of data
+    # (a set collected for calibration alone, e.g. ade-collect with this export's critique refining)
+    score_names: list[str] | None = _default("score_names")  # cheap signals; None = every judged one's
+    use_critique: bool = _default("use_critique")  # use the exported critique's p_pass when there is one
+    use_verifier: bool = _default("use_verifier")  # read the expensive verifier's score (vlm) if logged
+    verify_s: float | None = _default("verify_s")  # GPU-seconds per verifier call; None = meta.reward_model
+    methods: list[str] = _default("methods")  # calibration methods compared on held-out data
+    held_out_fraction: float = _default("held_out_fraction")  # requests held out to choose the method
+    min_isotonic_samples: int = _default("min_isotonic_samples")  # isotonic needs this many fitting attempts
+    C: float = _default("C")  # inverse L2 strength of the logistic regression
+    n_bins: int = _default("n_bins")  # bins of the ECE and the reliability diagrams
+    min_requests: int = _default("min_requests")  # warn below this many calibration requests
+    score_s: float = _default("score_s")  # modelled GPU-seconds to compute the cheap scores of one attempt
+    critique_s: float = _default("critique_s")  # modelled GPU-seconds of one critique call (when used)
+    preview_s: float = _default("preview_s")  # modelled GPU-seconds of decoding and scoring one preview
+    grid: dict[str, Any] = _default("grid")  # SearchGrid's value lists; keys left out keep the YAML's
+    base_policy: dict[str, Any] = _default("base_policy")  # PolicyConfig fields not searched
+    risk: str = _default("risk")  # relative: score >= target_fraction x reference; absolute: pass rate
+    pass_rate: float | None = _default("pass_rate")  # the absolute target (risk: absolute)
+    delta: float = _default("delta")  # the certificate fails with probability at most delta
+    p_value: str = _default("p_value")  # wsr (Waudby-Smith--Ramdas betting) or hb (Hoeffding-Bentkus)
+    certify_fraction: float = _default("certify_fraction")  # calibration requests kept apart to certify on
+    allow_uncertified: bool = _default("allow_uncertified")  # export the uncertified choice if none certifies
+    wandb: bool = _default("wandb")  # log to W&B (offline unless WANDB_MODE says otherwise)
+    project: str = _default("project")  # W&B project
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.target_fraction <= 1.5:
-            raise InputError(f"target_fraction={self.target_fraction}: use a fraction such as 1.0 or 0.98")
+        try:
+            check_target_fraction(self.target_fraction)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise InputError(f"methods {self.methods}: choose a non-empty subset of {list(METHODS)}")
@@ -64,16 +91,13 @@ class CalibrateConfig:
         for name in ("score_s", "critique_s", "preview_s", "C"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.risk not in ("relative", "absolute"):
-            raise InputError(
-                f"risk={self.risk!r}: use 'relative' (x reference score) or 'absolute' (pass rate)"
-            )
-        if self.risk == "absolute" and not (self.pass_rate is not None and 0.0 < self.pass_rate < 1.0):
+        if self.risk == "absolute" and self.pass_rate is None:
             raise InputError("risk=absolute needs --pass-rate in (0, 1), e.g. 0.7")
-        if not 0.0 < self.delta < 1.0:
-            raise InputError(f"delta={self.delta}: use a failure probability in (0, 1), e.g. 0.1")
-        if self.p_value not in ("wsr", "hb"):
-            raise InputError(f"p_value={self.p_value!r}: use 'wsr' or 'hb'")
+        target = self.pass_rate if self.risk == "absolute" else self.target_fraction
+        try:  # risk, pass_rate, delta and p_value are checked by the RiskSpec they make
+            self.risk_spec = RiskSpec(self.risk, float(target), delta=self.delta, p_value=self.p_value)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
         if not 0.0 < self.certify_fraction < 1.0:
             raise InputError(f"certify_fraction={self.certify_fraction}: use a value in (0, 1), e.g. 0.5")
         unknown = set(self.grid) - {f.name for f in fields(SearchGrid)}
@@ -81,26 +105,87 @@ class CalibrateConfig:
             raise InputError(
                 f"grid: unknown keys {sorted(unknown)}; use {[f.name for f in fields(SearchGrid)]}"
             )
-        self.search_grid = SearchGrid(**self.grid)
+        self.search_grid = SearchGrid(**self.grid)  # the keys left out: SearchGrid's, the YAML's grid
         try:
             self.policy_base = PolicyConfig.from_dict(self.base_policy)
         except (TypeError, ValueError) as exc:
             raise InputError(f"base_policy: {exc}") from None
 
+    @classmethod
+    def from_run_config(cls, cfg: dict[str, Any]) -> CalibrateConfig:
+        """From a merged run config (``build_config``), leaving its run-time keys out."""
+        kwargs = {k: v for k, v in cfg.items() if k not in (*RUN_TIME_KEYS, "print_config", "data_path")}
+        if "data_path" in cfg:  # --data, named as in the other jobs' run configs
+            kwargs["data"] = cfg["data_path"]
+        return cls(**kwargs)
 
-def load_config(path: str | Path | None, **overrides: Any) -> CalibrateConfig:
-    """Read a YAML config (``configs/calibrate.yaml`` when None) and apply command-line overrides."""
-    import yaml
 
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found; pass --config with an existing YAML file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of CalibrateConfig fields, got {type(data).__name__}")
-    known = {f.name for f in fields(CalibrateConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{path}: unknown keys {unknown}; valid keys are {sorted(known)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return CalibrateConfig(**data)
+def load_config(path: str | Path | None = None, **overrides: Any) -> CalibrateConfig:
+    """``configs/calibrate.yaml``, ``path`` merged over it, then ``overrides`` (None values skipped)."""
+    cfg = load_run_config("calibrate", path)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return CalibrateConfig.from_run_config(cfg)
+
+
+def parser() -> argparse.ArgumentParser:
+    """``ade-train calibrate``'s flags; anything else on the line is a dotted override of the YAML."""
+    p = argparse.ArgumentParser(
+        prog="ade-train calibrate",
+        description="Fit the calibrated confidence P(pass) and certify the adaptive policy's thresholds.",
+        epilog="Further overrides of ade_train/configs/calibrate.yaml in LightningCLI style: "
+        "--grid.s_max=[1,2] --score_s=0.1 --base_policy.max_candidates=4",
+    )
+    p.add_argument("--data", required=True, help="trace dataset directory (edit-trace v1)")
+    p.add_argument("--out", required=True, help="training output dir; reads and extends OUT/export")
+    p.add_argument("--config", default=None, help="YAML merged over ade_train/configs/calibrate.yaml")
+    p.add_argument("--target-fraction", type=float, help="quality target x Best-of-8 (default 1.0)")
+    p.add_argument("--seed", type=int, help="split seed when OUT has no splits.json")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: the config's `threads:`; null = torch's)"
+    )
+    p.add_argument(
+        "--print-config", "--print_config", action="store_true", help="print the merged config and exit"
+    )
+    p.add_argument(
+        "--split",
+        choices=("auto", "all"),
+        help="auto: the training run's calibration split; all: every judged request of --data (a set "
+        "collected for calibration, e.g. with ade-collect with --predictors OUT/export)",
+    )
+    g = p.add_argument_group("certification (Learn-then-Test; docs/calibration.md)")
+    g.add_argument("--delta", type=float, help="certificate failure probability (default 0.1)")
+    g.add_argument(
+        "--risk",
+        choices=("relative", "absolute"),
+        help="relative: mean score >= target-fraction x reference (default); absolute: pass rate >= --pass-rate",
+    )
+    g.add_argument("--pass-rate", type=float, help="the absolute target, e.g. 0.7")
+    g.add_argument("--p-value", choices=("wsr", "hb"), help="wsr (default) or hb")
+    g.add_argument("--certify-fraction", type=float, help="calibration requests kept to certify (0.5)")
+    g.add_argument(
+        "--allow-uncertified",
+        action="store_true",
+        default=None,
+        help="when nothing certifies, export the cheapest setting meeting the target on the calibration "
+        "requests (flagged) instead of the conservative reference policy",
+    )
+    return p
+
+
+FLAGS = ("target_fraction", "seed", "split", "delta", "risk", "pass_rate", "p_value", "certify_fraction")
+
+
+def build_config(argv: Sequence[str]) -> dict[str, Any]:
+    """The merged run config: YAML, ``--config``, dotted overrides, then the named flags."""
+    args, rest = parser().parse_known_args(list(argv))
+    cfg = load_run_config("calibrate", args.config, rest)
+    cfg.update({k: getattr(args, k) for k in (*FLAGS, "allow_uncertified") if getattr(args, k) is not None})
+    if args.no_wandb:
+        cfg["wandb"] = False
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads {args.threads}: must be >= 1 (e.g. --threads 1)")
+        cfg["threads"] = args.threads
+    cfg.update(data_path=args.data, out=args.out, print_config=args.print_config)
+    return cfg

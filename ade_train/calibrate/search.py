@@ -25,6 +25,7 @@ import numpy as np
 from ade_runtime.policy import Outcome, Overhead, PolicyConfig, budget_levels, replay_policy, summarize
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
+from ade_train.calibrate.risk_control import check_target_fraction
 
 Key = tuple[int, int, int]
 SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float] | None]]
@@ -35,45 +36,60 @@ SEARCHED = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold", 
 COLUMNS = (*SEARCHED, "default_budget", "use_card")  # what a candidate row records of its PolicyConfig
 
 
+def _packaged(name: str) -> Any:
+    """A grid field's default: ``grid.<name>`` of ade_train/configs/calibrate.yaml, where defaults live."""
+
+    def default() -> Any:
+        from ade_train.calibrate.config import packaged_defaults
+
+        return packaged_defaults()["grid"][name]
+
+    return field(default_factory=default)
+
+
+# SearchGrid values are PolicyConfig fields: each is checked by PolicyConfig itself, as configs() casts it,
+# beside a partner that lets it pass the pair rule tau_low <= tau_high (checked per pair in configs())
+_PARTNER = {"tau_high": {"tau_low": 0.0}, "tau_low": {"tau_high": 1.0}}
+_CAST: dict[str, Callable[[Any], Any]] = {
+    "tau_high": float,
+    "tau_low": float,
+    "s_max": int,
+    "card_quantile": float,
+    "prune_threshold": lambda v: None if v is None else float(v),
+    "default_budget": int,
+}
+
+
 @dataclass
 class SearchGrid:
-    """Values tried for each threshold (the product of the lists, minus tau_low > tau_high)."""
+    """Values tried for each threshold (the product of the lists, minus tau_low > tau_high); the defaults
+    are the ``grid:`` of ``configs/calibrate.yaml``."""
 
-    tau_high: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-    tau_low: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3)
-    s_max: Sequence[int] = (1, 2, 3)
-    card_quantile: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
-    prune_threshold: Sequence[float | None] = (None, 0.05, 0.1, 0.2)
-    verify_band: Sequence[tuple[float, float] | None] = (None, (0.15, 0.85), (0.3, 0.7))  # with a verifier
-    default_budget: Sequence[int] | None = (
-        None  # searched instead of card_quantile without CARD; None = the grid's levels
-    )
+    tau_high: Sequence[float] = _packaged("tau_high")
+    tau_low: Sequence[float] = _packaged("tau_low")
+    s_max: Sequence[int] = _packaged("s_max")
+    card_quantile: Sequence[float] = _packaged("card_quantile")
+    prune_threshold: Sequence[float | None] = _packaged("prune_threshold")
+    verify_band: Sequence[tuple[float, float] | None] = _packaged("verify_band")  # with a verifier
+    default_budget: Sequence[int] | None = _packaged("default_budget")  # searched instead of
+    # card_quantile without CARD; None = the budget levels the traces offer
 
     def __post_init__(self) -> None:
         if self.default_budget is not None:
-            self.default_budget = [int(b) for b in self.default_budget]
-            if not self.default_budget or min(self.default_budget) < 1:
-                raise ValueError(
-                    f"SearchGrid.default_budget must be attempt counts >= 1, got {self.default_budget}"
-                )
+            self.default_budget = list(self.default_budget)
+            if not self.default_budget:
+                raise ValueError("SearchGrid.default_budget is empty; give attempt counts >= 1 or null")
         for name in SEARCHED:
             values = list(getattr(self, name))
             if not values:
                 raise ValueError(f"SearchGrid.{name} is empty; give at least one value to try")
             setattr(self, name, values)
-        for name in ("tau_high", "tau_low", "card_quantile"):
-            bad = [v for v in getattr(self, name) if not (0.0 <= float(v) <= 1.0)]
-            if bad:
-                raise ValueError(f"SearchGrid.{name} has values outside [0, 1]: {bad}")
-        if any(q <= 0.0 for q in self.card_quantile):
-            raise ValueError("SearchGrid.card_quantile values must be > 0")
-        self.verify_band = [None if b is None else (float(b[0]), float(b[1])) for b in self.verify_band]
-        if any(b is not None and not (0.0 <= b[0] <= b[1] <= 1.0) for b in self.verify_band):
-            raise ValueError(
-                f"SearchGrid.verify_band: bands are [low, high] in [0, 1], got {self.verify_band}"
-            )
-        if any(int(s) < 1 for s in self.s_max):
-            raise ValueError(f"SearchGrid.s_max values must be >= 1, got {list(self.s_max)}")
+        self.verify_band = [None if b is None else _band(b) for b in self.verify_band]
+        for name in (*SEARCHED, "default_budget"):
+            for value in getattr(self, name) or ():
+                _check(name, value)
+        if self.default_budget is not None:
+            self.default_budget = [int(b) for b in self.default_budget]
 
     def configs(
         self,
@@ -154,6 +170,21 @@ class SearchResult:
         return buf.getvalue()
 
 
+def _band(band: Any) -> Any:
+    try:
+        return (float(band[0]), float(band[1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        return band  # not [low, high]: PolicyConfig says so
+
+
+def _check(name: str, value: Any) -> None:
+    """``value`` of grid field ``name`` as a PolicyConfig would hold it; PolicyConfig's own error if not."""
+    try:
+        PolicyConfig(**{**_PARTNER.get(name, {}), name: _CAST.get(name, lambda v: v)(value)})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"SearchGrid.{name} has a value PolicyConfig refuses ({value!r}): {exc}") from None
+
+
 def compute_of(summary: Mapping[str, Any], key: str) -> float:
     v = summary.get(key)
     return float("nan") if v is None else float(v)
@@ -202,8 +233,7 @@ def search_thresholds(
     """
     if not records:
         raise ValueError("search_thresholds: the calibration split has no records")
-    if not 0.0 < target_fraction <= 1.5:
-        raise ValueError(f"target_fraction must be in (0, 1.5], got {target_fraction}")
+    check_target_fraction(target_fraction)
     # signals are computed once per record: every candidate replays the same confidences
     cache = {rec.id: signals(rec) for rec in progress(records, desc="calibrate: confidences")}
     cards = {rec.id: card(rec) for rec in records} if card is not None else {}

@@ -291,6 +291,75 @@ def test_config_checks_name_the_field():
     assert load_config(None).grid["tau_high"]  # the shipped YAML parses
 
 
+def test_the_defaults_live_in_the_packaged_yaml_and_the_grid_checks_are_policy_configs():
+    from dataclasses import asdict, fields
+
+    from ade_train.calibrate.config import packaged_defaults
+    from ade_train.calibrate.search import SearchGrid
+
+    yaml_cfg = packaged_defaults()
+    names = {f.name for f in fields(CalibrateConfig)}
+    assert names - set(yaml_cfg) == {"data", "out"} and set(yaml_cfg) - names == {"threads"}
+    assert asdict(CalibrateConfig()) == asdict(load_config(None))
+    assert CalibrateConfig().score_s == 0.05 and CalibrateConfig().critique_s == 0.03  # the YAML's values
+    assert asdict(SearchGrid()) == asdict(SearchGrid(**yaml_cfg["grid"]))
+    assert SearchGrid().verify_band == [None, (0.15, 0.85), (0.3, 0.7)]
+    with pytest.raises(ValueError, match=r"SearchGrid.s_max .* PolicyConfig.s_max must be an int >= 1"):
+        SearchGrid(s_max=[0])
+    with pytest.raises(ValueError, match="SearchGrid.verify_band .* low <= high"):
+        SearchGrid(verify_band=[(0.9, 0.1)])
+    with pytest.raises(ValueError, match="SearchGrid.default_budget"):
+        SearchGrid(default_budget=[0])
+
+
+def test_cli_takes_dotted_overrides_threads_and_print_config(dataset, tmp_path, capsys):
+    from ade_train.calibrate.config import build_config
+
+    argv = ["--data", str(dataset), "--out", str(tmp_path), "--grid.s_max=[2]", "--score_s=0.1"]
+    argv += ["--base_policy.max_candidates=4", "--threads", "1", "--target-fraction", "0.9", "--print-config"]
+    assert cli_main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["grid"]["s_max"] == [2] and printed["grid"]["tau_high"] == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert printed["score_s"] == 0.1 and printed["target_fraction"] == 0.9 and printed["threads"] == 1
+    cfg = CalibrateConfig.from_run_config({k: v for k, v in build_config(argv).items()})
+    assert cfg.policy_base.max_candidates == 4 and cfg.search_grid.s_max == [2] and cfg.data == str(dataset)
+    assert cli_main(["--data", str(dataset), "--out", str(tmp_path), "--threads", "0"]) == 2
+    assert "--threads 0" in capsys.readouterr().err
+
+
+def test_pinned_numbers_and_the_fitted_controller(dataset, tmp_path):
+    """Fixed data and config -> the same thresholds, front, p-values and claim (pinned across refactors);
+    ``PolicyCalibrator``'s fitted attributes are what the job exports."""
+    from ade_train.calibrate import PolicyCalibrator
+
+    out = tmp_path / "out"
+    card = _export_tiny_card(out)
+    cfg = CalibrateConfig(
+        data=str(dataset), out=str(out), grid=GRID, wandb=False, target_fraction=0.5,
+        score_s=0.05, critique_s=0.03, preview_s=0.05,
+    )  # fmt: skip
+    metrics = train(cfg)
+    chosen = tuple(metrics[k] for k in ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold"))
+    assert chosen == (0.9, 0.0, 3, 0.5, None)
+    assert metrics["certificate"] == "certified"
+    assert metrics["certified_claim"] == ">= 0.5 x reference mean score at delta = 0.1"
+    assert metrics["certificate_p_value"] == pytest.approx(0.08254295766228549, rel=1e-9)
+    assert metrics["compute"] == pytest.approx(17.718750000000004, rel=1e-12)
+    assert metrics["mean_score"] == pytest.approx(0.7977552576966223, rel=1e-12)
+    assert metrics["heldout_slack"] == pytest.approx(0.4661147869674877, rel=1e-9)
+    cert = json.loads((out / "calibration_report.json").read_text())["certificate"]["certificate"]
+    assert cert["order"] == [72, 40, 10, 11, 6, 4] and cert["certified"] == [72]
+    p = [0.08254295766228549, 0.11394958027940039, 0.14048487600901008, 0.14048487600901008]
+    assert cert["p_values"] == pytest.approx([*p, 0.26543706648581167, 0.26543706648581167], rel=1e-9)
+
+    split = calibration_split(dataset, out)
+    cal = PolicyCalibrator(cfg).fit(split.records, card=card, test_records=split.test_records)
+    assert cal.front_ == cert["order"] and cal.p_values_ == pytest.approx(cert["p_values"], rel=1e-12)
+    assert cal.claim_ == metrics["certified_claim"] and cal.decision_.index == 72
+    assert cal.policy_ == Calibrator.from_pretrained(out / "export").policy == cal.calibrator_.policy
+    assert cal.heldout_["diff"] == pytest.approx(metrics["heldout_slack"], rel=1e-12)
+
+
 def test_the_dataset_is_valid_v1(dataset):
     records, rejects = load_records(dataset, images="header")
     assert len(records) == N_REQUESTS and rejects == []

@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ade_train.calibrate.certify import (
+from ade_train.calibrate.coverage import cheapest_meeting_target, meets, resplit_coverage
+from ade_train.calibrate.risk_control import (
     RiskSpec,
     certify,
-    cheapest_meeting_target,
     losses,
-    meets,
     n_needed,
     p_values,
     pareto_order,
-    resplit_coverage,
     wsr_p_values,
 )
 

@@ -74,9 +74,11 @@ def test_card_reports_its_priors(out):
 
 def test_every_job_has_its_own_wandb_run_under_out_wandb(out, capsys, monkeypatch):
     # the calibrated map is made to lose against its fallback: the fallback is exported instead
-    import ade_train.calibrate.job as job
+    import ade_train.calibrate.controller as controller
 
-    monkeypatch.setattr(job, "calibration_warning", lambda p, f: "weak: the calibrated map is worse (forced)")
+    monkeypatch.setattr(
+        controller, "calibration_warning", lambda p, f: "weak: the calibrated map is worse (forced)"
+    )
     assert calibrate_main(["--data", str(FIXTURE), "--out", str(out["out"])]) == 0
     printed = capsys.readouterr().out
     assert "WARNING 1: weak: the calibrated map is worse (forced)" in printed

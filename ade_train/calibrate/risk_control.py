@@ -1,4 +1,8 @@
-"""Certified thresholds: Learn-then-Test over a compute-ordered Pareto front.
+"""Risk control for the policy thresholds: Learn-then-Test over a compute-ordered Pareto front.
+
+The maths only (the risk, its losses, the WSR and Hoeffding-Bentkus p-values, the Pareto order,
+fixed-sequence testing, the certificate); ``calibrate.decision`` applies it to a replayed grid and
+``calibrate.coverage`` checks it by re-splitting.
 
 A threshold setting (tau_high, tau_low, S_max, CARD quantile, ...) is *certified* when, with
 probability at least 1 - delta over the calibration requests, its expected loss against the
@@ -42,6 +46,13 @@ from mapie.risk_control import control_fwer
 from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
 
 FORMS = ("relative", "absolute")
+P_VALUES = ("wsr", "hb")
+
+
+def check_target_fraction(fraction: float) -> None:
+    """The relative quality target f (mean score >= f x reference): in (0, 1.5]."""
+    if not 0.0 < fraction <= 1.5:
+        raise ValueError(f"target_fraction={fraction}: use a fraction in (0, 1.5] such as 1.0 or 0.98")
 
 
 @dataclass(frozen=True)
@@ -54,16 +65,19 @@ class RiskSpec:
     p_value: str = "wsr"  # "wsr" (Waudby-Smith--Ramdas betting) or "hb" (Hoeffding-Bentkus, MAPIE)
 
     def __post_init__(self) -> None:
-        if self.p_value not in P_VALUES:
-            raise ValueError(f"RiskSpec.p_value must be one of {P_VALUES}, got {self.p_value!r}")
+        # the one place these are checked: CalibrateConfig builds its RiskSpec to validate risk, delta, p_value
         if self.form not in FORMS:
-            raise ValueError(f"RiskSpec.form must be one of {FORMS}, got {self.form!r}")
+            raise ValueError(
+                f"risk form {self.form!r}: use 'relative' (x reference score) or 'absolute' (pass rate)"
+            )
+        if self.form == "relative":
+            check_target_fraction(self.target)
+        elif not 0.0 < self.target < 1.0:
+            raise ValueError(f"target pass rate (--pass-rate) must be in (0, 1), e.g. 0.7, got {self.target}")
         if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"RiskSpec.delta must be in (0, 1), got {self.delta}")
-        if self.form == "relative" and not 0.0 < self.target <= 1.5:
-            raise ValueError(f"target fraction must be in (0, 1.5], got {self.target}")
-        if self.form == "absolute" and not 0.0 < self.target < 1.0:
-            raise ValueError(f"target pass rate must be in (0, 1), got {self.target}")
+            raise ValueError(f"delta={self.delta}: use a failure probability in (0, 1), e.g. 0.1")
+        if self.p_value not in P_VALUES:
+            raise ValueError(f"p_value={self.p_value!r}: use one of {P_VALUES}")
 
     def with_target(self, target: float) -> RiskSpec:
         return RiskSpec(self.form, float(target), self.delta, self.p_value)
@@ -92,9 +106,6 @@ def losses(spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None) -> 
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 1)
     d = f * ref - np.clip(s, 0.0, 1.0)
     return np.clip((d + 1.0) / (1.0 + f), 0.0, 1.0), 1.0 / (1.0 + f)
-
-
-P_VALUES = ("wsr", "hb")
 
 
 def wsr_p_values(loss: np.ndarray, alpha: float, delta: float) -> np.ndarray:
@@ -311,91 +322,3 @@ def _strongest(
         else:
             hi = mid
     return round(lo, 4)
-
-
-def cheapest_meeting_target(
-    spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None, cost: Sequence[float]
-) -> int | None:
-    """Today's uncertified choice, for comparison: the cheapest setting whose *observed* loss meets alpha."""
-    loss, alpha = losses(spec, scores, reference)
-    ok = np.flatnonzero(loss.mean(axis=0) <= alpha + 1e-12)
-    if ok.size == 0:
-        return None
-    c = np.asarray(cost, dtype=np.float64)
-    return int(min(ok.tolist(), key=lambda j: (c[j], j)))
-
-
-def meets(spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None) -> bool:
-    """Whether a setting's scores meet the target on these requests (its mean loss <= alpha)."""
-    loss, alpha = losses(spec, scores, reference)
-    return bool(loss.mean() <= alpha + 1e-12)
-
-
-def resplit_coverage(
-    spec: RiskSpec,
-    scores: np.ndarray,
-    reference: np.ndarray | None,
-    cost: np.ndarray,
-    *,
-    n_splits: int = 200,
-    calibration_fraction: float = 0.5,
-    seed: int = 0,
-) -> dict:
-    """How often the chosen setting meets its target on requests the choice never saw.
-
-    Each re-split draws a calibration part (halved into selection and certification) and leaves the
-    rest untouched. The certified choice and today's choice (the cheapest setting meeting the target
-    on the whole calibration part) are both scored on the untouched part. When nothing is certified
-    the conservative fallback is the reference itself, which meets a target <= 1 x reference by
-    construction; such splits are counted apart.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    c = np.asarray(cost, dtype=np.float64)
-    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
-    n = s.shape[0]
-    n_cal = int(round(calibration_fraction * n))
-    if n_cal < 4 or n - n_cal < 2:
-        raise ValueError(f"resplit_coverage: {n} requests are too few to split")
-    rng = np.random.default_rng(seed)
-    cert_meets, naive_meets, uncertified, cert_cost, naive_cost = [], [], 0, [], []
-    for _ in range(n_splits):
-        perm = rng.permutation(n)
-        cal, held = perm[:n_cal], perm[n_cal:]
-        sel, cer = cal[: n_cal // 2], cal[n_cal // 2 :]
-        r = (lambda idx: None) if ref is None else (lambda idx: ref[idx])
-        cert = certify(
-            spec,
-            select_scores=s[sel],
-            select_reference=r(sel),
-            select_cost=c[sel].mean(axis=0),
-            certify_scores=s[cer],
-            certify_reference=r(cer),
-            search_strongest=False,
-        )
-        if cert.chosen is None:
-            uncertified += 1
-        else:
-            cert_meets.append(meets(spec, s[held, cert.chosen], r(held)))
-            cert_cost.append(float(c[held, cert.chosen].mean()))
-        naive = cheapest_meeting_target(spec, s[cal], r(cal), c[cal].mean(axis=0))
-        if naive is not None:
-            naive_meets.append(meets(spec, s[held, naive], r(held)))
-            naive_cost.append(float(c[held, naive].mean()))
-    n_cert = len(cert_meets)
-    return {
-        "n_splits": n_splits,
-        "n_requests": n,
-        "n_calibration": n_cal,
-        "n_untouched": n - n_cal,
-        "target": spec.claim,
-        "certified_splits": n_cert,
-        "uncertified_splits": uncertified,
-        "certified_coverage": float(np.mean(cert_meets)) if n_cert else None,
-        "certified_miss_rate": float(1.0 - np.mean(cert_meets)) if n_cert else None,
-        "required_coverage": 1.0 - spec.delta,
-        "search_splits": len(naive_meets),
-        "search_coverage": float(np.mean(naive_meets)) if naive_meets else None,
-        "search_miss_rate": float(1.0 - np.mean(naive_meets)) if naive_meets else None,
-        "certified_mean_cost": float(np.mean(cert_cost)) if cert_cost else None,
-        "search_mean_cost": float(np.mean(naive_cost)) if naive_cost else None,
-    }

@@ -1,9 +1,9 @@
-"""From a replayed threshold grid to a certified policy: split discipline, the certificate, the decision.
+"""From a replayed threshold grid to the exported policy: split discipline, the certificate, the decision.
 
 The calibration split is cut (by request id) into a *fit* part and a *certify* part. The calibrated map
 is fitted on the fit part only; every grid setting is replayed over both parts (``calibrate.search``);
 the Pareto front of (compute, quality) is found on the fit part and certified by fixed-sequence
-Learn-then-Test on the certify part (``calibrate.certify``). The exported policy is then:
+Learn-then-Test on the certify part (``calibrate.risk_control``). The exported policy is then:
 
 * the cheapest certified setting; or, when nothing can be certified at the requested target,
 * the reference policy itself (Best-of-N with the same calibrated selector: conservative, and meeting a
@@ -20,15 +20,8 @@ import numpy as np
 
 from ade_runtime.policy import Outcome, PolicyConfig, preset
 from ade_runtime.policy.stats import paired_difference
-from ade_train.calibrate.certify import Certificate, RiskSpec, certify
 from ade_train.calibrate.fit import split_by_group
-
-
-def spec_of(cfg) -> RiskSpec:
-    """The risk the job certifies, from ``CalibrateConfig``."""
-    if cfg.risk == "absolute":
-        return RiskSpec("absolute", float(cfg.pass_rate), delta=cfg.delta, p_value=cfg.p_value)
-    return RiskSpec("relative", float(cfg.target_fraction), delta=cfg.delta, p_value=cfg.p_value)
+from ade_train.calibrate.risk_control import Certificate, RiskSpec, certify
 
 
 def certify_mask(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
@@ -70,8 +63,8 @@ def certify_grid(
 
 
 @dataclass
-class Decision:
-    """What is exported and why."""
+class ExportDecision:
+    """What is exported and why (not the loop's per-attempt ``ade_runtime.policy.session.Decision``)."""
 
     policy: PolicyConfig
     status: str  # "certified" | "conservative" | "uncertified"
@@ -91,27 +84,28 @@ class Decision:
 
 def decide(
     cert: Certificate,
+    *,
     configs: Sequence[PolicyConfig],
     search_choice: int,
     base: PolicyConfig,
     reference_policy: str,
     allow_uncertified: bool,
-) -> Decision:
+) -> ExportDecision:
     if cert.chosen is not None:
-        return Decision(configs[cert.chosen], "certified", cert, cert.chosen, cert.explain())
+        return ExportDecision(configs[cert.chosen], "certified", cert, cert.chosen, cert.explain())
     if allow_uncertified:
         text = (
             f"{cert.explain()}. Exported UNCERTIFIED: the cheapest setting meeting the target on the "
             "calibration requests (--allow-uncertified); its quality holds on those requests only"
         )
-        return Decision(configs[search_choice], "uncertified", cert, search_choice, text)
+        return ExportDecision(configs[search_choice], "uncertified", cert, search_choice, text)
     ref = preset(reference_policy, base)
     text = (
         f"{cert.explain()}. Exported the conservative policy: {reference_policy} with the calibrated selector "
         "(meets a target of at most 1 x reference by construction, saves no compute); collect more "
         "calibration requests, lower the target, or pass --allow-uncertified"
     )
-    return Decision(ref, "conservative", cert, None, text)
+    return ExportDecision(ref, "conservative", cert, None, text)
 
 
 def held_out_slack(
@@ -135,7 +129,7 @@ def held_out_slack(
     }
 
 
-def _replayer(records, score_names, calibrator, card, critique, overhead):
+def replayer(records, score_names, calibrator, card, critique, overhead):
     """``(policy, name) -> outcomes`` over ``records``, with their signals and CARD predictions computed once."""
     from ade_runtime.policy import replay_policy
     from ade_runtime.policy.signals import card_prediction
@@ -181,33 +175,7 @@ def certified_curve(result, certify_ids: set[str], spec: RiskSpec) -> list[dict]
     return out
 
 
-def run_certification(
-    cfg, result, certify_ids: set[str], test_records, calibrator, card, critique, overhead, score_names
-) -> tuple[Decision, dict | None]:
-    """Certify the replayed grid, decide what to export, and measure the paired slack on the test split."""
-    spec = spec_of(cfg)
-    cert = certify_grid(spec, result.outcomes, result.reference_outcomes, certify_ids, result.compute_key)
-    result.target_curve = certified_curve(result, certify_ids, spec)
-    search_choice = next(i for i, r in enumerate(result.candidates) if r["chosen"])
-    decision = decide(
-        cert, result.configs, search_choice, cfg.policy_base, cfg.reference_policy, cfg.allow_uncertified
-    )
-    result.choose(decision.index, decision.policy)
-    if decision.status != "uncertified" and result.choice_warnings:
-        # the search's remarks on its own choice do not apply to the policy exported instead
-        result.warnings = result.warnings[: len(result.warnings) - result.choice_warnings]
-    for i, row in enumerate(result.candidates):
-        row["certified"] = i in cert.certified
-    heldout = None
-    if test_records:
-        replay = _replayer(test_records, score_names, calibrator, card, critique, overhead)
-        ref = replay(cfg.policy_base, cfg.reference_policy)
-        heldout = held_out_slack(spec, replay(decision.policy), ref)
-        heldout["split"] = "test"
-    return decision, heldout
-
-
-def certificate_metrics(decision: Decision, heldout: dict | None, n_certify: int) -> dict:
+def certificate_metrics(decision: ExportDecision, heldout: dict | None, n_certify: int) -> dict:
     """The figures the summary, the W&B run and the model card carry."""
     c = decision.certificate
     m = {
