@@ -156,17 +156,15 @@ class AdaptiveEditor:
             return cfg.default_budget, fixed_tokens
         try:
             pred = card.predict(request.instruction, request.image, category=request.category)
-            budget = int(pred.quantile(cfg.card_quantile))
-            # a backbone without reasoning is unchanged: no tokens, whatever CARD would choose
-            tokens = int(pred.reasoning_tokens) if self.backbone.supports_reasoning else 0
+            budget, tokens = pred.plan(cfg.card_quantile, self.backbone.supports_reasoning)
             if card_log is not None:
                 card_log.update(pred.explain(cfg.card_quantile))
                 card_log.update(
                     source="category_prior" if card.config.is_prior else "card",
-                    reasoning_tokens=max(0, tokens),
+                    reasoning_tokens=tokens,
                     supports_reasoning=bool(self.backbone.supports_reasoning),
                 )
-            return max(1, budget), max(0, tokens)
+            return budget, tokens
         except Exception as exc:  # a failing predictor must not fail the request
             failures.append({"stage": "card", "error": repr(exc), "fallback": "default_budget"})
             log.warning(

@@ -24,6 +24,7 @@ from ade_runtime.policy.replay import (
     replay_oracle,
     replay_policy,
     replay_record,
+    replay_signals,
     summarize,
 )
 from ade_runtime.policy.session import Decision, Key, PolicySession, Step
@@ -56,5 +57,6 @@ __all__ = [
     "replay_oracle",
     "replay_policy",
     "replay_record",
+    "replay_signals",
     "summarize",
 ]

@@ -22,13 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from ade_runtime.policy.config import PolicyConfig, preset
-from ade_runtime.policy.replay import Outcome, Overhead, replay_record
+from ade_runtime.policy.replay import Outcome, Overhead, replay_signals
+from ade_runtime.policy.signals import AttemptSignals
 from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]
-SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float] | None]]
-CardPredictFn = Callable[[EditRecord], object]  # -> anything with .quantile(q) and .reasoning_tokens
+SignalFn = Callable[[EditRecord], AttemptSignals]
+CardPredictFn = Callable[[EditRecord], object]  # -> a BudgetPrediction (anything with .plan(q))
 
 REFERENCE = "best_of_8"
 TAU_HIGH_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -62,25 +63,8 @@ def _replay(
 ) -> list[Outcome]:
     out = []
     for rec in records:
-        sig = signals(rec)
-        conf, prev = sig[0], sig[1]
-        budget = tokens = None
-        if cfg.use_card:
-            pred = card(rec)  # type: ignore[misc]
-            budget, tokens = int(pred.quantile(cfg.card_quantile)), int(pred.reasoning_tokens)
-        out.append(
-            replay_record(
-                rec,
-                cfg,
-                conf,
-                budget=budget,
-                reasoning_tokens=tokens,
-                preview=prev if cfg.prune_threshold is not None else None,
-                overhead=overhead,
-                first_stage=sig[2] if len(sig) > 2 else None,
-                refine_ok=sig[3] if len(sig) > 3 else None,
-            )
-        )
+        plan = card(rec).plan(cfg.card_quantile) if cfg.use_card else None  # type: ignore[misc]
+        out.append(replay_signals(rec, cfg, signals(rec), plan, overhead=overhead))
     return out
 
 

@@ -17,6 +17,7 @@ from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.policy.config import DEFAULT_PREVIEW_STEP, PolicyConfig, preset
 from ade_runtime.policy.driver import Generated, Judged, Keep, drive
 from ade_runtime.policy.session import Decision, Key, PolicySession, Step
+from ade_runtime.policy.signals import AttemptSignals
 from ade_runtime.traces.records import Attempt, EditRecord
 
 
@@ -279,9 +280,33 @@ def summarize(outcomes: list[Outcome]) -> dict:
     return out
 
 
-# signals(rec) -> (confidence, preview[, first_stage[, refine_ok]]); see record_signals, critique_signals
-SignalFn = Callable[[EditRecord], tuple]
-CardFn = Callable[[EditRecord], tuple[int, int]]
+SignalFn = Callable[[EditRecord], AttemptSignals]  # see policy.signals.record_signals
+CardFn = Callable[[EditRecord], tuple[int, int]]  # rec -> (budget, tokens), e.g. BudgetPrediction.plan
+
+
+def replay_signals(
+    record: EditRecord,
+    config: PolicyConfig,
+    signals: AttemptSignals,
+    plan: tuple[int, int] | None = None,
+    *,
+    overhead: Overhead = Overhead(),
+    max_seconds: float | None = None,
+) -> Outcome:
+    """``replay_record`` with the record's ``AttemptSignals`` and CARD's ``plan`` (budget, tokens)."""
+    budget, tokens = plan if plan is not None else (None, None)
+    return replay_record(
+        record,
+        config,
+        signals.confidence,
+        budget=budget,
+        reasoning_tokens=tokens,
+        preview=signals.preview,
+        overhead=overhead,
+        max_seconds=max_seconds,
+        first_stage=signals.first_stage,
+        refine_ok=signals.refine_ok,
+    )
 
 
 def replay_policy(
@@ -293,7 +318,7 @@ def replay_policy(
     overhead: Overhead = Overhead(),
     max_seconds: float | None = None,
 ) -> list[Outcome]:
-    """Replay the named policy over records. ``signals(rec) -> (confidence, preview)``, ``card(rec) -> (budget, tokens)``."""
+    """Replay the named policy over records. ``signals(rec) -> AttemptSignals``, ``card(rec) -> (budget, tokens)``."""
     if name == "oracle":
         return [replay_oracle(r) for r in records]
     config = preset(name, base)
@@ -305,24 +330,9 @@ def replay_policy(
             raise ReplayError(
                 f"record {rec.id!r} has no judge labels; replay needs judged traces (see ade-judge)"
             )
-        sig = signals(rec)
-        conf, prev = sig[0], sig[1]
-        first = sig[2] if len(sig) > 2 else None
-        refine = sig[3] if len(sig) > 3 else None
-        budget, tokens = card(rec) if (config.use_card and card is not None) else (None, None)
+        plan = card(rec) if (config.use_card and card is not None) else None
         outcomes.append(
-            replay_record(
-                rec,
-                config,
-                conf,
-                budget=budget,
-                reasoning_tokens=tokens,
-                preview=prev,
-                overhead=overhead,
-                max_seconds=max_seconds,
-                first_stage=first,
-                refine_ok=refine,
-            )
+            replay_signals(rec, config, signals(rec), plan, overhead=overhead, max_seconds=max_seconds)
         )
     return outcomes
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -104,11 +105,6 @@ def critique_signals(
     return p, (refine if rule else None)
 
 
-def critique_probabilities(record: EditRecord, critique: Any, batch_size: int = 32) -> dict[Key, float]:
-    """The critique head's p_pass of every attempt whose image was stored (see ``critique_signals``)."""
-    return critique_signals(record, critique, batch_size)[0]
-
-
 def reads_verifier(calibrator: Any) -> bool:
     """Whether the calibrator's primary map reads the expensive verifier's score (a cascade)."""
     return calibrator is not None and VLM_FEATURE in getattr(calibrator, "feature_names", ())
@@ -119,22 +115,40 @@ def first_stage_features(features: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in features.items() if k != VLM_FEATURE}
 
 
+@dataclass(frozen=True)
+class AttemptSignals:
+    """What replay knows of a record's attempts, as the live loop computed them online.
+
+    ``confidence``: calibrated P(pass) per attempt key; ``preview``: the confidence of its one-step
+    preview (None: no preview scores logged); ``first_stage``: the confidence from the cheap signals
+    alone, given when the calibrator reads the expensive verifier (the cascade's stage 1);
+    ``refine_ok``: the critique's refine-or-fresh choice (None: always refine).
+    """
+
+    confidence: dict[Key, float]
+    preview: dict[Key, float] | None = None
+    first_stage: dict[Key, float] | None = None
+    refine_ok: dict[Key, bool] | None = None
+
+
 def record_signals(
     record: EditRecord,
     calibrator: Any,
     critique: Any = None,
     critique_p: Mapping[Key, float] | None = None,
-) -> tuple[dict[Key, float], dict[Key, float] | None, dict[Key, float] | None]:
-    """(confidence, preview confidence, first-stage confidence) of every attempt of ``record``.
+    refine_ok: Mapping[Key, bool] | None = None,
+) -> AttemptSignals:
+    """The ``AttemptSignals`` of every attempt of ``record``.
 
-    ``critique_p`` may be passed precomputed (e.g. cached); otherwise it is computed with
-    ``critique`` when given. Without a calibrator the confidence is the critique
-    probability where there is one (the loop's documented fallback), else NaN. The first-stage
-    confidence (the cheap signals only) is given when the calibrator reads the expensive
+    ``critique_p`` (and the critique's ``refine_ok``) may be passed precomputed (e.g. cached);
+    otherwise they are computed with ``critique`` when given. Without a calibrator the confidence is
+    the critique probability where there is one (the loop's documented fallback), else NaN. The
+    first-stage confidence (the cheap signals only) is given when the calibrator reads the expensive
     verifier's score (``vlm``), so replay can run the cascade and charge each verifier call.
     """
     if critique_p is None:
-        critique_p = critique_probabilities(record, critique) if critique is not None else {}
+        critique_p, computed = critique_signals(record, critique) if critique is not None else ({}, None)
+        refine_ok = refine_ok if refine_ok is not None else computed
     conf: dict[Key, float] = {}
     prev: dict[Key, float] = {}
     first: dict[Key, float] | None = {} if reads_verifier(calibrator) else None
@@ -150,7 +164,7 @@ def record_signals(
         pc = preview_confidence(calibrator, preview_features(a))
         if pc is not None:
             prev[a.key] = pc
-    return conf, (prev or None), first
+    return AttemptSignals(conf, prev or None, first, dict(refine_ok) if refine_ok is not None else None)
 
 
 def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = None) -> Any:
@@ -174,5 +188,4 @@ def card_budget(
     record: EditRecord, card: Any, quantile: float, image: Image.Image | None = None
 ) -> tuple[int, int]:
     """CARD's attempt budget (at ``quantile``) and reasoning tokens for a logged request."""
-    pred = card_prediction(record, card, image)
-    return int(pred.quantile(quantile)), int(pred.reasoning_tokens)
+    return card_prediction(record, card, image).plan(quantile)

@@ -258,6 +258,12 @@ class BudgetPrediction:
             return choose_tokens(self.token_levels, self.token_pass, self.token_seconds, lam)
         return self.token_levels[max(range(len(self.token_probs)), key=self.token_probs.__getitem__)]
 
+    def plan(self, q: float, supports_reasoning: bool = True) -> tuple[int, int]:
+        """(attempt budget at quantile ``q``, reasoning tokens): what the loop, replay and calibration
+        run. A backbone without reasoning gets no tokens, whatever CARD would choose."""
+        tokens = max(0, int(self.reasoning_tokens)) if supports_reasoning else 0
+        return max(1, int(self.quantile(q))), tokens
+
     @property
     def expected_level(self) -> float:
         """Expected level index (0 = cheapest level, ``len(levels)`` = beyond)."""

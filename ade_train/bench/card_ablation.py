@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import Any
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
-from ade_runtime.policy import PolicyConfig, replay_record
+from ade_runtime.policy import PolicyConfig, replay_signals
 from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.predictors.bundle import Predictors
@@ -96,7 +96,7 @@ def run(
             cp, rf = (
                 critique_signals(rec, predictors.critique) if predictors.critique is not None else ({}, None)
             )
-            signals[rec.id] = (*record_signals(rec, predictors.calibrator, critique_p=cp), rf)
+            signals[rec.id] = record_signals(rec, predictors.calibrator, critique_p=cp, refine_ok=rf)
     card = _predictions(records, predictors.card)
     pri = _predictions(records, prior) if prior is not None else None
     levels = sorted({a.reasoning_tokens for r in records for a in r.attempts})
@@ -107,21 +107,8 @@ def run(
     def replay(budget_of, tokens_of) -> tuple[list, list[int], list[int]]:
         outs, bs, ts = [], [], []
         for rec in records:
-            conf, prev, first, refine = signals[rec.id]
             b, t = int(budget_of(rec)), int(tokens_of(rec))
-            outs.append(
-                replay_record(
-                    rec,
-                    base,
-                    conf,
-                    budget=b,
-                    reasoning_tokens=t,
-                    preview=prev,
-                    overhead=overhead,
-                    first_stage=first,
-                    refine_ok=refine,
-                )
-            )
+            outs.append(replay_signals(rec, base, signals[rec.id], (b, t), overhead=overhead))
             bs.append(b)
             ts.append(t)
         return outs, bs, ts

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
-from ade_runtime.policy import PolicyConfig, budget_levels, preset, replay_record
+from ade_runtime.policy import PolicyConfig, budget_levels, preset, replay_record, replay_signals
 from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
@@ -43,7 +43,7 @@ def policy_matrix(
     signals = {}
     for rec in progress(records, desc="certification: signals"):
         cp, rf = critique_signals(rec, predictors.critique) if predictors.critique is not None else ({}, None)
-        signals[rec.id] = (*record_signals(rec, predictors.calibrator, critique_p=cp), rf)
+        signals[rec.id] = record_signals(rec, predictors.calibrator, critique_p=cp, refine_ok=rf)
     cards = (
         {r.id: card_prediction(r, predictors.card) for r in records} if predictors.card is not None else {}
     )
@@ -51,28 +51,18 @@ def policy_matrix(
     scores, passed, seconds = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     for j, cfg in enumerate(progress(configs, desc="certification: replay grid")):
         for i, rec in enumerate(records):
-            conf, prev, first, refine = signals[rec.id]
-            budget = tokens = None
-            if cfg.use_card and rec.id in cards:
-                budget, tokens = (
-                    int(cards[rec.id].quantile(cfg.card_quantile)),
-                    cards[rec.id].reasoning_tokens,
-                )
-            o = replay_record(
-                rec,
-                cfg,
-                conf,
-                budget=budget,
-                reasoning_tokens=tokens,
-                preview=prev,
-                overhead=overhead,
-                first_stage=first,
-                refine_ok=refine,
-            )
+            plan = cards[rec.id].plan(cfg.card_quantile) if cfg.use_card and rec.id in cards else None
+            o = replay_signals(rec, cfg, signals[rec.id], plan, overhead=overhead)
             scores[i, j], passed[i, j], seconds[i, j] = o.score, float(o.passed), o.seconds
     ref_cfg = preset(reference, base)
     ref = [
-        replay_record(rec, ref_cfg, signals[rec.id][0], overhead=overhead, first_stage=signals[rec.id][2])
+        replay_record(
+            rec,
+            ref_cfg,
+            signals[rec.id].confidence,
+            overhead=overhead,
+            first_stage=signals[rec.id].first_stage,
+        )
         for rec in records
     ]
     return {

@@ -140,7 +140,7 @@ def replayer(records, score_names, calibrator, card, critique, overhead):
 
     def replay(policy: PolicyConfig, name: str = "ade") -> list[Outcome]:
         def card_fn(r):
-            return int(preds[r.id].quantile(policy.card_quantile)), int(preds[r.id].reasoning_tokens)
+            return preds[r.id].plan(policy.card_quantile)
 
         return replay_policy(records, name, policy, signals, card_fn if card is not None else None, overhead)
 

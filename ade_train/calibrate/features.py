@@ -20,6 +20,7 @@ import numpy as np
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.policy.signals import (
     CRITIQUE_FEATURE,
+    AttemptSignals,
     attempt_features,
     card_prediction,
     critique_signals,
@@ -87,13 +88,12 @@ class SignalTable:
             self.has_previews, list(self.notes), {r.id: self.refine.get(r.id) for r in recs},
         )  # fmt: skip
 
-    def signals(self, calibrator: Calibrator) -> Callable[[EditRecord], tuple[dict, dict | None]]:
-        """``rec -> (confidence per key, preview confidence per key or None)``, as the loop computes them."""
+    def signals(self, calibrator: Calibrator) -> Callable[[EditRecord], AttemptSignals]:
+        """``rec -> AttemptSignals`` (confidences, previews, first stage, refine-or-fresh), as the loop computes them."""
 
-        def fn(rec: EditRecord) -> tuple:
-            return (
-                *record_signals(rec, calibrator, critique_p=self.critique_p[rec.id]),
-                self.refine.get(rec.id),
+        def fn(rec: EditRecord) -> AttemptSignals:
+            return record_signals(
+                rec, calibrator, critique_p=self.critique_p[rec.id], refine_ok=self.refine.get(rec.id)
             )
 
         return fn

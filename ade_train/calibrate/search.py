@@ -30,7 +30,7 @@ from ade_train.calibrate.risk_control import check_target_fraction
 Key = tuple[int, int, int]
 SignalFn = Callable[[EditRecord], tuple[Mapping[Key, float], Mapping[Key, float] | None]]
 CardFn = Callable[[EditRecord], tuple[int, int]]
-# CARD's prediction for a record: anything with .quantile(q) -> attempts and .reasoning_tokens
+# CARD's prediction for a record: a BudgetPrediction (anything with .plan(q) -> (attempts, tokens))
 CardPredictFn = Callable[[EditRecord], Any]
 SEARCHED = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold", "verify_band")
 COLUMNS = (*SEARCHED, "default_budget", "use_card")  # what a candidate row records of its PolicyConfig
@@ -254,7 +254,7 @@ def search_thresholds(
     outcomes: list[list[Outcome]] = []
     levels = budget_levels(records)
     # signals with a first-stage confidence mean an expensive verifier in the stack: search the cascade band
-    use_verifier = any(len(sig) > 2 and sig[2] is not None for sig in cache.values())
+    use_verifier = any(sig.first_stage is not None for sig in cache.values())
     configs = grid.configs(
         base, use_card=card is not None, use_prune=use_prune, levels=levels, use_verifier=use_verifier
     )
@@ -349,7 +349,6 @@ def _card_at(cards: Mapping[str, Any], q: float) -> CardFn:
     """A CardFn answering from precomputed predictions at quantile ``q``."""
 
     def fn(rec: EditRecord) -> tuple[int, int]:
-        pred = cards[rec.id]
-        return int(pred.quantile(q)), int(pred.reasoning_tokens)
+        return cards[rec.id].plan(q)
 
     return fn

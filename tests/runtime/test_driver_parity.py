@@ -53,15 +53,15 @@ def test_each_policy_family_decides_the_same_live_and_in_replay(grid, family):
     for req in requests:
         live = editor.edit(req)
         rec = records[req.id]
-        conf, _, first = record_signals(rec, preds.calibrator)
+        sig = record_signals(rec, preds.calibrator)
         # the collected grid has no preview scores: every preview gets a confidence below the threshold
         preview = {a.key: 0.5 for a in rec.attempts} if policy.prune_threshold is not None else None
         rep = replay_record(
             rec,
             policy,
-            conf,
+            sig.confidence,
             preview=preview,
-            first_stage=first,
+            first_stage=sig.first_stage,
             preview_step=cost.preview_step * cost.nfe_per_step,
         )
         assert live.decisions == rep.decisions, req.id

@@ -16,7 +16,7 @@ from helpers.predictors import calibrator, card
 
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.loop import AdaptiveEditor
-from ade_runtime.policy import PolicyConfig, pruned_nfe, replay_record
+from ade_runtime.policy import PolicyConfig, pruned_nfe, replay_signals
 from ade_runtime.policy.signals import card_budget, record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
@@ -54,11 +54,8 @@ def test_live_and_replay_agree_request_by_request(grid, use_card):
         rounds |= {a.step.round for a in live.attempts}
         budgets.add(live.budget)
         rec = records[req.id]
-        conf, prev, first = record_signals(rec, preds.calibrator)
-        budget, tokens = card_budget(rec, preds.card, policy.card_quantile) if use_card else (None, None)
-        rep = replay_record(
-            rec, policy, conf, budget=budget, reasoning_tokens=tokens, preview=prev, first_stage=first
-        )
+        plan = card_budget(rec, preds.card, policy.card_quantile) if use_card else None
+        rep = replay_signals(rec, policy, record_signals(rec, preds.calibrator), plan)
         assert live.chosen == rep.chosen, req.id
         assert live.nfe == rep.nfe, req.id
         assert len([a for a in live.attempts if a.output is not None]) == rep.attempts, req.id

@@ -10,7 +10,7 @@ from runtime.test_cli_new_user import tiny_critique
 from runtime.test_verifier_cascade import POLICY, cascade_calibrator
 
 from ade_runtime.loop import AdaptiveEditor
-from ade_runtime.policy import Overhead, PolicyConfig, replay_record
+from ade_runtime.policy import Overhead, PolicyConfig, replay_signals
 from ade_runtime.policy.signals import critique_signals, record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, online_scores
@@ -62,10 +62,8 @@ def test_refine_rule_live_equals_replay(setup):
         rec = records[req.id]
         cp, refine = critique_signals(rec, crit)
         assert refine is not None and set(refine) == {a.key for a in rec.attempts}
-        conf, prev, first = record_signals(rec, cal, critique_p=cp)
-        rep = replay_record(
-            rec, policy, conf, first_stage=first, refine_ok=refine, overhead=Overhead(verify_s=1.0)
-        )
+        sig = record_signals(rec, cal, critique_p=cp, refine_ok=refine)
+        rep = replay_signals(rec, policy, sig, overhead=Overhead(verify_s=1.0))
         assert (live.chosen, live.nfe, len(live.verifier_calls)) == (rep.chosen, rep.nfe, rep.verifier_calls)
         assert [d["action"] for d in live.decisions] == [d["action"] for d in rep.decisions], req.id
         reasons += [d["reason"] for d in live.decisions]

@@ -15,7 +15,7 @@ from helpers.grid import judged_grid
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.overhead import verifier_seconds
-from ade_runtime.policy import Overhead, PolicyConfig, replay_record
+from ade_runtime.policy import Overhead, PolicyConfig, replay_signals
 from ade_runtime.policy.signals import record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
@@ -87,9 +87,9 @@ def test_live_cascade_matches_replay_and_counts_every_call(grid):
     for req in requests:
         live = editor.edit(req)
         rec = records[req.id]
-        conf, prev, first = record_signals(rec, cal)
-        assert first is not None  # the calibrator reads vlm: replay runs the cascade
-        rep = replay_record(rec, POLICY, conf, first_stage=first, overhead=Overhead(verify_s=1.5))
+        sig = record_signals(rec, cal)
+        assert sig.first_stage is not None  # the calibrator reads vlm: replay runs the cascade
+        rep = replay_signals(rec, POLICY, sig, overhead=Overhead(verify_s=1.5))
         assert (live.chosen, live.nfe) == (rep.chosen, rep.nfe), req.id
         assert len(live.verifier_calls) == rep.verifier_calls, req.id
         assert live.verifier_seconds == pytest.approx(1.5 * rep.verifier_calls)
