@@ -40,7 +40,6 @@ from ade_runtime.cli._io import (
     cli_main,
     load_predictors,
     prepare_out_dir,
-    reject_lines,
 )
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
@@ -49,6 +48,7 @@ from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
 from ade_runtime.scale.options import RayOptions, add_ray_args
 from ade_runtime.traces import EditRecord, RecordRefused, TraceWriter, load_records
+from ade_runtime.traces.reader import reject_lines
 from ade_runtime.traces.serving import staged_record
 
 REQUESTS_FORMAT = """\
