@@ -28,7 +28,6 @@ from fastapi import HTTPException
 from fastapi.responses import Response
 
 from ade_runtime.cli._common import backbone_meta, build_backbone, build_scorer
-from ade_runtime.cli.edit import summary as edit_summary
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.serve import metrics
@@ -266,7 +265,7 @@ class EditAPI(ls.LitAPI):
                     "failures": failures,
                 },
             )
-        s = edit_summary(result)
+        s = result.summary()
         s.update(
             id=rid,
             failures=failures,
