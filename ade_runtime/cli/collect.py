@@ -27,13 +27,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.backbones.base import AttemptSpec, EditRequest
-from ade_runtime.cli._common import (
-    add_backbone_args,
-    backbone_meta,
-    build_backbone,
-    build_scorer,
-    pipeline_kwargs,
-)
+from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer, pipeline_kwargs
 from ade_runtime.cli._io import (
     add_predictor_args,
     check_backbone_name,
@@ -47,6 +41,7 @@ from ade_runtime.loop import AttemptLog, attempt_seed, validate_request
 from ade_runtime.policy.session import Step
 from ade_runtime.progress import progress
 from ade_runtime.scale.options import RayOptions, add_ray_args
+from ade_runtime.stack import backbone_meta
 from ade_runtime.traces import EditRecord, RecordRefused, TraceWriter, load_records
 from ade_runtime.traces.reader import reject_lines
 from ade_runtime.traces.serving import staged_record

@@ -14,13 +14,7 @@ from PIL import Image
 
 from ade_runtime.artifacts import atomic_write_bytes
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli._common import (
-    add_backbone_args,
-    backbone_meta,
-    build_backbone,
-    build_scorer,
-    pipeline_kwargs,
-)
+from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer, pipeline_kwargs
 from ade_runtime.cli._io import (
     IMAGE_SUFFIXES,
     add_predictor_args,
@@ -34,6 +28,7 @@ from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_v
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor, validate_request
 from ade_runtime.policy import POLICY_NAMES
+from ade_runtime.stack import backbone_meta
 from ade_runtime.traces.writer import file_mode
 
 
