@@ -76,6 +76,24 @@ class EditResult:
         """GPU-seconds the expensive verifier was charged (its modelled cost, or measured wall time)."""
         return float(sum(c["seconds"] for c in self.verifier_calls))
 
+    def summary(self) -> dict:
+        """The JSON summary ``ade-edit --json`` prints and ``ade-serve`` answers with."""
+        return {
+            "chosen": list(self.chosen) if self.chosen is not None else None,
+            "confidence": self.confidence,
+            "budget": self.budget,
+            "reasoning_tokens": self.reasoning_tokens,
+            "card": self.card,  # CARD's budget and token choice and why (None: CARD not used)
+            "decisions": self.decisions,  # the decision log, the budget/token choice first
+            "attempts": len(self.attempts),
+            "pruned": sum(1 for a in self.attempts if a.output is not None and a.output.pruned),
+            "stop_reason": self.stop_reason,
+            "nfe": self.nfe,
+            "backbone_seconds": round(self.backbone_seconds, 4),
+            "overhead_seconds": round(self.overhead_seconds, 4),
+            "failures": [{k: v for k, v in f.items() if k != "trace"} for f in self.failures],
+        }
+
 
 def budget_reason(card: dict) -> str:
     """One line for the decision log: which budget and tokens CARD chose and why."""

@@ -209,42 +209,32 @@ def scheduler_sigmas(scheduler: Any) -> list[float] | None:
     return [float(s) for s in sigmas]
 
 
-class ADEStepCallback:
-    """ADE's per-step work for a diffusers pipeline, shaped like diffusers' ``PipelineCallback``
-    (``tensor_inputs`` + ``callback_fn(pipeline, step_index, timestep, callback_kwargs)``, passed as
-    ``callback_on_step_end``); not a subclass, so the runtime imports without diffusers.
+def stop_pipeline(pipeline: Any) -> None:
+    """Skip the remaining denoising steps of ``pipeline``'s current call."""
+    # diffusers has no public setter: its loops read the read-only ``interrupt`` property backed by
+    # ``_interrupt``, the flag its docs set from a callback ("Interrupt the diffusion process")
+    pipeline._interrupt = True
 
-    - Mask confinement (``token_mask`` [1, N, 1] over packed tokens, ``source_latents`` packed):
-      outside the mask the latents follow the source's own flow path ``(1 - s) * source + s * noise``
-      at the current noise level. The blend runs in float32 and is cast back to the latents' dtype,
-      so a float32 VAE under a bf16 transformer keeps the pipeline's dtype.
-    - Preview after ``preview_step`` steps: x0 from the captured velocity (``flow_x0``), confined
-      like the latents, decoded by ``decode(pipeline, x0) -> PIL`` and given to ``preview_fn``;
-      False sets the pipeline's interrupt flag, so the remaining steps are skipped.
-    """
+
+# One callback per behaviour, shaped like diffusers' ``PipelineCallback`` (``tensor_inputs`` +
+# ``callback_fn(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs``); not subclasses,
+# so the runtime imports without diffusers. ``StepCallbacks`` runs them in order.
+
+
+class MaskCallback:
+    """Mask confinement (``token_mask`` [1, N, 1] over packed tokens, ``source_latents`` packed):
+    outside the mask the latents follow the source's own flow path ``(1 - s) * source + s * noise``
+    at the current noise level. The blend runs in float32 and is cast back to the latents' dtype, so
+    a float32 VAE under a bf16 transformer keeps the pipeline's dtype."""
 
     tensor_inputs = ["latents"]
 
-    def __init__(
-        self,
-        capture: SchedulerStepCapture,
-        *,
-        preview_step: int | None = None,
-        preview_fn: Any = None,
-        decode: Any = None,
-        token_mask: Any = None,
-        source_latents: Any = None,
-    ):
+    def __init__(self, capture: SchedulerStepCapture, token_mask: Any, source_latents: Any):
         self.capture = capture
-        self.preview_step = preview_step
-        self.preview_fn = preview_fn
-        self.decode = decode
-        self.token_mask = None if token_mask is None else token_mask.float()
-        self.source_latents = None if source_latents is None else source_latents.float()
-        self.preview = None
-        self.pruned = False
+        self.token_mask = token_mask.float()
+        self.source_latents = source_latents.float()
 
-    def _confine(self, x, sigma: float):
+    def confine(self, x, sigma: float):
         """x inside the mask; outside it, the source's latents at noise level ``sigma`` (float32)."""
         m = self.token_mask.to(x.device)
         target = (1.0 - sigma) * self.source_latents.to(x.device) + sigma * self.capture.noise.float()
@@ -252,22 +242,113 @@ class ADEStepCallback:
 
     def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
         latents = callback_kwargs["latents"]
-        cap = self.capture
-        out: dict[str, Any] = {}
-        if self.token_mask is not None:
-            out["latents"] = self._confine(latents, cap.sigmas[step_index + 1]).to(latents.dtype)
-        if self.preview_fn is not None and step_index + 1 == self.preview_step:
-            x0 = flow_x0(cap.sample, cap.model_output, cap.sigmas[step_index])
-            if self.token_mask is not None:
-                x0 = self._confine(x0, 0.0)
-            self.preview = self.decode(pipeline, x0)
-            if not self.preview_fn(self.preview, self.preview_step):
-                self.pruned = True
-                pipeline._interrupt = True
-        return out
+        sigma = self.capture.sigmas[step_index + 1]
+        callback_kwargs["latents"] = self.confine(latents, sigma).to(latents.dtype)
+        return callback_kwargs
 
     def __call__(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
         return self.callback_fn(pipeline, step_index, timestep, callback_kwargs)
+
+
+class PreviewCallback:
+    """The preview after ``preview_step`` steps: x0 from the captured velocity (``flow_x0``), confined
+    like the latents when there is a ``mask``, decoded by ``decode(pipeline, x0) -> PIL`` into ``image``."""
+
+    tensor_inputs: list[str] = []  # reads the scheduler step's inputs from the capture
+
+    def __init__(
+        self, capture: SchedulerStepCapture, preview_step: int, decode: Any, mask: MaskCallback | None = None
+    ):
+        self.capture = capture
+        self.preview_step = preview_step
+        self.decode = decode
+        self.mask = mask
+        self.image = None
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        if step_index + 1 == self.preview_step:
+            cap = self.capture
+            x0 = flow_x0(cap.sample, cap.model_output, cap.sigmas[step_index])
+            if self.mask is not None:
+                x0 = self.mask.confine(x0, 0.0)
+            self.image = self.decode(pipeline, x0)
+        return callback_kwargs
+
+    def __call__(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        return self.callback_fn(pipeline, step_index, timestep, callback_kwargs)
+
+
+class PruneCallback:
+    """At the preview step, ``preview_fn(preview image, step)``; False prunes the attempt: the pipeline
+    stops (``stop_pipeline``), so the remaining steps are skipped."""
+
+    tensor_inputs: list[str] = []
+
+    def __init__(self, preview: PreviewCallback, preview_fn: Any):
+        self.preview = preview
+        self.preview_fn = preview_fn
+        self.pruned = False
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        step = self.preview.preview_step
+        if step_index + 1 == step and not self.preview_fn(self.preview.image, step):
+            self.pruned = True
+            stop_pipeline(pipeline)
+        return callback_kwargs
+
+    def __call__(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        return self.callback_fn(pipeline, step_index, timestep, callback_kwargs)
+
+
+class StepCallbacks:
+    """ADE's callbacks of one pipeline call, passed as ``callback_on_step_end``: mask, then preview,
+    then prune, each given the previous one's ``callback_kwargs``, as diffusers'
+    ``MultiPipelineCallbacks`` runs its list; ``preview_image`` and ``pruned`` read the outcome back."""
+
+    def __init__(
+        self,
+        mask: MaskCallback | None = None,
+        preview: PreviewCallback | None = None,
+        prune: PruneCallback | None = None,
+    ):
+        self.mask, self.preview, self.prune = mask, preview, prune
+        self.callbacks = [c for c in (mask, preview, prune) if c is not None]
+
+    @classmethod
+    def for_attempt(
+        cls,
+        capture: SchedulerStepCapture,
+        *,
+        preview_step: int | None = None,
+        preview_fn: Any = None,
+        decode: Any = None,
+        token_mask: Any = None,
+        source_latents: Any = None,
+    ) -> StepCallbacks:
+        """The callbacks one attempt needs: the mask with a ``token_mask``, preview and prune with a
+        ``preview_fn``."""
+        mask = None if token_mask is None else MaskCallback(capture, token_mask, source_latents)
+        if preview_fn is None:
+            return cls(mask)
+        preview = PreviewCallback(capture, preview_step, decode, mask)
+        return cls(mask, preview, PruneCallback(preview, preview_fn))
+
+    @property
+    def tensor_inputs(self) -> list[str]:
+        return list(dict.fromkeys(name for c in self.callbacks for name in c.tensor_inputs))
+
+    @property
+    def preview_image(self) -> Any:
+        return None if self.preview is None else self.preview.image
+
+    @property
+    def pruned(self) -> bool:
+        return self.prune is not None and self.prune.pruned
+
+    def __call__(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        for callback in self.callbacks:
+            callback_kwargs = callback(pipeline, step_index, timestep, callback_kwargs)
+        return callback_kwargs
 
 
 def has_flow_sigmas(scheduler: Any) -> bool:

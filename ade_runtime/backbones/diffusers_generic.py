@@ -38,9 +38,9 @@ from PIL import Image
 
 from ade_runtime.backbones._diffusers import (
     OFFLOAD_PREVIEW,
-    ADEStepCallback,
     CallCounter,
     SchedulerStepCapture,
+    StepCallbacks,
     check_mask,
     composite,
     decode_flux_packed,
@@ -285,7 +285,9 @@ class DiffusersEditBackbone:
             CallCounter(self.denoiser) as counter,
             SchedulerStepCapture(pipe.scheduler) as cap,
         ):
-            callback = ADEStepCallback(cap, preview_step=pstep, preview_fn=spec.preview_fn, decode=decode)
+            callback = StepCallbacks.for_attempt(
+                cap, preview_step=pstep, preview_fn=spec.preview_fn, decode=decode
+            )
             result = pipe(
                 image=source,
                 prompt=spec.prompt,
@@ -299,13 +301,13 @@ class DiffusersEditBackbone:
         extra: dict[str, Any] = {
             "resolution": {"policy": self.resolution, "working": [width, height], "input": list(source.size)},
             "decode_skipped": bool(callback.pruned and self.decode is not None),
-            "preview_decodes": int(callback.preview is not None),
+            "preview_decodes": int(callback.preview_image is not None),
             "transformer_calls": counter.calls,
         }
         if callback.pruned:
             return AttemptOutput(
                 image=None, nfe=counter.calls, latency_s=time.perf_counter() - t0, pruned=True,
-                preview_image=callback.preview, extra=extra,
+                preview_image=callback.preview_image, extra=extra,
             )  # fmt: skip
         image = self._output_image(result, height, width)
         if image.size != source.size:
@@ -317,6 +319,6 @@ class DiffusersEditBackbone:
             image=image,
             nfe=counter.calls,
             latency_s=time.perf_counter() - t0,
-            preview_image=callback.preview,
+            preview_image=callback.preview_image,
             extra=extra,
         )

@@ -26,9 +26,9 @@ from PIL import Image
 
 from ade_runtime.backbones._diffusers import (
     OFFLOAD_PREVIEW,
-    ADEStepCallback,
     CallCounter,
     SchedulerStepCapture,
+    StepCallbacks,
     check_mask,
     composite,
     decode_flux_packed,
@@ -270,7 +270,7 @@ class FluxKontextBackbone:
         packed_in = pipe._pack_latents(image_latents, 1, image_latents.shape[1], *image_latents.shape[2:])
         with ExitStack() as stack:
             counter = stack.enter_context(CallCounter(pipe.transformer))
-            callback = ADEStepCallback(
+            callback = StepCallbacks.for_attempt(
                 stack.enter_context(SchedulerStepCapture(pipe.scheduler)),
                 preview_step=pstep,
                 preview_fn=spec.preview_fn,
@@ -292,7 +292,7 @@ class FluxKontextBackbone:
             "resolution": {"policy": self.resolution, "working": [w, h], "input": list(in_size)},
             "input_latents": "cached" if reused else "encoded",
             "transformer_calls": counter.calls,
-            "preview_decodes": int(callback.preview is not None),
+            "preview_decodes": int(callback.preview_image is not None),
         }
         attention_mask = None
         if capture is not None and capture.token_scores() is not None:
@@ -311,7 +311,7 @@ class FluxKontextBackbone:
             nfe=counter.calls,
             latency_s=time.perf_counter() - t0,
             pruned=callback.pruned,
-            preview_image=callback.preview,
+            preview_image=callback.preview_image,
             attention_mask=attention_mask,
             extra=extra,
         )

@@ -1,14 +1,15 @@
-"""What the runtime's CLIs share: building a backbone and a scorer from command-line words."""
+"""What the runtime's CLIs share: the backbone options, and their words adapted to the library
+(``ade_runtime.backbones.load_backbone``, ``ade_runtime.stack``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from ade_runtime import stack
 from ade_runtime.backbones import BACKBONE_NAMES, default_device, load_backbone
-from ade_runtime.errors import InputError
+from ade_runtime.stack import parse_pipeline_kwargs
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -58,17 +59,8 @@ def resolve_device(args: argparse.Namespace, prog: str) -> str:
 
 
 def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    if not args.pipeline_kwargs:
-        return {}
-    try:
-        value = json.loads(args.pipeline_kwargs)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"--pipeline-kwargs is not valid JSON ({exc.msg}); pass an object like '{{\"key\": 1}}'"
-        ) from exc
-    if not isinstance(value, dict):
-        raise InputError("--pipeline-kwargs must be a JSON object of argument names to values")
-    return value
+    """``--pipeline-kwargs`` as a dict (a JSON typo is an InputError)."""
+    return parse_pipeline_kwargs(args.pipeline_kwargs)
 
 
 def build_backbone(args: argparse.Namespace, prog: str = "ade") -> Any:
@@ -85,22 +77,6 @@ def build_backbone(args: argparse.Namespace, prog: str = "ade") -> Any:
     )
 
 
-def backbone_meta(backbone: Any) -> dict[str, Any]:
-    """What the trace's ``meta.backbone_options`` records (free-form meta, trace format v1)."""
-    return {"backbone_options": dict(getattr(backbone, "options", {}) or {})}
-
-
 def build_scorer(args: argparse.Namespace, backbone_name: str):
-    spec = args.scorer
-    if spec == "none":
-        return None
-    if spec == "testbed" or (spec == "auto" and backbone_name == "testbed"):
-        from ade_runtime.testbed import online_scores
-
-        return online_scores
-    if spec == "auto" or spec.startswith("clip"):
-        from ade_runtime.scoring import DEFAULT_CLIP, ClipScorer
-
-        name = spec.split(":", 1)[1] if ":" in spec else DEFAULT_CLIP
-        return ClipScorer.from_pretrained(name, device=args.device)
-    raise InputError(f"--scorer {spec!r}: use auto, testbed, clip[:ID_OR_PATH] or none")
+    """The online scorer ``--scorer`` names, on ``--device``."""
+    return stack.build_scorer(args.scorer, backbone_name, device=args.device)

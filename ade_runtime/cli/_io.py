@@ -110,21 +110,6 @@ def load_predictors(args: argparse.Namespace, prog: str) -> Any:
     return predictors
 
 
-MAX_REJECTS_SHOWN = 20
-
-
-def reject_lines(rejects: list[Any], what: str = "skipped") -> list[str]:
-    """Lines reporting bad records like ``ade-traces validate``: shard, line, id, reason (first 20)."""
-    if not rejects:
-        return []
-    lines = [f"{len(rejects)} bad record(s) {what} (check them with `ade-traces validate`):"]
-    for r in rejects[:MAX_REJECTS_SHOWN]:
-        lines.append(f"  {r.shard}:{r.line} id={r.id} {r.reason}: {r.message}")
-    if len(rejects) > MAX_REJECTS_SHOWN:
-        lines.append(f"  ... and {len(rejects) - MAX_REJECTS_SHOWN} more")
-    return lines
-
-
 def check_backbone_name(name: str) -> None:
     """Refuse an unknown --backbone before anything is read or loaded."""
     from ade_runtime.backbones import BACKBONE_NAMES

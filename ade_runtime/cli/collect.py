@@ -28,20 +28,13 @@ from PIL import Image
 
 from ade_runtime.attempts import AttemptLog, LiveSource
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli._common import (
-    add_backbone_args,
-    backbone_meta,
-    build_backbone,
-    build_scorer,
-    pipeline_kwargs,
-)
+from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer, pipeline_kwargs
 from ade_runtime.cli._io import (
     add_predictor_args,
     check_backbone_name,
     cli_main,
     load_predictors,
     prepare_out_dir,
-    reject_lines,
 )
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
@@ -50,7 +43,9 @@ from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.requests import validate_request
 from ade_runtime.scale.options import RayOptions, add_ray_args
+from ade_runtime.stack import backbone_meta
 from ade_runtime.traces import EditRecord, RecordRefused, TraceWriter, load_records
+from ade_runtime.traces.reader import reject_lines
 from ade_runtime.traces.serving import staged_record
 
 REQUESTS_FORMAT = """\

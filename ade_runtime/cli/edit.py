@@ -14,13 +14,7 @@ from PIL import Image
 
 from ade_runtime.artifacts import atomic_write_bytes
 from ade_runtime.backbones.base import EditRequest
-from ade_runtime.cli._common import (
-    add_backbone_args,
-    backbone_meta,
-    build_backbone,
-    build_scorer,
-    pipeline_kwargs,
-)
+from ade_runtime.cli._common import add_backbone_args, build_backbone, build_scorer, pipeline_kwargs
 from ade_runtime.cli._io import (
     IMAGE_SUFFIXES,
     add_predictor_args,
@@ -32,28 +26,11 @@ from ade_runtime.cli._io import (
 )
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
-from ade_runtime.loop import AdaptiveEditor, EditResult
+from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.policy import POLICY_NAMES
 from ade_runtime.requests import validate_request
+from ade_runtime.stack import backbone_meta
 from ade_runtime.traces.writer import file_mode
-
-
-def summary(result: EditResult) -> dict:
-    return {
-        "chosen": list(result.chosen) if result.chosen is not None else None,
-        "confidence": result.confidence,
-        "budget": result.budget,
-        "reasoning_tokens": result.reasoning_tokens,
-        "card": result.card,  # CARD's budget and token choice and why (None: CARD not used)
-        "decisions": result.decisions,  # the decision log, the budget/token choice first
-        "attempts": len(result.attempts),
-        "pruned": sum(1 for a in result.attempts if a.output is not None and a.output.pruned),
-        "stop_reason": result.stop_reason,
-        "nfe": result.nfe,
-        "backbone_seconds": round(result.backbone_seconds, 4),
-        "overhead_seconds": round(result.overhead_seconds, 4),
-        "failures": [{k: v for k, v in f.items() if k != "trace"} for f in result.failures],
-    }
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -138,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         with TraceWriter(args.trace_dir) as writer:
             record = log_request(writer, result.request, result, backbone.name)
         trace_id = record.id if record is not None else None
-    s = summary(result)
+    s = result.summary()
     conf = "n/a" if s["confidence"] is None else f"{s['confidence']:.3f}"
     print(
         f"budget {s['budget']} attempts, {s['attempts']} run ({s['pruned']} pruned), stopped: {s['stop_reason']}, "

@@ -48,8 +48,8 @@ def _n_values(records: Sequence[EditRecord]) -> list[int]:
 def score_selector(name: str) -> SignalFn:
     """Select by one cheap score alone (its raw value is the ranking; no calibration, no preview)."""
 
-    def fn(rec: EditRecord):
-        return {a.key: float(a.scores.get(name, math.nan)) for a in rec.attempts}, None
+    def fn(rec: EditRecord) -> AttemptSignals:
+        return AttemptSignals({a.key: float(a.scores.get(name, math.nan)) for a in rec.attempts})
 
     return fn
 
@@ -171,8 +171,8 @@ def _reference(points: list[dict], base_tokens: int) -> dict:
     return eight[0] if eight else max(mine, key=lambda p: p["n"])
 
 
-def _nan_signals(rec: EditRecord):
-    return {a.key: math.nan for a in rec.attempts}, None
+def _nan_signals(rec: EditRecord) -> AttemptSignals:
+    return AttemptSignals({a.key: math.nan for a in rec.attempts})
 
 
 def _common_scores(records: Sequence[EditRecord]) -> list[str]:

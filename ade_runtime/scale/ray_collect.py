@@ -57,6 +57,8 @@ class CollectWorker:
     """A Ray Data actor: one backbone, one trace writer, the claims of the output dataset."""
 
     def __init__(self, config: dict[str, Any], job: str, fault: tuple[str, str] | None = None) -> None:
+        # this module is the --ray half of ade-collect (only its main calls collect_on_ray), so it may
+        # use ade-collect's own Collector, which holds the parsed options
         from ade_runtime.cli.collect import Collector
         from ade_runtime.traces import TraceWriter
 

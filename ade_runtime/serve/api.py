@@ -27,14 +27,14 @@ import litserve as ls
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from ade_runtime.cli._common import backbone_meta, build_backbone, build_scorer
-from ade_runtime.cli.edit import summary as edit_summary
+from ade_runtime.backbones import load_backbone
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.serve import metrics
 from ade_runtime.serve.exports import ExportWatcher, load_strict
 from ade_runtime.serve.inputs import UPLOAD_RE, BadRequest, EditJob, Limits, parse_payload
 from ade_runtime.serve.shared import ServeState, die_with_parent
+from ade_runtime.stack import backbone_meta, build_scorer, parse_pipeline_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,21 @@ class EditAPI(ls.LitAPI):
         self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
         if str(a.device).startswith("cuda:"):
             device = a.device  # the user pinned a GPU; LitServe numbers its devices from 0
-        ns = argparse.Namespace(**{**vars(a), "device": device})
         self.watcher = ExportWatcher(
             a.predictors, loader=lambda d: load_strict(d, device=device, allow_fallback=a.allow_fallback)
         )
         self.watcher.load()
-        self.backbone = build_backbone(ns, "ade-serve")
+        self.backbone = load_backbone(
+            a.backbone,
+            model=a.model,
+            device=device,
+            dtype=a.dtype,
+            cpu_offload=a.cpu_offload,
+            srm=a.srm,
+            pipeline_kwargs=parse_pipeline_kwargs(a.pipeline_kwargs),
+        )
         self.backbone_meta = backbone_meta(self.backbone)
-        self.scorer = build_scorer(ns, a.backbone)
+        self.scorer = build_scorer(a.scorer, a.backbone, device=device)
         self.base_policy = self.watcher.predictors.policy if self.watcher.predictors else None
         self.writer = None
         if a.trace_dir:
@@ -266,7 +273,7 @@ class EditAPI(ls.LitAPI):
                     "failures": failures,
                 },
             )
-        s = edit_summary(result)
+        s = result.summary()
         s.update(
             id=rid,
             failures=failures,

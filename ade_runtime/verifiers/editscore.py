@@ -28,7 +28,7 @@ from PIL import Image
 from ade_runtime.errors import BackboneUnavailableError, InputError
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
-from ade_runtime.verifiers.factory import CostMeter, Metered
+from ade_runtime.verifiers.metering import CostMeter, Metered
 
 INSTALL = "pip install 'ade-adaptive[editscore]'"
 # EditScore weights (LoRA) -> (base VLM, editscore backbone), from the package's evaluate_*.sh scripts

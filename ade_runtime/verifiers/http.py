@@ -30,7 +30,7 @@ from PIL import Image
 from ade_runtime.errors import InputError, VerifierError
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
-from ade_runtime.verifiers.factory import CostMeter, Metered
+from ade_runtime.verifiers.metering import CostMeter, Metered
 from ade_runtime.verifiers.viescore import BOX_FORMATS, questions, verdict_from_answers, well_formed
 
 

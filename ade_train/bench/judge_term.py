@@ -72,7 +72,7 @@ def write_stripped(src: Path, dst: Path) -> Path:
 
 def run(judged: Path, export: Path, heldout_records: list[EditRecord], work: Path, policies) -> dict:
     """Recalibrate on the stripped closed-loop traces and replay ``policies`` on the stripped held-out set."""
-    from ade_runtime.cli.replay import evaluate
+    from ade_runtime.offline.evaluate import evaluate
     from ade_runtime.predictors.bundle import Predictors
 
     data = write_stripped(judged, work / "closed-loop-pixels-only")

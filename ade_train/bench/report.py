@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ade_runtime.artifacts import atomic_write_bytes
-from ade_runtime.cli.replay import format_table
+from ade_runtime.offline.evaluate import format_table
 from ade_train.bench.parts import load_parts
 from ade_train.bench.report_sections import (
     certificates_section,

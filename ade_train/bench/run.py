@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     loop_export = closed_loop(pred_dir, data.parent / f"bench-closed-loop-{n_loop}", n_loop, args.seed + 3003)
     predictors = Predictors.load(loop_export)  # ADE as deployed: thresholds certified on critique-led traces
     records, rejects = load_records(heldout, images="none")
-    from ade_runtime.cli.replay import evaluate
+    from ade_runtime.offline.evaluate import evaluate
 
     replay = evaluate(
         records,

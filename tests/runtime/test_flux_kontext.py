@@ -228,3 +228,39 @@ def test_default_preview_step_is_the_adapters(pipe):
     assert out.pruned and out.nfe == 3 and steps_seen == [3]
     with pytest.raises(InputError, match="preview_step"):
         backbone(pipe, preview_step=STEPS + 1)
+
+
+def test_preview_and_prune_are_callbacks_of_their_own_that_diffusers_composes(pipe):
+    """ADE's per-step behaviours are separate PipelineCallback-shaped objects: diffusers' own
+    MultiPipelineCallbacks runs them, and pruning stops the pipeline as its ``interrupt`` reads it."""
+    from diffusers.callbacks import MultiPipelineCallbacks
+
+    from ade_runtime.backbones._diffusers import (
+        PreviewCallback,
+        PruneCallback,
+        SchedulerStepCapture,
+        StepCallbacks,
+    )
+
+    nothing = StepCallbacks.for_attempt(None)
+    assert nothing.callbacks == [] and nothing.tensor_inputs == []
+    assert nothing.preview_image is None and not nothing.pruned
+    seen = []
+
+    def reject(image, step):
+        seen.append((image, step))
+        return False
+
+    with SchedulerStepCapture(pipe.scheduler) as cap:
+        preview = PreviewCallback(cap, 2, decode=lambda p, x0: tuple(x0.shape))
+        prune = PruneCallback(preview, reject)
+        c = counters(pipe)
+        try:
+            plain_call(
+                pipe, test_image(16, 16), 1, callback_on_step_end=MultiPipelineCallbacks([preview, prune])
+            )
+        finally:
+            c.close()
+    assert prune.pruned and pipe.interrupt  # the public property reads the flag stop_pipeline sets
+    assert c.n["transformer"] == 2 and len(seen) == 1 and seen[0][1] == 2
+    assert seen[0][0] == preview.image and len(preview.image) == 3  # packed latents [1, tokens, channels]

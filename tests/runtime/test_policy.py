@@ -21,6 +21,7 @@ from ade_runtime.policy import (
     replay_record,
     summarize,
 )
+from ade_runtime.policy.signals import AttemptSignals
 from ade_runtime.traces.records import Attempt, Cost, EditRecord, Judge
 
 NFE = 28
@@ -157,6 +158,10 @@ def conf_from_judge(rec, noise=0.0):
     }
 
 
+def signals_from_judge(rec):
+    return AttemptSignals(*conf_from_judge(rec))
+
+
 def test_replay_best_of_8_charges_every_candidate_and_ade_stops_early():
     rec = make_record({(0, 0, 0): 0.95}, candidates=8, rounds=2)
     conf, prev = conf_from_judge(rec)
@@ -206,12 +211,12 @@ def test_oracle_and_summary():
     ]
     o = replay_oracle(recs[0])
     assert o.chosen == (3, 0, 0) and o.nfe == NFE  # one attempt beats a three-round chain
-    outs = replay_policy(recs, "oracle", PolicyConfig(), signals=conf_from_judge)
+    outs = replay_policy(recs, "oracle", PolicyConfig(), signals=signals_from_judge)
     s = summarize(outs)
     assert s["n"] == 2 and s["pass_rate"] == 0.5 and s["by_category"]["action"]["pass_rate"] == 0.0
     with pytest.raises(ReplayError, match="CARD"):
-        replay_policy(recs, "ade", PolicyConfig(), signals=conf_from_judge)
-    single = summarize(replay_policy(recs, "single", PolicyConfig(), signals=conf_from_judge))
+        replay_policy(recs, "ade", PolicyConfig(), signals=signals_from_judge)
+    single = summarize(replay_policy(recs, "single", PolicyConfig(), signals=signals_from_judge))
     assert single["nfe_per_request"] == NFE and math.isclose(single["mean_score"], 0.3)
 
 

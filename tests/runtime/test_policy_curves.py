@@ -61,8 +61,9 @@ def test_curves_cover_every_selector_and_reasoning_level(records):
 
 
 def test_a_cheap_score_selector_ranks_by_its_raw_value(records):
-    conf, prev = score_selector("clip_t")(records[0])
-    assert prev is None and set(conf) == {a.key for a in records[0].attempts}
+    sig = score_selector("clip_t")(records[0])
+    assert sig.preview is None and set(sig.confidence) == {a.key for a in records[0].attempts}
+    assert all(sig.confidence[a.key] == a.scores["clip_t"] for a in records[0].attempts)
 
 
 def test_extra_ade_policies_form_their_own_curve(records):

@@ -7,7 +7,8 @@ import json
 from helpers import FIXTURES
 from helpers.predictors import calibrator, card
 
-from ade_runtime.cli.replay import evaluate, main
+from ade_runtime.cli.replay import main
+from ade_runtime.offline.evaluate import evaluate
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records
 

@@ -6,7 +6,7 @@ import pytest
 from helpers import FIXTURES
 from helpers.predictors import calibrator, card
 
-from ade_runtime.cli.replay import evaluate
+from ade_runtime.offline.evaluate import evaluate
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records
 from ade_train.bench.parts import load_parts, part_target, write_part

@@ -6,7 +6,7 @@ from __future__ import annotations
 from helpers import FIXTURES
 from helpers.predictors import calibrator, card
 
-from ade_runtime.cli.replay import evaluate
+from ade_runtime.offline.evaluate import evaluate
 from ade_runtime.overhead import analytic_overhead
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records

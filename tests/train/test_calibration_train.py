@@ -16,6 +16,7 @@ from PIL import Image
 
 from ade_runtime.encoders import build_image_encoder, build_text_encoder
 from ade_runtime.policy import Overhead, replay_policy, summarize
+from ade_runtime.policy.signals import AttemptSignals
 from ade_runtime.predictors.calibration import Calibrator
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor
@@ -149,7 +150,7 @@ def test_chosen_policy_meets_the_target_on_the_split_it_was_chosen_on(calibrated
             )
             for a in rec.attempts
         }
-        return conf, prev
+        return AttemptSignals(conf, prev)
 
     def budget(rec):
         b = card.predict(rec.instruction, rec.resolve(rec.source_image))
