@@ -182,15 +182,6 @@ def true_boxes(flaws: Sequence[Flaw], max_boxes: int) -> torch.Tensor:
     return out
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two normalised (x0, y0, x1, y1) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 class _ExampleTensors(torch.utils.data.Dataset):
     """Examples as index lookups into per-image inputs (sources are shared by many attempts)."""
 
