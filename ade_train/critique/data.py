@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ade_runtime.errors import InputError, TraceError
+from ade_runtime.images import open_rgb
 from ade_runtime.policy import budget
 from ade_runtime.policy.signals import attempt_features
 from ade_runtime.predictors.critique import patch_pixel_diff
@@ -208,11 +209,6 @@ class _ExampleTensors(torch.utils.data.Dataset):
         }
 
 
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
     """Judged attempts of a trace dataset as critique-head batches, split by request like CARD."""
 
@@ -333,7 +329,7 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
                 if self.pixel_diff:
                     if (ex.source, ex.attempt) not in diff_cache:
                         diff_cache[(ex.source, ex.attempt)] = torch.from_numpy(
-                            patch_pixel_diff(_open(ex.source), _open(ex.attempt), self.grid, window)
+                            patch_pixel_diff(open_rgb(ex.source), open_rgb(ex.attempt), self.grid, window)
                         )
                     diffs.append(diff_cache[(ex.source, ex.attempt)])
                 seen = [
@@ -370,11 +366,11 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         """Patch tokens (frozen encoder, cached) or preprocessed pixels (trained encoder), fp16 in memory."""
         if self.encoder_mode != "frozen":
             chunks = [
-                self.image_encoder.preprocess([_open(p) for p in paths[i : i + 256]])
+                self.image_encoder.preprocess([open_rgb(p) for p in paths[i : i + 256]])
                 for i in range(0, len(paths), 256)
             ]
             return torch.cat(chunks).half()
-        compute = lambda items: self.image_encoder.encode_patches([_open(p) for p in items])  # noqa: E731
+        compute = lambda items: self.image_encoder.encode_patches([open_rgb(p) for p in items])  # noqa: E731
         if self.cache_dir is None:
             return torch.cat([compute(paths[i : i + 64]) for i in range(0, len(paths), 64)]).half()
         from ade_runtime.encoders import FeatureCache, content_key
