@@ -46,8 +46,6 @@ from ade_train.summary import report_rejects
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = ("no_image", "no_judge")
-
 
 @dataclass(frozen=True)
 class CritiqueExample:
