@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ade_runtime.errors import ADEError, InputError
+from ade_runtime.traces.reader import reject_lines  # noqa: F401  (the CLIs report rejects with it)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -108,21 +109,6 @@ def load_predictors(args: argparse.Namespace, prog: str) -> Any:
     for line in predictors.fallback_lines():
         print(f"{prog}: {line}", file=sys.stderr)
     return predictors
-
-
-MAX_REJECTS_SHOWN = 20
-
-
-def reject_lines(rejects: list[Any], what: str = "skipped") -> list[str]:
-    """Lines reporting bad records like ``ade-traces validate``: shard, line, id, reason (first 20)."""
-    if not rejects:
-        return []
-    lines = [f"{len(rejects)} bad record(s) {what} (check them with `ade-traces validate`):"]
-    for r in rejects[:MAX_REJECTS_SHOWN]:
-        lines.append(f"  {r.shard}:{r.line} id={r.id} {r.reason}: {r.message}")
-    if len(rejects) > MAX_REJECTS_SHOWN:
-        lines.append(f"  ... and {len(rejects) - MAX_REJECTS_SHOWN} more")
-    return lines
 
 
 def check_backbone_name(name: str) -> None:

@@ -47,6 +47,21 @@ class Reject:
         return asdict(self)
 
 
+MAX_REJECTS_SHOWN = 20
+
+
+def reject_lines(rejects: list[Reject], what: str = "skipped") -> list[str]:
+    """Lines reporting bad records like ``ade-traces validate``: shard, line, id, reason (first 20)."""
+    if not rejects:
+        return []
+    lines = [f"{len(rejects)} bad record(s) {what} (check them with `ade-traces validate`):"]
+    for r in rejects[:MAX_REJECTS_SHOWN]:
+        lines.append(f"  {r.shard}:{r.line} id={r.id} {r.reason}: {r.message}")
+    if len(rejects) > MAX_REJECTS_SHOWN:
+        lines.append(f"  ... and {len(rejects) - MAX_REJECTS_SHOWN} more")
+    return lines
+
+
 class _DuplicateKey(ValueError):
     def __init__(self, key: str):
         super().__init__(key)
