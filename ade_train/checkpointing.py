@@ -39,9 +39,3 @@ def checkpoint_epoch(path: str | os.PathLike) -> int:
     """The ``epoch`` stored in a Lightning checkpoint written by this package (weights_only load)."""
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     return int(ckpt.get("epoch", 0))
-
-
-def checkpoint_hparams(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``hyper_parameters`` a LightningModule saved in a checkpoint of ours (weights_only load)."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return dict(ckpt.get("hyper_parameters") or {})

@@ -151,6 +151,44 @@ def load_pipeline(
     return pipe
 
 
+class PipelineAdapter:
+    """``from_pretrained`` of an adapter built as ``cls(pipe, **kwargs)`` around one diffusers pipeline."""
+
+    # the diffusers class to load; DiffusionPipeline loads the class its model_index.json names
+    pipeline_class = "DiffusionPipeline"
+    default_model: str | None = None  # what from_pretrained loads when given no model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        torch_dtype: Any = None,
+        cpu_offload: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Load the pipeline from the Hub or a local directory (``load_pipeline``: bfloat16 by default,
+        checked against the free memory, offloaded or moved to ``device``) and wrap it."""
+        model = model if model is not None else cls.default_model
+        if model is None:
+            raise InputError(f"{cls.__name__}.from_pretrained: give a model id or a local directory")
+        diffusers = require_diffusers(cls.__name__)
+        pipe = load_pipeline(
+            getattr(diffusers, cls.pipeline_class),
+            model,
+            device=device,
+            torch_dtype=torch_dtype,
+            cpu_offload=cpu_offload,
+        )
+        return cls(pipe, **cls.adapter_kwargs(pipe, kwargs))
+
+    @classmethod
+    def adapter_kwargs(cls, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments ``from_pretrained`` passes on to ``cls(pipe, ...)``."""
+        return kwargs
+
+
 def flow_x0(x_t, v, sigma_t: float):
     """Flow-matching x0 estimate ``x0 = x_t - sigma_t * v``, in float32.
 

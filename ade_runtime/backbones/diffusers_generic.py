@@ -39,14 +39,13 @@ from PIL import Image
 from ade_runtime.backbones._diffusers import (
     OFFLOAD_PREVIEW,
     CallCounter,
+    PipelineAdapter,
     SchedulerStepCapture,
     StepCallbacks,
     check_mask,
     composite,
     decode_flux_packed,
     has_flow_sigmas,
-    load_pipeline,
-    require_diffusers,
     vae_decode,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
@@ -120,7 +119,7 @@ def _auto_decoder(pipe: Any) -> DecodeFn | None:
     return None
 
 
-class DiffusersEditBackbone:
+class DiffusersEditBackbone(PipelineAdapter):
     """Backbone protocol around any diffusers image + prompt editing pipeline (see module docstring)."""
 
     supports_mask = False
@@ -206,26 +205,9 @@ class DiffusersEditBackbone:
             )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str,
-        *,
-        device: str | None = None,
-        torch_dtype: Any = None,
-        cpu_offload: bool = False,
-        **kwargs: Any,
-    ) -> DiffusersEditBackbone:
-        """Load any diffusers pipeline (class read from its ``model_index.json``) and wrap it."""
-        diffusers = require_diffusers("DiffusersEditBackbone")
-        pipe = load_pipeline(
-            diffusers.DiffusionPipeline,
-            model,
-            device=device,
-            torch_dtype=torch_dtype,
-            cpu_offload=cpu_offload,
-        )
-        kwargs.setdefault("name", type(pipe).__name__)
-        return cls(pipe, **kwargs)
+    def adapter_kwargs(cls, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # from_pretrained (any pipeline, its class read from model_index.json) names the backbone after it
+        return {"name": type(pipe).__name__, **kwargs}
 
     def prepare(self, request: EditRequest) -> EditRequest:
         # Nothing is shared safely across pipelines generically (see module docstring).

@@ -27,15 +27,14 @@ from PIL import Image
 from ade_runtime.backbones._diffusers import (
     OFFLOAD_PREVIEW,
     CallCounter,
+    PipelineAdapter,
     SchedulerStepCapture,
     StepCallbacks,
     check_mask,
     composite,
     decode_flux_packed,
     image_key,
-    load_pipeline,
     mask_to_tokens,
-    require_diffusers,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.backbones.srm import SRMCapture, SRMConfig, token_map_to_mask
@@ -58,10 +57,12 @@ class KontextState:
     encodes: dict[str, int] = field(default_factory=lambda: {"prompt": 0, "image": 0})
 
 
-class FluxKontextBackbone:
+class FluxKontextBackbone(PipelineAdapter):
     """ADE adapter for FLUX.1 Kontext (see the module docstring for what is reused and how)."""
 
     name = "flux-kontext"
+    pipeline_class = "FluxKontextPipeline"  # from_pretrained: see _diffusers.PipelineAdapter
+    default_model = "black-forest-labs/FLUX.1-Kontext-dev"
     supports_preview = True
     supports_mask = True
     supports_reasoning = False
@@ -121,27 +122,6 @@ class FluxKontextBackbone:
             raise InputError(
                 f"FluxKontextBackbone: preview_step must be in [1, num_inference_steps], got {preview_step}"
             )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str = "black-forest-labs/FLUX.1-Kontext-dev",
-        *,
-        torch_dtype: Any = None,
-        device: str | None = None,
-        cpu_offload: bool = False,
-        **kwargs: Any,
-    ) -> FluxKontextBackbone:
-        """Load the pipeline from the Hub or a local directory (bfloat16 by default)."""
-        diffusers = require_diffusers("FluxKontextBackbone")
-        pipe = load_pipeline(
-            diffusers.FluxKontextPipeline,
-            model,
-            device=device,
-            torch_dtype=torch_dtype,
-            cpu_offload=cpu_offload,
-        )
-        return cls(pipe, **kwargs)
 
     @property
     def _cfg(self) -> bool:

@@ -67,20 +67,13 @@ def has_diffusers_layout(model_path: str) -> bool:
         return False
 
 
-def _diffusers_pipeline_class() -> Any | None:
+def _optional_class(module: str, name: str) -> Any | None:
+    """``module.name``, or None when the module is not importable or has no such name."""
     try:
-        diffusers = importlib.import_module("diffusers")
+        found = importlib.import_module(module)
     except ImportError:
         return None
-    return getattr(diffusers, "Step1XEditPipeline", None)
-
-
-def _image_generator_class() -> Any | None:
-    try:
-        module = importlib.import_module("inference")
-    except ImportError:
-        return None
-    return getattr(module, "ImageGenerator", None)
+    return getattr(found, name, None)
 
 
 def _accepts(fn: Any) -> tuple[set[str], bool]:
@@ -201,7 +194,9 @@ class Step1XEditBackbone:
                 f"Step1XEditBackbone.from_pretrained: version must be one of {', '.join(CHECKPOINTS)}, "
                 f"got {version!r}"
             )
-        pipeline_cls = _diffusers_pipeline_class() if route in ("auto", "diffusers") else None
+        pipeline_cls = (
+            _optional_class("diffusers", "Step1XEditPipeline") if route in ("auto", "diffusers") else None
+        )
         layout = pipeline_cls is not None and has_diffusers_layout(model_path)
         if route == "diffusers" and pipeline_cls is None:
             raise BackboneUnavailableError(f"{INSTALL_HINT} (route='diffusers')")
@@ -224,7 +219,7 @@ class Step1XEditBackbone:
                 pipeline_cls, model_path, device=device, torch_dtype=torch_dtype, cpu_offload=offload
             )
             return DiffusersEditBackbone(pipe, name=cls.name, **kwargs)
-        generator_cls = _image_generator_class() if route in ("auto", "repo") else None
+        generator_cls = _optional_class("inference", "ImageGenerator") if route in ("auto", "repo") else None
         if generator_cls is None:
             raise BackboneUnavailableError(f"{INSTALL_HINT} (route={route!r})")
         if not os.path.isdir(model_path):

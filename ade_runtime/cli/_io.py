@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ade_runtime.errors import ADEError, InputError
+from ade_runtime.traces.reader import reject_lines  # noqa: F401  (the CLIs report rejects with it)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -26,19 +26,12 @@ from ade_runtime.cli._io import (
 )
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
+from ade_runtime.images import image_bytes
 from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.policy import POLICY_NAMES
 from ade_runtime.requests import validate_request
 from ade_runtime.stack import backbone_meta
 from ade_runtime.traces.writer import file_mode
-
-
-def _encode(img: Image.Image, fmt: str) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 @cli_main("ade-edit")
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.image is None:
         print("ade-edit: every attempt failed; nothing to write (see the failures below)", file=sys.stderr)
     else:
-        atomic_write_bytes(out, _encode(result.image, IMAGE_SUFFIXES[out.suffix.lower()]))
+        atomic_write_bytes(out, image_bytes(result.image, IMAGE_SUFFIXES[out.suffix.lower()]))
         out.chmod(file_mode())
     trace_id = None
     if args.trace_dir:

@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from ade_runtime.images import open_rgb
 from ade_runtime.policy.session import Key
 from ade_runtime.traces.records import Attempt, EditRecord
 
@@ -59,11 +60,6 @@ def preview_confidence(calibrator: Any, scores: Mapping[str, float] | None) -> f
     return p if math.isfinite(p) else None
 
 
-def _load(record: EditRecord, rel: str) -> Image.Image:
-    with Image.open(record.resolve(rel)) as im:
-        return im.convert("RGB")
-
-
 def cheap_scores(attempt: Attempt) -> dict[str, float]:
     """What the critique (and the cascade's first stage) may read of an attempt: its cheap scores."""
     return first_stage_features(attempt_features(attempt))
@@ -85,7 +81,7 @@ def critique_signals(
     groups: dict[tuple, list[Attempt]] = {}
     for a in todo:
         groups.setdefault((a.image, tuple(sorted(cheap_scores(a).items()))), []).append(a)
-    source = _load(record, record.source_image)
+    source = open_rgb(record.resolve(record.source_image))
     p: dict[Key, float] = {}
     refine: dict[Key, bool] = {}
     keys = list(groups)
@@ -93,7 +89,7 @@ def critique_signals(
         chunk = keys[i : i + batch_size]
         results = critique.predict_batch(
             [source] * len(chunk),
-            [_load(record, image) for image, _ in chunk],
+            [open_rgb(record.resolve(image)) for image, _ in chunk],
             [record.instruction] * len(chunk),
             scores=[dict(scores) for _, scores in chunk],
         )
@@ -180,7 +176,7 @@ def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = N
     given = isinstance(card_log, dict) and card_log.get("budget_source") == "prior:given"
     category = record.category if given else None
     table_only = getattr(cfg, "is_prior", False) and (not getattr(cfg, "categories", None) or given)
-    img = image if image is not None or table_only else _load(record, record.source_image)
+    img = image if image is not None or table_only else open_rgb(record.resolve(record.source_image))
     return card.predict(record.instruction, img, category=category)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ade_runtime.errors import ArtifactError, InputError
+from ade_runtime.images import open_rgb
 
 SPEC_VERSION = 1
 ROLES = ("text", "image")
@@ -41,8 +42,7 @@ def _load_image(image: Any) -> Any:
                 f"source image {path} does not exist; pass an existing PNG/JPEG/WebP or a PIL image"
             )
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
+            return open_rgb(path)
         except OSError as exc:
             raise InputError(f"source image {path} cannot be decoded ({exc}); pass a PNG/JPEG/WebP") from None
     if isinstance(image, Image.Image):

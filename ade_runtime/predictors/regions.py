@@ -97,6 +97,15 @@ def from_view(box: Sequence[float], window: Sequence[float]) -> tuple[float, flo
     return tuple(float(v) for v in lo + np.asarray(box, dtype=float) * size)  # type: ignore[return-value]
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two normalised (x0, y0, x1, y1) boxes; 0.0 when both are empty."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def region_mask(flaws: Sequence[Flaw], height: int, width: int, margin: float) -> np.ndarray:
     """H x W float mask: 1 inside every flaw box dilated by ``margin`` (fraction of a side)."""
     mask = np.zeros((height, width), dtype=np.float32)

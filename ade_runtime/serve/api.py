@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from fastapi.responses import Response
 
 from ade_runtime.backbones import load_backbone
 from ade_runtime.errors import InputError
+from ade_runtime.images import image_bytes
 from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.serve import metrics
 from ade_runtime.serve.exports import ExportWatcher, load_strict
@@ -73,12 +73,6 @@ def redact(text: str, *roots) -> str:
                     form, os.path.basename(form.rstrip("/"))
                 )
     return ABS_PATH_RE.sub(r"\1", text)
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class EditAPI(ls.LitAPI):
@@ -286,7 +280,7 @@ class EditAPI(ls.LitAPI):
             max_seconds=deadline,
             worker=self.worker,
         )
-        return {"png": _png(result.image), "summary": s, "response": job.response}
+        return {"png": image_bytes(result.image), "summary": s, "response": job.response}
 
     def _public(self, failure: dict) -> dict:
         """A failure as the client sees it: no traceback, no server path."""

@@ -46,6 +46,18 @@ OPEN_PATHS = ("/health", "/ready")
 MAX_PARTS = 16
 
 
+class StatusSend:
+    """An ASGI ``send`` that passes every message on and remembers the response status (0: none yet)."""
+
+    def __init__(self, send) -> None:
+        self.send, self.code = send, 0
+
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.code = message["status"]
+        await self.send(message)
+
+
 class EditGate:
     """ASGI middleware: auth, shedding, bounded body, off-loop decoding, disconnects, accounting."""
 
@@ -85,12 +97,7 @@ class EditGate:
 
         edit = scope["path"] == self.path and scope["method"] == "POST"
         t0 = time.perf_counter()
-        status = {"code": 0}
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
+        send_status = StatusSend(send)
 
         try:
             if self.key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
@@ -106,13 +113,13 @@ class EditGate:
                 await self.app(scope, receive, send_status)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if status["code"] == 0:
+            if send_status.code == 0:
                 await respond(send_status, 500, "internal error; the server log has the details")
         finally:
-            if status["code"] == 500:
+            if send_status.code == 500:
                 metrics.INTERNAL_ERRORS.inc()
             if edit:
-                metrics.REQUESTS.labels(str(status["code"] or 499)).inc()
+                metrics.REQUESTS.labels(str(send_status.code or 499)).inc()
                 metrics.WALL.observe(time.perf_counter() - t0)
 
     def _authorized(self, scope) -> bool:
@@ -139,12 +146,7 @@ class EditGate:
         ticket = self.state.ticket()
         upload = self.upload_dir / f"u-{ticket}"
         t0 = time.monotonic()
-        status = {"code": 0}
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
+        send_status = StatusSend(send)
 
         try:
             raw = await self._read(scope, receive)
@@ -159,7 +161,7 @@ class EditGate:
                 return
             await self._forward(scope, receive, send_status, body, ticket)
         finally:
-            if status["code"] == 200:
+            if send_status.code == 200:
                 self.state.answered(time.monotonic() - t0, ahead)
             self.state.release()
             upload.unlink(missing_ok=True)

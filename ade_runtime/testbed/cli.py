@@ -131,7 +131,7 @@ def _request(args) -> None:
 
     import numpy as np
 
-    from ade_runtime.testbed.generate import _atomic_write
+    from ade_runtime.files import atomic_write_bytes
     from ade_runtime.testbed.imageio import make_image, save_png
     from ade_runtime.testbed.world import World
 
@@ -144,7 +144,7 @@ def _request(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_png(make_image(req.source, req.source, args.image_size), out / "source.png")
     info = {"testbed": True, "instruction": req.instruction, "category": req.category, "seed": args.seed}
-    _atomic_write(out / "request.json", json.dumps(info, indent=2, sort_keys=True))
+    atomic_write_bytes(out / "request.json", json.dumps(info, indent=2, sort_keys=True).encode())
     if args.append:
         _append_request(Path(args.append), out / "source.png", args.id or f"testbed-{args.seed}", req)
     print(req.instruction)

@@ -34,6 +34,7 @@ from PIL import Image, PngImagePlugin
 from ade_runtime.backbones.base import AttemptSpec
 from ade_runtime.errors import InputError
 from ade_runtime.feedback import feedback_prompt
+from ade_runtime.files import atomic_write_bytes
 from ade_runtime.policy.driver import Generated, GridSession, Judged, drive
 from ade_runtime.testbed.backbone import SyntheticBackbone
 from ade_runtime.testbed.costs import get_cost
@@ -318,7 +319,7 @@ def generate_dataset(
                 "or delete the old one"
             )
     else:
-        _atomic_write(gen_path, json.dumps(cfg_json, indent=2, sort_keys=True))
+        atomic_write_bytes(gen_path, json.dumps(cfg_json, indent=2, sort_keys=True).encode())
     n_chunks = (cfg.n_requests + CHUNK - 1) // CHUNK
     todo = [k for k in range(n_chunks) if not (root / f"traces-{k:05d}.jsonl").exists()]
     t0, done = time.perf_counter(), cfg.n_requests - sum(min(CHUNK, cfg.n_requests - k * CHUNK) for k in todo)
@@ -346,7 +347,7 @@ def generate_dataset(
         "seconds": round(time.perf_counter() - t0, 2),
         "bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
     }
-    _atomic_write(root / ".complete", json.dumps(summary, sort_keys=True))
+    atomic_write_bytes(root / ".complete", json.dumps(summary, sort_keys=True).encode())
     return summary
 
 
@@ -368,9 +369,3 @@ def _progress(on: bool, done: int, total: int, t0: float, start: int = 0) -> Non
             file=sys.stderr,
             flush=True,
         )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

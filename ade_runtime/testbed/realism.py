@@ -14,32 +14,13 @@ import numpy as np
 
 from ade_runtime.backbones.base import AttemptSpec
 from ade_runtime.feedback import REGION_BOXES, feedback_prompt
+from ade_runtime.stats import auroc
 from ade_runtime.testbed.backbone import SyntheticBackbone
 from ade_runtime.testbed.generate import GenConfig, simulate_request
 from ade_runtime.testbed.imageio import read_scenes
 from ade_runtime.testbed.judge import judge_scenes
 from ade_runtime.testbed.world import World
 from ade_runtime.traces.records import Flaw
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve (ties count half); 0.5 when one class is absent."""
-    s, y = np.asarray(scores, float), np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return 0.5
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks of ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def _far_box(box):
@@ -125,7 +106,7 @@ def measure(n: int = 300, seed: int = 0, backbone: str = "bagel", size: int = 64
         "single_pass": float(np.mean(single)),
         "best_of_8": float(np.mean(bo8)),
         "never_pass": float(np.mean(never)),
-        "auroc_clip_t": auroc(ct, lab),
-        "auroc_clip_i": auroc(ci, lab),
+        "auroc_clip_t": auroc(ct, lab, undefined=0.5),
+        "auroc_clip_i": auroc(ci, lab, undefined=0.5),
         "per_category": cats,
     }

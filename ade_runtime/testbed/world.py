@@ -16,6 +16,7 @@ from ade_runtime.errors import InputError
 from ade_runtime.testbed.instructions import (
     CATEGORIES,
     CELLS,
+    RELATIONS,
     Edit,
     Ref,
     candidates,
@@ -160,9 +161,7 @@ class World:
 
     def _ref_for(self, o: Obj, scene: Scene, rng: np.random.Generator) -> Ref:
         unique, ambiguous = [], []
-        for shape, keep, rel in itertools.product(
-            (o.shape, None), range(8), (None,) + ("left", "right", "top", "bottom")
-        ):
+        for shape, keep, rel in itertools.product((o.shape, None), range(8), (None, *RELATIONS)):
             ref = Ref(
                 shape=shape,
                 color=o.color if keep & 1 else None,

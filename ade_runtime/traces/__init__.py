@@ -10,7 +10,15 @@ from importlib import resources
 from typing import Any
 
 from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageChecker
-from .reader import DEFAULT_MAX_LINE_BYTES, Reject, TraceDataset, find_shards, load_records, read_traces
+from .reader import (
+    DEFAULT_MAX_LINE_BYTES,
+    Reject,
+    TraceDataset,
+    find_shards,
+    load_records,
+    read_traces,
+    reject_lines,
+)
 from .records import FORMAT, Attempt, Cost, EditRecord, Flaw, Judge
 from .stats import StatsAccumulator, compute_stats, format_stats
 from .validate import REASONS, Problem, parse_record, validate_record
@@ -53,5 +61,6 @@ __all__ = [
     "parse_record",
     "read_traces",
     "record_schema",
+    "reject_lines",
     "validate_record",
 ]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..images import image_bytes
 from .claims import RecordRefused
 from .images import ALLOWED_FORMATS, check_image_bytes
 
@@ -66,7 +66,6 @@ def encode_image(image: Any, fmt: str, rel_path: str) -> bytes:
         image = Image.fromarray(image)
     if fmt == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # JPEG has no alpha channel
-    buf = io.BytesIO()
     texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
     if fmt == "PNG" and texts:
         # PIL drops an image's text chunks on save unless they are passed back; keep them (provenance,
@@ -76,10 +75,8 @@ def encode_image(image: Any, fmt: str, rel_path: str) -> bytes:
         info = PngImagePlugin.PngInfo()
         for key, value in texts.items():
             info.add_text(key, value, zip=len(value) > 256)
-        image.save(buf, format=fmt, pnginfo=info)
-    else:
-        image.save(buf, format=fmt)
-    return buf.getvalue()
+        return image_bytes(image, fmt, pnginfo=info)
+    return image_bytes(image, fmt)
 
 
 def place_images(staged: dict[str, tuple[Path, bytes, str]], fsync: bool) -> tuple[list[Path], list[Path]]:

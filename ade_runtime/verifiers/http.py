@@ -15,7 +15,6 @@ model's parameter count is given and the server reports token usage, else unknow
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.errors import InputError, VerifierError
+from ade_runtime.images import image_bytes
 from ade_runtime.verifiers import VLM_FEATURE
 from ade_runtime.verifiers.base import Verdict, VerifierCost
 from ade_runtime.verifiers.metering import CostMeter, Metered
@@ -81,9 +81,7 @@ def data_url(img: Image.Image, max_side: int) -> str:
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(image_bytes(img)).decode("ascii")
 
 
 class ChatClient:

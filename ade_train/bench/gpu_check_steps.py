@@ -56,8 +56,13 @@ def _request(plan: Plan) -> Any:
     return EditRequest(image(plan), PROMPT)
 
 
-def _build_line(report: dict[str, Any], t0: float, plan: Plan) -> dict[str, Any]:
-    return {
+def _build(ctx: Context, make: Any) -> tuple[Any, dict[str, Any]]:
+    """(pipeline, its build line): ``make(size, device, dtype)`` timed, the peak memory reset before."""
+    plan = ctx.plan
+    reset_peak(plan)
+    t0 = time.perf_counter()
+    pipe, report = make(_size_name(plan), plan.device, _dtype(plan))
+    return pipe, {
         "components": report,
         "total_gib": _r(sum(c["gib"] for c in report.values())),
         "build_s": _r(time.perf_counter() - t0),
@@ -68,10 +73,8 @@ def _build_line(report: dict[str, Any], t0: float, plan: Plan) -> dict[str, Any]
 def flux_build(ctx: Context) -> tuple[dict[str, Any], bool]:
     from ade_train.bench.full_size import flux_kontext
 
-    reset_peak(ctx.plan)
-    t0 = time.perf_counter()
-    ctx.flux, report = flux_kontext(_size_name(ctx.plan), ctx.plan.device, _dtype(ctx.plan))
-    return _build_line(report, t0, ctx.plan), True
+    ctx.flux, line = _build(ctx, flux_kontext)
+    return line, True
 
 
 def flux_attempt(ctx: Context) -> tuple[dict[str, Any], bool]:
@@ -243,10 +246,8 @@ def offload(ctx: Context) -> tuple[dict[str, Any], bool]:
 def qwen_build(ctx: Context) -> tuple[dict[str, Any], bool]:
     from ade_train.bench.full_size import qwen_image_edit
 
-    reset_peak(ctx.plan)
-    t0 = time.perf_counter()
-    ctx.qwen, report = qwen_image_edit(_size_name(ctx.plan), ctx.plan.device, _dtype(ctx.plan))
-    return _build_line(report, t0, ctx.plan), True
+    ctx.qwen, line = _build(ctx, qwen_image_edit)
+    return line, True
 
 
 def qwen_cfg(ctx: Context) -> tuple[dict[str, Any], bool]:

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 from ade_runtime.artifacts import atomic_write_bytes
-from ade_runtime.offline.evaluate import format_table
 from ade_train.bench.parts import load_parts
 from ade_train.bench.report_sections import (
     certificates_section,
@@ -217,10 +216,6 @@ def check_targets(replay: dict, overhead_ratio: float | None, live: dict | None 
             }
         )
     return out
-
-
-def replay_table(replay: dict) -> str:
-    return format_table(replay, markdown=True)
 
 
 def category_table(replay: dict, names=("best_of_8", "confidence_stop", "card_only", "ade", "oracle")) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ade_runtime.artifacts import atomic_write_bytes
+from ade_train.pareto import pareto_order
 
 
 def _pyplot():
@@ -78,17 +79,6 @@ def plot_reliability(
     return out
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated (lower compute and higher score is better), by compute."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
 def plot_compute_quality(
     candidates: Sequence[Mapping[str, Any]],
     path: str | Path,
@@ -105,7 +95,7 @@ def plot_compute_quality(
     ok = np.array([bool(c["feasible"]) for c in candidates])
     ax.scatter(xs[~ok], ys[~ok], s=12, color="lightgrey", label="below target")
     ax.scatter(xs[ok], ys[ok], s=14, color="C0", label="meets target")
-    front = pareto_front(list(zip(xs.tolist(), ys.tolist(), strict=True)))
+    front = pareto_order(xs, ys)[::-1]  # least compute first, along the x axis
     ax.plot(xs[front], ys[front], color="C0", lw=1, alpha=0.6, label="Pareto front")
     ax.axhline(target, ls="--", color="C3", lw=1, label=f"target {target:.3f}")
     ref_x = reference.get("compute")

@@ -45,6 +45,8 @@ import numpy as np
 from mapie.risk_control import control_fwer
 from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
 
+from ade_train.pareto import pareto_order
+
 FORMS = ("relative", "absolute")
 P_VALUES = ("wsr", "hb")
 
@@ -134,24 +136,6 @@ def p_values(
     if method == "wsr":
         return wsr_p_values(loss, alpha, delta)
     raise ValueError(f"p-value method must be one of {P_VALUES}, got {method!r}")
-
-
-def pareto_order(cost: Sequence[float], quality: Sequence[float]) -> list[int]:
-    """The settings no other setting beats on both compute and quality, from the most to the least compute.
-
-    Ties in compute keep the higher quality; a setting with NaN compute or quality is never on the front.
-    """
-    c = np.asarray(cost, dtype=np.float64)
-    q = np.asarray(quality, dtype=np.float64)
-    ok = np.flatnonzero(np.isfinite(c) & np.isfinite(q))
-    front: list[int] = []
-    best_q = -math.inf
-    # cheapest first; a setting joins the front when it is strictly better than everything cheaper
-    for i in sorted(ok.tolist(), key=lambda j: (c[j], -q[j], j)):
-        if q[i] > best_q + 1e-12:
-            front.append(i)
-            best_q = q[i]
-    return front[::-1]
 
 
 def n_needed(

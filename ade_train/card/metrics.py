@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from ade_runtime.stats import spearman
+
 
 def censored_nll(
     logits: torch.Tensor, level: torch.Tensor, censor_from: torch.Tensor, censored: torch.Tensor
@@ -59,14 +61,10 @@ def quantile_index(probs: torch.Tensor, q: float) -> torch.Tensor:
     return idx.clamp_max(probs.shape[-1] - 2)
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation (average ranks for ties); 0.0 when either side is constant."""
-    from scipy.stats import spearmanr
-
-    if a.numel() < 2 or torch.unique(a).numel() < 2 or torch.unique(b).numel() < 2:
-        return 0.0
-    rho = spearmanr(a.double().cpu().numpy(), b.double().cpu().numpy()).statistic
-    return float(rho) if math.isfinite(rho) else 0.0
+def _rho_or_zero(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rho of two tensors; 0.0 (no rank signal) when it is undefined or not finite."""
+    rho = spearman(a.double().cpu().numpy(), b.double().cpu().numpy(), undefined=0.0)
+    return rho if math.isfinite(rho) else 0.0
 
 
 def card_metrics(
@@ -91,7 +89,7 @@ def card_metrics(
     expected = (probs * classes).sum(-1)
     pred = probs.argmax(-1)
     out = {
-        "spearman": spearman(expected, need.to(probs.dtype)),
+        "spearman": _rho_or_zero(expected, need.to(probs.dtype)),
         "acc": float((pred == need).float().mean()),
         "mae": float((pred - need).abs().float().mean()),
         "censored_rate": float(censored.float().mean()),

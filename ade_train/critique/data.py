@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ade_runtime.errors import InputError, TraceError
+from ade_runtime.images import open_rgb
 from ade_runtime.policy import budget
 from ade_runtime.policy.signals import attempt_features
 from ade_runtime.predictors.critique import patch_pixel_diff
@@ -44,8 +45,6 @@ from ade_train.splits import (
 from ade_train.summary import report_rejects
 
 log = logging.getLogger(__name__)
-
-SKIP_REASONS = ("no_image", "no_judge")
 
 
 @dataclass(frozen=True)
@@ -182,15 +181,6 @@ def true_boxes(flaws: Sequence[Flaw], max_boxes: int) -> torch.Tensor:
     return out
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two normalised (x0, y0, x1, y1) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 class _ExampleTensors(torch.utils.data.Dataset):
     """Examples as index lookups into per-image inputs (sources are shared by many attempts)."""
 
@@ -215,11 +205,6 @@ class _ExampleTensors(torch.utils.data.Dataset):
             "cover": r["cover"][i],
             "boxes": r["boxes"][i],
         }
-
-
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
@@ -342,7 +327,7 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
                 if self.pixel_diff:
                     if (ex.source, ex.attempt) not in diff_cache:
                         diff_cache[(ex.source, ex.attempt)] = torch.from_numpy(
-                            patch_pixel_diff(_open(ex.source), _open(ex.attempt), self.grid, window)
+                            patch_pixel_diff(open_rgb(ex.source), open_rgb(ex.attempt), self.grid, window)
                         )
                     diffs.append(diff_cache[(ex.source, ex.attempt)])
                 seen = [
@@ -379,11 +364,11 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         """Patch tokens (frozen encoder, cached) or preprocessed pixels (trained encoder), fp16 in memory."""
         if self.encoder_mode != "frozen":
             chunks = [
-                self.image_encoder.preprocess([_open(p) for p in paths[i : i + 256]])
+                self.image_encoder.preprocess([open_rgb(p) for p in paths[i : i + 256]])
                 for i in range(0, len(paths), 256)
             ]
             return torch.cat(chunks).half()
-        compute = lambda items: self.image_encoder.encode_patches([_open(p) for p in items])  # noqa: E731
+        compute = lambda items: self.image_encoder.encode_patches([open_rgb(p) for p in items])  # noqa: E731
         if self.cache_dir is None:
             return torch.cat([compute(paths[i : i + 64]) for i in range(0, len(paths), 64)]).half()
         from ade_runtime.encoders import FeatureCache, content_key

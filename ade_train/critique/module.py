@@ -27,9 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead
-from ade_runtime.predictors.regions import flaw_regions
-from ade_train.critique.data import box_iou
-from ade_train.quality import auroc
+from ade_runtime.predictors.regions import box_iou, flaw_regions
+from ade_runtime.stats import auroc
 
 ENCODER_MODES = ("frozen", "finetune_last_n", "scratch_tiny")
 

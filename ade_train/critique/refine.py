@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from ade_runtime.errors import ADEError, InputError, TraceError
+from ade_runtime.images import open_rgb
 from ade_runtime.traces import TraceDataset
 from ade_runtime.traces.records import EditRecord
-from ade_train.critique.data import _open
 
 METRICS = ("score", "pass")
 
@@ -91,8 +91,10 @@ def refine_cases(
                 skipped["no_fresh_candidate"] += 1
                 continue
             if source is None:
-                source = _open(rec.resolve(rec.source_image))
-            crit = critique.predict(source, _open(rec.resolve(att.image)), rec.instruction, scores=att.scores)
+                source = open_rgb(rec.resolve(rec.source_image))
+            crit = critique.predict(
+                source, open_rgb(rec.resolve(att.image)), rec.instruction, scores=att.scores
+            )
             cases.append(
                 RefineCase(
                     record_id=rec.id,

@@ -6,7 +6,9 @@ synthetic world's exact judge (``testbed_judge.py``). ``run.py`` drives a resuma
 judging run; ``agree.py`` measures agreement between two labelings. See docs/judge.md.
 """
 
-from .agree import agreement, cohen_kappa, spearman
+from ade_runtime.stats import spearman
+
+from .agree import agreement, cohen_kappa
 from .base import AttemptRef, CostSummary, Judge, JudgeFailure, JudgeItem, JudgeResult, Usage
 from .human import HumanJudge, LabelProblem
 from .journal import JOURNAL_NAME, Journal, read_journal

@@ -11,44 +11,14 @@ A statistic that is undefined (fewer than two pairs, a constant side) is None.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
+from ade_runtime.predictors.regions import box_iou
+from ade_runtime.stats import spearman
 from ade_runtime.traces import load_records
 from ade_runtime.traces.records import Flaw
 from ade_runtime.traces.records import Judge as JudgeLabel
-
-
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
-def _pearson(a: list[float], b: list[float]) -> float | None:
-    n = len(a)
-    if n < 2:
-        return None
-    ma, mb = sum(a) / n, sum(b) / n
-    va = sum((x - ma) ** 2 for x in a)
-    vb = sum((y - mb) ** 2 for y in b)
-    if va == 0 or vb == 0:
-        return None
-    return sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True)) / math.sqrt(va * vb)
-
-
-def spearman(a: list[float], b: list[float]) -> float | None:
-    """Spearman's rho with average ranks for ties; None when undefined."""
-    return _pearson(_ranks(a), _ranks(b))
 
 
 def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
@@ -62,14 +32,6 @@ def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
     if p_e >= 1.0:
         return None
     return (p_o - p_e) / (1 - p_e)
-
-
-def box_iou(p: tuple[float, ...], q: tuple[float, ...]) -> float:
-    ix = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
-    iy = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
-    inter = ix * iy
-    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_flaws(fa: tuple[Flaw, ...], fb: tuple[Flaw, ...]) -> list[tuple[Flaw, Flaw, float]]:

@@ -30,8 +30,7 @@ from typing import Any
 from PIL import Image
 
 from ade_runtime.errors import ADEError, InputError
-from ade_runtime.traces import EditRecord, Reject, TraceDataset, TraceWriter
-from ade_runtime.traces.reader import reject_lines
+from ade_runtime.traces import EditRecord, Reject, TraceDataset, TraceWriter, reject_lines
 from ade_runtime.traces.writer import file_mode
 
 from .base import AttemptRef, Judge, JudgeFailure, JudgeItem, JudgeResult

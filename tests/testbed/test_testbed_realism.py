@@ -6,10 +6,13 @@ reports the same figures. These are properties of the testbed, never results on 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from ade_runtime.testbed.realism import auroc, measure, refinement_experiment
+from ade_runtime.stats import auroc
+from ade_runtime.testbed.realism import measure, refinement_experiment
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,8 @@ def test_spatial_feedback_beats_blind_retry_and_wrong_region():
 def test_auroc_matches_definition():
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert auroc([1, 1, 1], [0, 1, 1]) == pytest.approx(0.5)
-    assert auroc([0.2, 0.3], [1, 1]) == 0.5
+    assert math.isnan(auroc([0.2, 0.3], [1, 1]))
+    assert auroc([0.2, 0.3], [1, 1], undefined=0.5) == 0.5  # what the realism figures report then
 
 
 def test_clip_t_holds_a_judge_term_and_says_how_strong_it_is(testbed_records):

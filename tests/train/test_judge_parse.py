@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ade_runtime.predictors.regions import box_iou
+from ade_runtime.stats import spearman
 from ade_runtime.traces.records import Flaw
-from ade_train.judge.agree import box_iou, cohen_kappa, match_flaws, spearman
+from ade_train.judge.agree import cohen_kappa, match_flaws
 from ade_train.judge.viescore import (
     MalformedAnswer,
     combine,
