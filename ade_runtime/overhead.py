@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from ade_runtime.policy.replay import Overhead
+from ade_runtime.offline.replay import Overhead
 from ade_runtime.traces.records import EditRecord
 
 

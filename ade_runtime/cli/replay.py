@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ade_runtime.cli._io import add_predictor_args, cli_main, load_predictors
 from ade_runtime.errors import InputError
+from ade_runtime.offline.curves import format_curves
 from ade_runtime.offline.evaluate import NO_CONFIDENCE, evaluate, format_table
 from ade_runtime.policy import POLICY_NAMES
-from ade_runtime.policy.curves import format_curves
 from ade_runtime.traces import load_records
 from ade_runtime.traces.reader import reject_lines
 

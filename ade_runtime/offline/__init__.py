@@ -1,5 +1,36 @@
-"""Offline work over judged trace datasets, no GPU needed: replay evaluation of the policies
-(``evaluate``), and later the compute-quality curves and the paired statistics that go with it.
+"""Offline work over judged trace datasets, no GPU needed: exact replay of the policies over logged
+attempts (``replay``: the live loop's driver over a ``LoggedSource``), the signals of logged attempts
+(``signals``), paired bootstrap intervals (``intervals``), compute-quality curves (``curves``) and the
+evaluation ``ade-replay`` and the bench print (``evaluate``).
 
 The CLIs (``ade-replay``) and the bench call this package; it never imports a CLI.
 """
+
+from ade_runtime.offline.replay import (
+    LoggedSource,
+    Outcome,
+    Overhead,
+    ReplayError,
+    outcome_dict,
+    replay_oracle,
+    replay_policy,
+    replay_record,
+    replay_signals,
+    summarize,
+)
+from ade_runtime.offline.signals import AttemptSignals, record_signals
+
+__all__ = [
+    "AttemptSignals",
+    "LoggedSource",
+    "Outcome",
+    "Overhead",
+    "ReplayError",
+    "outcome_dict",
+    "record_signals",
+    "replay_oracle",
+    "replay_policy",
+    "replay_record",
+    "replay_signals",
+    "summarize",
+]

@@ -1,9 +1,9 @@
 """Replay evaluation: every policy over a judged trace dataset, exactly, with what ADE's checks cost.
 
-The attempts already exist, so every policy is replayed without a GPU (``ade_runtime.policy.replay``);
+The attempts already exist, so every policy is replayed without a GPU (``ade_runtime.offline.replay``);
 compute figures include ADE's own overhead (``ade_runtime.overhead``). With a confidence level, each
-policy is paired with Best-of-8 on the same requests (``ade_runtime.policy.stats``) and the
-compute-quality curves are drawn (``ade_runtime.policy.curves``). ``ade-replay`` prints
+policy is paired with Best-of-8 on the same requests (``ade_runtime.offline.intervals``) and the
+compute-quality curves are drawn (``ade_runtime.offline.curves``). ``ade-replay`` prints
 ``format_table`` of ``evaluate``; the bench report renders the same table in Markdown.
 """
 
@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ade_runtime.offline import ReplayError, replay_policy, summarize
+from ade_runtime.offline.curves import compute_curves
+from ade_runtime.offline.intervals import paired_by_id
+from ade_runtime.offline.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
-from ade_runtime.policy import PolicyConfig, ReplayError, replay_policy, summarize
-from ade_runtime.policy.curves import compute_curves
-from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
-from ade_runtime.policy.stats import paired_by_id
+from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 
@@ -125,7 +126,7 @@ def evaluate(
 
     With ``ci`` (a level such as 0.9) every policy carries the paired bootstrap interval of its mean
     score minus Best-of-8's on the same requests, and ``"curves"`` holds the compute-quality curves
-    (``ade_runtime.policy.curves``): Best-of-N per selector and reasoning level, and the sweeps.
+    (``ade_runtime.offline.curves``): Best-of-N per selector and reasoning level, and the sweeps.
     """
     base = predictors.policy or PolicyConfig()
     with_card = predictors.card is not None

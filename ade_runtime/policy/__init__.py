@@ -1,4 +1,6 @@
-"""The adaptive policy, shared by the live loop and by offline replay over traces."""
+"""The run-time policy: its config, the per-request session (the decisions), the attempt driver and the
+budget levels. The live loop runs it over a backbone; offline replay (``ade_runtime.offline``) runs the
+same driver over logged traces."""
 
 from ade_runtime.policy.budget import (
     BudgetLabel,
@@ -16,30 +18,18 @@ from ade_runtime.policy.budget import (
     quantile_level,
 )
 from ade_runtime.policy.config import POLICY_NAMES, PolicyConfig, preset
-from ade_runtime.policy.replay import (
-    Outcome,
-    Overhead,
-    ReplayError,
-    outcome_dict,
-    replay_oracle,
-    replay_policy,
-    replay_record,
-    replay_signals,
-    summarize,
-)
+from ade_runtime.policy.driver import GridSession, drive
 from ade_runtime.policy.session import Decision, Key, PolicySession, Step
 
 __all__ = [
     "POLICY_NAMES",
     "BudgetLabel",
     "Decision",
+    "GridSession",
     "GridPoint",
     "Key",
-    "Outcome",
-    "Overhead",
     "PolicyConfig",
     "PolicySession",
-    "ReplayError",
     "Step",
     "LoopLabel",
     "budget_label",
@@ -47,16 +37,11 @@ __all__ = [
     "loop_levels",
     "loop_order",
     "budget_levels",
+    "drive",
     "cost_unit",
     "grid_points",
     "level_index",
-    "outcome_dict",
     "preset",
     "pruned_nfe",
     "quantile_level",
-    "replay_oracle",
-    "replay_policy",
-    "replay_record",
-    "replay_signals",
-    "summarize",
 ]

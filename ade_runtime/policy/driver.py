@@ -4,7 +4,7 @@ Every place that runs a request's attempts is this driver with a different sourc
 
 - the live loop (``ade_runtime.loop``): a backbone, the online scorers, the critique and the verifier
   cascade (``LiveSource``);
-- replay and calibration's search (``ade_runtime.policy.replay``): a logged trace record and the
+- replay and calibration's search (``ade_runtime.offline.replay``): a logged trace record and the
   signals of its attempts (``LoggedSource``);
 - ``ade-collect`` and the testbed's generator: every attempt of the grid, visited by a
   ``GridSession`` instead of the adaptive ``PolicySession``.

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from ade_runtime.errors import ArtifactError, InputError
 from ade_runtime.policy.config import PolicyConfig
-from ade_runtime.policy.signals import CRITIQUE_FEATURE  # noqa: F401  (one name for the loop, replay and here)
 from ade_runtime.predictors.config_base import ArtifactConfig, config_field
 
 METHODS = ("logistic", "isotonic", "logistic+isotonic")

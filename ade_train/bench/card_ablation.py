@@ -1,7 +1,7 @@
 """CARD's ablations (issue 14): does a learned budget and token choice earn its place in ADE?
 
 Every arm is ADE's calibrated policy replayed exactly over the same logged attempts
-(``ade_runtime.policy.replay_record``); only the attempt budget and the reasoning tokens change:
+(``ade_runtime.offline.replay_record``); only the attempt budget and the reasoning tokens change:
 
 - budget: CARD's, the per-category prior's (same artifact format), a constant budget (the policy's
   ``default_budget``) and a constant matched to CARD's mean budget -- all without thinking;
@@ -11,7 +11,7 @@ Every arm is ADE's calibrated policy replayed exactly over the same logged attem
   requests think is worth more than the thinking rate alone.
 
 Each arm reports the mean judge score and GPU-seconds per request; each comparison a paired 90%
-bootstrap interval of both differences (``ade_runtime.policy.stats.paired_by_id``), and the issue's
+bootstrap interval of both differences (``ade_runtime.offline.intervals.paired_by_id``), and the issue's
 targets are checked on them ("equal score" = the score interval is not a loss).
 
 Output of ``run``::
@@ -32,10 +32,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ade_runtime.offline import replay_signals
+from ade_runtime.offline.intervals import paired_by_id
+from ade_runtime.offline.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
-from ade_runtime.policy import PolicyConfig, replay_signals
-from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
-from ade_runtime.policy.stats import paired_by_id
+from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.card import choose_tokens
 from ade_runtime.traces import EditRecord

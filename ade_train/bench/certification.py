@@ -19,9 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ade_runtime.offline import replay_record, replay_signals
+from ade_runtime.offline.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
-from ade_runtime.policy import PolicyConfig, budget_levels, preset, replay_record, replay_signals
-from ade_runtime.policy.signals import card_prediction, critique_signals, record_signals
+from ade_runtime.policy import PolicyConfig, budget_levels, preset
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord

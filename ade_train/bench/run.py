@@ -164,8 +164,8 @@ def live_loop(predictors: Predictors, n: int, seed: int, extra: dict[str, Predic
     """
     from ade_runtime.backbones.base import EditRequest
     from ade_runtime.loop import AdaptiveEditor
+    from ade_runtime.offline.intervals import paired_difference
     from ade_runtime.overhead import overhead_for
-    from ade_runtime.policy.stats import paired_difference
     from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
     from ade_runtime.testbed.costs import get_cost
     from ade_runtime.testbed.imageio import make_image

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ade_runtime.offline import Overhead
 from ade_runtime.overhead import verifier_seconds
-from ade_runtime.policy import Overhead, PolicyConfig, cost_unit
-from ade_runtime.policy.signals import VLM_FEATURE
-from ade_runtime.predictors.calibration import CRITIQUE_FEATURE, CalibrationConfig, Calibrator
+from ade_runtime.policy import PolicyConfig, cost_unit
+from ade_runtime.policy.signals import CRITIQUE_FEATURE, VLM_FEATURE
+from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
 from ade_runtime.traces.records import EditRecord
 from ade_train.calibrate.config import CalibrateConfig
 from ade_train.calibrate.decision import (

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ade_runtime.policy import Outcome, PolicyConfig, preset
-from ade_runtime.policy.stats import paired_difference
+from ade_runtime.offline import Outcome
+from ade_runtime.offline.intervals import paired_difference
+from ade_runtime.policy import PolicyConfig, preset
 from ade_train.calibrate.fit import split_by_group
 from ade_train.calibrate.risk_control import Certificate, RiskSpec, certify
 
@@ -131,8 +132,8 @@ def held_out_slack(
 
 def replayer(records, score_names, calibrator, card, critique, overhead):
     """``(policy, name) -> outcomes`` over ``records``, with their signals and CARD predictions computed once."""
-    from ade_runtime.policy import replay_policy
-    from ade_runtime.policy.signals import card_prediction
+    from ade_runtime.offline import replay_policy
+    from ade_runtime.offline.signals import card_prediction
     from ade_train.calibrate.features import build_signal_table
 
     signals = build_signal_table(records, score_names, critique).signals(calibrator)

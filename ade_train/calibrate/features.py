@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from ade_runtime.errors import ADEError, InputError
-from ade_runtime.policy.signals import (
-    CRITIQUE_FEATURE,
+from ade_runtime.offline.signals import (
     AttemptSignals,
     attempt_features,
     card_prediction,
@@ -27,6 +26,7 @@ from ade_runtime.policy.signals import (
     preview_features,
     record_signals,
 )
+from ade_runtime.policy.signals import CRITIQUE_FEATURE
 from ade_runtime.predictors.calibration import Calibrator
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord

@@ -1,7 +1,7 @@
 """Threshold search: choose tau_high, tau_low, S_max, the CARD quantile (and the pruning threshold)
 by replaying the adaptive policy over the calibration split.
 
-Every candidate ``PolicyConfig`` of a grid is replayed exactly with ``ade_runtime.policy.replay_policy``
+Every candidate ``PolicyConfig`` of a grid is replayed exactly with ``ade_runtime.offline.replay_policy``
 (the same session the live loop runs), charging the logged backbone cost plus what scoring, the
 critique and previews cost (``Overhead``, as Flash-BoN asks of verifiers). The chosen candidate is the
 cheapest one whose mean judge score reaches ``target_fraction`` x the mean judge score of Best-of-8
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ade_runtime.policy import Outcome, Overhead, PolicyConfig, budget_levels, replay_policy, summarize
+from ade_runtime.offline import Outcome, Overhead, replay_policy, summarize
+from ade_runtime.policy import PolicyConfig, budget_levels
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
 from ade_train.calibrate.risk_control import check_target_fraction

@@ -26,8 +26,8 @@ from PIL import Image
 
 from ade_runtime.errors import InputError, TraceError
 from ade_runtime.images import open_rgb
+from ade_runtime.offline.signals import attempt_features
 from ade_runtime.policy import budget
-from ade_runtime.policy.signals import attempt_features
 from ade_runtime.predictors.critique import patch_pixel_diff
 from ade_runtime.predictors.regions import crop_window, to_view
 from ade_runtime.traces import TraceDataset

@@ -10,8 +10,8 @@ from helpers.predictors import calibrator, card
 
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.loop import AdaptiveEditor
+from ade_runtime.offline.signals import card_prediction
 from ade_runtime.policy import PolicyConfig
-from ade_runtime.policy.signals import card_prediction
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_runtime.testbed import World

@@ -11,8 +11,8 @@ from helpers.predictors import calibrator, card
 from ade_runtime.backbones import load_backbone
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.loop import AdaptiveEditor
+from ade_runtime.offline.replay import ReplayError, replay_record
 from ade_runtime.policy import PolicyConfig, PolicySession
-from ade_runtime.policy.replay import ReplayError, replay_record
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import World, online_scores
 from ade_runtime.testbed.imageio import make_image

@@ -15,9 +15,10 @@ from helpers.grid import judged_grid
 from helpers.predictors import calibrator
 
 from ade_runtime.loop import AdaptiveEditor
-from ade_runtime.policy import PolicyConfig, replay_record
+from ade_runtime.offline import replay_record
+from ade_runtime.offline.signals import record_signals
+from ade_runtime.policy import PolicyConfig
 from ade_runtime.policy.driver import GridSession, drive
-from ade_runtime.policy.signals import record_signals
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, online_scores
 from ade_runtime.testbed.costs import get_cost

@@ -16,8 +16,9 @@ from helpers.predictors import calibrator, card
 
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.loop import AdaptiveEditor
-from ade_runtime.policy import PolicyConfig, pruned_nfe, replay_signals
-from ade_runtime.policy.signals import card_budget, record_signals
+from ade_runtime.offline import replay_signals
+from ade_runtime.offline.signals import card_budget, record_signals
+from ade_runtime.policy import PolicyConfig, pruned_nfe
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, World, judge_attempt, online_scores
 from ade_runtime.testbed.costs import get_cost

@@ -6,22 +6,17 @@ import math
 
 import pytest
 
+from ade_runtime.offline import Overhead, ReplayError, replay_oracle, replay_policy, replay_record, summarize
+from ade_runtime.offline.signals import AttemptSignals
 from ade_runtime.policy import (
-    Overhead,
     PolicyConfig,
     PolicySession,
-    ReplayError,
     budget_label,
     budget_levels,
     grid_points,
     preset,
     quantile_level,
-    replay_oracle,
-    replay_policy,
-    replay_record,
-    summarize,
 )
-from ade_runtime.policy.signals import AttemptSignals
 from ade_runtime.traces.records import Attempt, Cost, EditRecord, Judge
 
 NFE = 28
@@ -234,7 +229,7 @@ def test_replay_pruning_uses_the_logged_preview_nfe_and_keeps_reasoning_time():
 
 
 def test_logged_runtime_scores_are_not_calibration_inputs():
-    from ade_runtime.policy.signals import attempt_features
+    from ade_runtime.offline.signals import attempt_features
 
     a = Attempt(
         0,

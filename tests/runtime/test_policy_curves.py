@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 from helpers.predictors import calibrator, card
 
-from ade_runtime.policy import PolicyConfig, preset, replay_policy
-from ade_runtime.policy.curves import compute_curves, format_curves, score_selector
-from ade_runtime.policy.signals import record_signals
+from ade_runtime.offline import replay_policy
+from ade_runtime.offline.curves import compute_curves, format_curves, score_selector
+from ade_runtime.offline.signals import record_signals
+from ade_runtime.policy import PolicyConfig, preset
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ade_runtime.policy.stats import SMALL_SAMPLE, bootstrap_mean_ci, paired_by_id, paired_difference
+from ade_runtime.offline.intervals import SMALL_SAMPLE, bootstrap_mean_ci, paired_by_id, paired_difference
 
 
 def test_a_real_difference_is_a_win_and_noise_is_level():

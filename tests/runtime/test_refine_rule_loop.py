@@ -10,8 +10,9 @@ from runtime.test_cli_new_user import tiny_critique
 from runtime.test_verifier_cascade import POLICY, cascade_calibrator
 
 from ade_runtime.loop import AdaptiveEditor
-from ade_runtime.policy import Overhead, PolicyConfig, replay_signals
-from ade_runtime.policy.signals import critique_signals, record_signals
+from ade_runtime.offline import Overhead, replay_signals
+from ade_runtime.offline.signals import critique_signals, record_signals
+from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.testbed import SyntheticBackbone, online_scores
 from ade_runtime.testbed.imageio import load_png

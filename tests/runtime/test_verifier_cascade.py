@@ -14,9 +14,10 @@ from helpers.grid import judged_grid
 
 from ade_runtime.errors import InputError
 from ade_runtime.loop import AdaptiveEditor
+from ade_runtime.offline import Overhead, replay_signals
+from ade_runtime.offline.signals import record_signals
 from ade_runtime.overhead import verifier_seconds
-from ade_runtime.policy import Overhead, PolicyConfig, replay_signals
-from ade_runtime.policy.signals import record_signals
+from ade_runtime.policy import PolicyConfig
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.predictors.calibration import CalibrationConfig, Calibrator
 from ade_runtime.testbed import SyntheticBackbone, World, online_scores

@@ -15,8 +15,8 @@ from helpers import FIXTURES
 from PIL import Image
 
 from ade_runtime.encoders import build_image_encoder, build_text_encoder
-from ade_runtime.policy import Overhead, replay_policy, summarize
-from ade_runtime.policy.signals import AttemptSignals
+from ade_runtime.offline import Overhead, replay_policy, summarize
+from ade_runtime.offline.signals import AttemptSignals
 from ade_runtime.predictors.calibration import Calibrator
 from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_runtime.predictors.critique import CritiqueConfig, CritiqueHead, CritiquePredictor

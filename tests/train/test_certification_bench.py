@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ade_runtime.policy import preset, replay_policy
+from ade_runtime.offline import replay_policy
+from ade_runtime.policy import preset
 from ade_train.bench import certification
 
 
@@ -33,7 +34,7 @@ def test_matrix_rows_are_the_replayed_policies(setup):
 
 
 def certification_signals(rec, preds):
-    from ade_runtime.policy.signals import record_signals
+    from ade_runtime.offline.signals import record_signals
 
     return record_signals(rec, preds.calibrator)
 

@@ -22,7 +22,7 @@ from helpers import FIXTURES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ade_runtime.predictors.calibration import CRITIQUE_FEATURE
+from ade_runtime.policy.signals import CRITIQUE_FEATURE
 from ade_train import quality, tracking
 from ade_train.calibrate import cli_main as calibrate_main
 from ade_train.card import cli_main as card_main

@@ -11,7 +11,7 @@ curves (the strongest baseline a user would pick, at the compute they would pick
 * ``confidence_stop`` (ADE-CoT-like) across tau_high and ``card_only`` (PhysEdit-like) across CARD
   quantiles, each around ``PolicyConfig()``'s defaults, and ADE itself at its calibrated setting.
 
-Every point carries the paired bootstrap interval (``ade_runtime.policy.stats``) of its mean judge
+Every point carries the paired bootstrap interval (``ade_runtime.offline.intervals``) of its mean judge
 score minus the reference's (Best-of-8 selected by the calibrated confidence) on the same requests.
 """
 
@@ -21,10 +21,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+from ade_runtime.offline.intervals import paired_by_id
+from ade_runtime.offline.replay import Outcome, Overhead, replay_signals
+from ade_runtime.offline.signals import AttemptSignals
 from ade_runtime.policy.config import PolicyConfig, preset
-from ade_runtime.policy.replay import Outcome, Overhead, replay_signals
-from ade_runtime.policy.signals import AttemptSignals
-from ade_runtime.policy.stats import paired_by_id
 from ade_runtime.traces.records import EditRecord
 
 Key = tuple[int, int, int]

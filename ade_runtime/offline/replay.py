@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+from ade_runtime.offline.signals import AttemptSignals
 from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.policy.config import DEFAULT_PREVIEW_STEP, PolicyConfig, preset
 from ade_runtime.policy.driver import Generated, Judged, Keep, drive
 from ade_runtime.policy.session import Decision, Key, PolicySession, Step
-from ade_runtime.policy.signals import AttemptSignals
 from ade_runtime.traces.records import Attempt, EditRecord
 
 
