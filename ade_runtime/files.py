@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ade_runtime.errors import ArtifactError
 
@@ -70,6 +72,18 @@ def atomic_export_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
         raise
     if had_old:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_json_file(path: str | os.PathLike, fix: str, error: type[Exception] = ValueError) -> Any:
+    """The JSON in ``path``, or None when there is no such file; an unreadable file raises ``error``
+    naming the file and ``fix`` (what the user should do about it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: unreadable ({exc}); {fix}") from None
 
 
 def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:

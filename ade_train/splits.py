@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ade_runtime.artifacts import atomic_write_bytes, fingerprint_records
 from ade_runtime.errors import InputError
+from ade_runtime.files import read_json_file
 from ade_runtime.traces import EditRecord
 
 SPLITS = ("train", "val", "calibration", "test")
@@ -94,12 +95,9 @@ def write_splits(
 def read_splits_file(out_dir: str | os.PathLike) -> dict | None:
     """The raw ``OUT/splits.json`` (None when absent); a file missing a split is an error naming it."""
     path = Path(out_dir) / SPLITS_FILE
-    if not path.is_file():
+    data = read_json_file(path, "delete it or rerun `ade-train card --force`", InputError)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({exc}); delete it or rerun `ade-train card --force`") from None
     missing = [s for s in SPLITS if s not in data.get("splits", {})]
     if missing:
         raise InputError(f"{path}: splits {missing} missing; rerun `ade-train card` into this OUT")

@@ -32,6 +32,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from ade_runtime.files import read_json_file
+
 RUN_FILE = "wandb_run.json"
 _MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
@@ -57,12 +59,9 @@ def wandb_mode(offline: bool | None = None) -> str:
 def read_run_id(out_dir: str | Path) -> str | None:
     """The W&B run id stored in ``OUT/wandb_run.json`` by an earlier attempt of this job, if any."""
     path = Path(out_dir) / RUN_FILE
-    if not path.is_file():
+    data = read_json_file(path, "delete it to start a new W&B run")
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc}); delete it to start a new W&B run") from exc
     run_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"{path}: field 'id' missing or empty; delete the file to start a new W&B run")

@@ -44,23 +44,15 @@ class Judged:
 
 
 class Session(Protocol):
-    """What the driver asks of a policy: ``PolicySession`` (adaptive) or ``GridSession`` (all attempts)."""
+    """What the driver asks of a policy: ``PolicySession`` (adaptive) or ``GridSession`` (all attempts);
+    ``observe`` takes ``(step, confidence, *, pruned, failed, seconds, refine_ok)``."""
 
-    def next_step(self) -> Step | None: ...
-    def prunes(self, step: Step) -> bool: ...
-    def should_prune(self, preview_confidence: float | None) -> bool: ...
-    def needs_verifier(self, first_stage: float | None) -> bool: ...
-    def abort(self, reason: str) -> None: ...
-    def observe(
-        self,
-        step: Step,
-        confidence: float | None,
-        *,
-        pruned: bool = False,
-        failed: bool = False,
-        seconds: float = 0.0,
-        refine_ok: bool = True,
-    ) -> None: ...
+    next_step: Callable[[], Step | None]
+    prunes: Callable[[Step], bool]
+    should_prune: Callable[[float | None], bool]
+    needs_verifier: Callable[[float | None], bool]
+    abort: Callable[[str], None]
+    observe: Callable[..., None]
 
 
 class AttemptSource(Protocol):
