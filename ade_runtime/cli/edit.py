@@ -31,7 +31,7 @@ from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.policy import POLICY_NAMES
 from ade_runtime.requests import validate_request
 from ade_runtime.stack import backbone_meta
-from ade_runtime.traces.writer import file_mode
+from ade_runtime.traces.staging import file_mode
 
 
 @cli_main("ade-edit")
