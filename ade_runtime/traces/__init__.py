@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 from .claims import DuplicateRecordId, RecordRefused
+from .field_checks import REASONS, Problem
 from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageChecker
 from .prepare import RecordLimits
 from .reader import (
@@ -23,7 +24,7 @@ from .reader import (
 )
 from .records import FORMAT, Attempt, Cost, EditRecord, Flaw, Judge
 from .stats import StatsAccumulator, compute_stats, format_stats
-from .validate import REASONS, Problem, parse_record, validate_record
+from .validate import parse_record, validate_record
 from .writer import TraceWriter
 
 SCHEMA_FILE = "trace-format-v1.schema.json"
