@@ -40,15 +40,13 @@ from ade_runtime.backbones._diffusers import (
     OFFLOAD_PREVIEW,
     CallCounter,
     PipelineAdapter,
-    SchedulerStepCapture,
-    StepCallbacks,
     check_mask,
     composite,
     decode_flux_packed,
-    has_flow_sigmas,
     vae_decode,
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
+from ade_runtime.backbones.step_callbacks import SchedulerStepCapture, StepCallbacks, has_flow_sigmas
 from ade_runtime.errors import InputError
 
 DecodeFn = Callable[[Any, Any, int, int], Image.Image]

@@ -28,8 +28,6 @@ from ade_runtime.backbones._diffusers import (
     OFFLOAD_PREVIEW,
     CallCounter,
     PipelineAdapter,
-    SchedulerStepCapture,
-    StepCallbacks,
     check_mask,
     composite,
     decode_flux_packed,
@@ -38,6 +36,7 @@ from ade_runtime.backbones._diffusers import (
 )
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
 from ade_runtime.backbones.srm import SRMCapture, SRMConfig, token_map_to_mask
+from ade_runtime.backbones.step_callbacks import SchedulerStepCapture, StepCallbacks
 from ade_runtime.errors import InputError
 
 RESOLUTION_POLICIES = ("preferred", "input")

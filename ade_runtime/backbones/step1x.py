@@ -206,22 +206,65 @@ class Step1XEditBackbone:
                 f"{model_path!r}, e.g. {DIFFUSERS_MODEL}; for the repository checkpoint use route='repo'"
             )
         if layout:
-            from ade_runtime.backbones._diffusers import load_pipeline
-            from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone
-
-            repo_only = sorted(set(kwargs) & set(REPO_ONLY_KWARGS))
-            if repo_only:
-                raise InputError(
-                    f"Step1XEditBackbone: {', '.join(repo_only)} belong to the repository route; on the "
-                    "diffusers route pass num_inference_steps and pipeline keyword arguments (call_kwargs)"
-                )
-            pipe = load_pipeline(
-                pipeline_cls, model_path, device=device, torch_dtype=torch_dtype, cpu_offload=offload
+            return cls._from_diffusers(
+                pipeline_cls,
+                model_path,
+                device=device,
+                torch_dtype=torch_dtype,
+                offload=offload,
+                kwargs=kwargs,
             )
-            return DiffusersEditBackbone(pipe, name=cls.name, **kwargs)
         generator_cls = _optional_class("inference", "ImageGenerator") if route in ("auto", "repo") else None
         if generator_cls is None:
             raise BackboneUnavailableError(f"{INSTALL_HINT} (route={route!r})")
+        return cls._from_repo(
+            generator_cls,
+            model_path,
+            qwen2vl_model_path=qwen2vl_model_path,
+            device=device,
+            quantized=quantized,
+            offload=offload,
+            version=version,
+            mode=mode,
+            torch_dtype=torch_dtype,
+            kwargs=kwargs,
+        )
+
+    @classmethod
+    def _from_diffusers(
+        cls, pipeline_cls: Any, model_path: str, *, device: str, torch_dtype: Any, offload: bool, kwargs: dict
+    ) -> Any:
+        """The diffusers route: ``Step1XEditPipeline`` loaded and wrapped in ``DiffusersEditBackbone``."""
+        from ade_runtime.backbones._diffusers import load_pipeline
+        from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone
+
+        repo_only = sorted(set(kwargs) & set(REPO_ONLY_KWARGS))
+        if repo_only:
+            raise InputError(
+                f"Step1XEditBackbone: {', '.join(repo_only)} belong to the repository route; on the "
+                "diffusers route pass num_inference_steps and pipeline keyword arguments (call_kwargs)"
+            )
+        pipe = load_pipeline(
+            pipeline_cls, model_path, device=device, torch_dtype=torch_dtype, cpu_offload=offload
+        )
+        return DiffusersEditBackbone(pipe, name=cls.name, **kwargs)
+
+    @classmethod
+    def _from_repo(
+        cls,
+        generator_cls: Any,
+        model_path: str,
+        *,
+        qwen2vl_model_path: str | None,
+        device: str,
+        quantized: bool,
+        offload: bool,
+        version: str,
+        mode: str | None,
+        torch_dtype: Any,
+        kwargs: dict,
+    ) -> Step1XEditBackbone:
+        """The repository route: upstream's ``ImageGenerator`` over ``model_path``'s checkpoint of ``version``."""
         if not os.path.isdir(model_path):
             from huggingface_hub import snapshot_download  # a Hub id: fetch the checkpoint directory
 

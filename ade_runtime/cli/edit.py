@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from PIL import Image
 
@@ -27,15 +28,14 @@ from ade_runtime.cli._io import (
 from ade_runtime.cli._verifier import add_verifier_args, build_verifier, check_verifier_args
 from ade_runtime.errors import InputError
 from ade_runtime.images import image_bytes
-from ade_runtime.loop import AdaptiveEditor
+from ade_runtime.loop import AdaptiveEditor, EditResult
 from ade_runtime.policy import POLICY_NAMES
 from ade_runtime.requests import validate_request
 from ade_runtime.stack import backbone_meta
-from ade_runtime.traces.writer import file_mode
+from ade_runtime.traces.staging import file_mode
 
 
-@cli_main("ade-edit")
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ade-edit", description=__doc__.split("\n\n")[0])
     add_backbone_args(p)
     add_predictor_args(
@@ -62,14 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
-    args = p.parse_args(argv)
-    # everything cheap first: output paths, the image and the instruction, then predictors and backbone
-    check_backbone_name(args.backbone)
-    pipeline_kwargs(args)  # a JSON typo is refused before anything loads
-    check_verifier_args(args)
-    out = prepare_out_file(args.out)
-    if args.trace_dir:
-        prepare_out_dir(args.trace_dir, "--trace-dir")
+    return p
+
+
+def _read_request(args: argparse.Namespace) -> EditRequest:
+    """The request from --image and --instruction, refused with the option the user typed."""
     try:
         with Image.open(args.image) as im:
             image = im.copy()
@@ -86,28 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:  # "the request: ..." -> name the option the user typed
         option = "--instruction" if "instruction" in str(exc) else f"--image {args.image}"
         raise InputError(f"{option}: {str(exc).removeprefix('the request: ')}") from None
-    predictors = load_predictors(args, "ade-edit")
-    backbone = build_backbone(args, "ade-edit")
-    request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
-    scorer = build_scorer(args, args.backbone)
-    verifier = build_verifier(args)
-    editor = AdaptiveEditor(
-        backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed, verifier=verifier
-    )
-    result = editor.edit(request)
-    if result.image is None:
-        print("ade-edit: every attempt failed; nothing to write (see the failures below)", file=sys.stderr)
-    else:
-        atomic_write_bytes(out, image_bytes(result.image, IMAGE_SUFFIXES[out.suffix.lower()]))
-        out.chmod(file_mode())
-    trace_id = None
-    if args.trace_dir:
-        from ade_runtime.traces import TraceWriter
-        from ade_runtime.traces.serving import log_request
+    return request
 
-        with TraceWriter(args.trace_dir) as writer:
-            record = log_request(writer, result.request, result, backbone.name)
-        trace_id = record.id if record is not None else None
+
+def _report(result: EditResult, args: argparse.Namespace, out: Path, trace_id: str | None) -> None:
+    """What ade-edit prints: the summary, the verifier's calls, where things went, the --json line."""
     s = result.summary()
     conf = "n/a" if s["confidence"] is None else f"{s['confidence']:.3f}"
     print(
@@ -130,6 +110,42 @@ def main(argv: list[str] | None = None) -> int:
             out=str(out) if result.image is not None else None, trace_dir=args.trace_dir, trace_id=trace_id
         )
         print(json.dumps(s, sort_keys=True, default=float))
+
+
+@cli_main("ade-edit")
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # everything cheap first: output paths, the image and the instruction, then predictors and backbone
+    check_backbone_name(args.backbone)
+    pipeline_kwargs(args)  # a JSON typo is refused before anything loads
+    check_verifier_args(args)
+    out = prepare_out_file(args.out)
+    if args.trace_dir:
+        prepare_out_dir(args.trace_dir, "--trace-dir")
+    request = _read_request(args)
+    predictors = load_predictors(args, "ade-edit")
+    backbone = build_backbone(args, "ade-edit")
+    request.meta.update(backbone_meta(backbone))  # the GPU options, recorded in the trace
+    scorer = build_scorer(args, args.backbone)
+    verifier = build_verifier(args)
+    editor = AdaptiveEditor(
+        backbone, predictors, policy=args.policy, scorer=scorer, seed=args.seed, verifier=verifier
+    )
+    result = editor.edit(request)
+    if result.image is None:
+        print("ade-edit: every attempt failed; nothing to write (see the failures below)", file=sys.stderr)
+    else:
+        atomic_write_bytes(out, image_bytes(result.image, IMAGE_SUFFIXES[out.suffix.lower()]))
+        out.chmod(file_mode())
+    trace_id = None
+    if args.trace_dir:
+        from ade_runtime.traces import TraceWriter
+        from ade_runtime.traces.serving import log_request
+
+        with TraceWriter(args.trace_dir) as writer:
+            record = log_request(writer, result.request, result, backbone.name)
+        trace_id = record.id if record is not None else None
+    _report(result, args, out, trace_id)
     return 0 if result.image is not None else 1
 
 

@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS = {
     "CardPredictor": "card",
     "CardConfig": "card",
-    "BudgetPrediction": "card",
+    "BudgetPrediction": "budget_prediction",
     "CritiquePredictor": "critique",
     "CritiqueConfig": "critique",
     "Critique": "critique",

@@ -19,6 +19,8 @@ Public API::
     b = card.predict("make the mug blue", image)       # BudgetPrediction
     b.quantile(0.8) -> attempts, b.reasoning_tokens, b.expected_level, b.probs, b.token_probs
     card.predict_features(x) -> list[BudgetPrediction]; card.predict_proba(x) -> (probs, token_probs)
+
+``BudgetPrediction`` and the token choice (``choose_tokens``) are in ``budget_prediction.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import nn
 
 from ade_runtime.artifacts import CARD_KIND, CARD_NAME, load_artifact, save_artifact
 from ade_runtime.errors import ArtifactError, InputError
-from ade_runtime.policy.budget import quantile_level
+from ade_runtime.predictors.budget_prediction import BudgetPrediction
 from ade_runtime.predictors.config_base import ArtifactConfig
 from ade_runtime.predictors.features import RequestFeaturizer
 
@@ -201,98 +203,6 @@ class CardModel(nn.Module):
         if self.category_head is None:
             raise InputError("this CARD artifact has no category classifier (config.categories is None)")
         return self.category_head((x - self.feature_mean) / self.feature_std)
-
-
-def choose_tokens(
-    token_levels: list[int], p_pass: list[float], seconds: list[float], gain_per_cost: float = 1.0
-) -> int:
-    """The token level whose gain in P(pass) over the smallest level best pays for its extra seconds.
-
-    Level t is worth it when ``p_t - p_0 >= gain_per_cost * p_0 * (s_t - s_0) / s_0``; at 1.0 that is
-    exactly where thinking lowers the expected seconds per passing attempt (s_t / p_t < s_0 / p_0).
-    """
-    p0, s0 = p_pass[0], seconds[0]
-    best, best_value = 0, 0.0
-    for i in range(1, len(token_levels)):
-        value = (p_pass[i] - p0) - gain_per_cost * p0 * (seconds[i] - s0) / s0
-        if value > best_value:
-            best, best_value = i, value
-    return token_levels[best]
-
-
-@dataclass
-class BudgetPrediction:
-    """CARD's output for one request."""
-
-    levels: list[int]  # attempt counts, ascending
-    probs: list[float]  # P(level) for each level, then P(beyond)
-    token_levels: list[int]
-    token_probs: list[float]  # P(pass) of one attempt per level (token_pass), else the level distribution
-    token_pass: list[float] | None = None
-    token_seconds: list[float] | None = None
-    gain_per_cost: float | None = None
-    beyond_budget: int | None = None
-    # where the budget came from: "card", "prior:given" (the caller's category), "prior:inferred" (the
-    # classifier's mixture over categories), "prior:all" (no category, no classifier: the '*' row)
-    source: str = "card"
-    category: str | None = None  # the category used (given, or the classifier's most probable one)
-    category_confidence: float | None = None  # the classifier's probability of ``category``
-
-    def hopeless(self, q: float) -> bool:
-        """True when the q-quantile of the need falls in the beyond mass (no level reaches q)."""
-        return sum(self.probs[:-1]) / sum(self.probs) < q - 1e-12
-
-    def quantile(self, q: float) -> int:
-        """Attempt budget: smallest level whose CDF >= q; a hopeless request gets ``beyond_budget``."""
-        level = quantile_level(self.levels, self.probs, q)  # checks q and the probabilities
-        if self.hopeless(q):
-            # spending most where it helps least is what this avoids: the calibrated give-up budget
-            return int(self.beyond_budget) if self.beyond_budget is not None else self.levels[0]
-        return level
-
-    @property
-    def reasoning_tokens(self) -> int:
-        """By gain per cost when P(pass) per level and costs are known, else the most probable level."""
-        if self.token_pass is not None and self.token_seconds:
-            lam = 1.0 if self.gain_per_cost is None else float(self.gain_per_cost)
-            return choose_tokens(self.token_levels, self.token_pass, self.token_seconds, lam)
-        return self.token_levels[max(range(len(self.token_probs)), key=self.token_probs.__getitem__)]
-
-    def plan(self, q: float, supports_reasoning: bool = True) -> tuple[int, int]:
-        """(attempt budget at quantile ``q``, reasoning tokens): what the loop, replay and calibration
-        run. A backbone without reasoning gets no tokens, whatever CARD would choose."""
-        tokens = max(0, int(self.reasoning_tokens)) if supports_reasoning else 0
-        return max(1, int(self.quantile(q))), tokens
-
-    @property
-    def expected_level(self) -> float:
-        """Expected level index (0 = cheapest level, ``len(levels)`` = beyond)."""
-        return float(sum(i * p for i, p in enumerate(self.probs)))
-
-    @property
-    def p_beyond(self) -> float:
-        return float(self.probs[-1])
-
-    def explain(self, q: float) -> dict[str, Any]:
-        """The budget and token choice with their reasons (the loop's decision log)."""
-        out: dict[str, Any] = {
-            "quantile": q,
-            "budget": self.quantile(q),
-            "p_beyond": round(self.p_beyond, 4),
-            "hopeless": self.hopeless(q),
-            "reasoning_tokens": self.reasoning_tokens,
-            "budget_source": self.source,
-        }
-        if self.category is not None:
-            out["category"] = self.category
-        if self.category_confidence is not None:
-            out["category_confidence"] = round(self.category_confidence, 4)
-        if self.token_pass is not None:
-            out["token_pass"] = {
-                str(t): round(p, 4) for t, p in zip(self.token_levels, self.token_pass, strict=True)
-            }
-            out["gain_per_cost"] = 1.0 if self.gain_per_cost is None else self.gain_per_cost
-        return out
 
 
 class CardPredictor:

@@ -27,6 +27,7 @@ from fastapi import HTTPException
 from fastapi.responses import Response
 
 from ade_runtime.backbones import load_backbone
+from ade_runtime.backbones.base import EditRequest
 from ade_runtime.errors import InputError
 from ade_runtime.images import image_bytes
 from ade_runtime.loop import AdaptiveEditor, EditResult
@@ -205,25 +206,7 @@ class EditAPI(ls.LitAPI):
         if rid in self.served:
             raise HTTPException(409, f"id {rid!r} was already served; send a new id (or none)")
         request = replace(job.request, id=rid, meta={**job.request.meta, **self.backbone_meta})
-        # the id is unique in the dataset (across restarts and workers) and the record fits: before any work
-        if self.writer is not None:
-            from ade_runtime.errors import TraceError
-            from ade_runtime.traces import DuplicateRecordId, RecordRefused
-            from ade_runtime.traces.serving import claim_request
-
-            try:
-                claim_request(self.writer, request, self.backbone.name)
-            except DuplicateRecordId:  # no detail: it would name the writer's pid and host
-                raise HTTPException(
-                    409, f"id {rid!r} is already used in the traces; send a new id (or none)"
-                ) from None
-            except RecordRefused as exc:
-                raise HTTPException(422, str(exc)) from None
-            except (
-                TraceError
-            ) as exc:  # the trace directory is unusable (disk full, removed): no edit untraced
-                log.error("request %s: cannot claim its id: %s", rid, exc)
-                raise HTTPException(503, "the trace directory cannot be written; try again later") from None
+        self._claim(request)  # before any work
         fp = self.watcher.fingerprint
         deadline = job.max_seconds
         self._check_first_attempt(job, deadline)
@@ -247,15 +230,7 @@ class EditAPI(ls.LitAPI):
         wall = time.perf_counter() - t0
         self.served.add(rid)
         failures = list(result.failures)
-        if self.writer is not None:
-            from ade_runtime.traces.serving import log_request
-
-            try:
-                log_request(self.writer, result.request, result, self.backbone.name, ade_extra=extra)
-            except Exception as exc:  # the edit is done: answer it, and say the trace is missing
-                log.error("request %s: trace not written: %r", rid, exc)
-                failures.append({"stage": "trace", "error": repr(exc)})
-                metrics.FAILURES.labels("trace").inc()
+        self._log(result, rid, extra, failures)
         metrics.observe_result(result, self._verifier_calls(editor, result))
         failures = [self._public(f) for f in failures]
         if result.image is None:
@@ -281,6 +256,41 @@ class EditAPI(ls.LitAPI):
             worker=self.worker,
         )
         return {"png": image_bytes(result.image), "summary": s, "response": job.response}
+
+    def _claim(self, request: EditRequest) -> None:
+        """Claim the request's id in the traces: unique in the dataset (across restarts and workers) and
+        the record fits, or the request is refused; no writer, nothing to claim."""
+        if self.writer is None:
+            return
+        from ade_runtime.errors import TraceError
+        from ade_runtime.traces import DuplicateRecordId, RecordRefused
+        from ade_runtime.traces.serving import claim_request
+
+        rid = request.id
+        try:
+            claim_request(self.writer, request, self.backbone.name)
+        except DuplicateRecordId:  # no detail: it would name the writer's pid and host
+            raise HTTPException(
+                409, f"id {rid!r} is already used in the traces; send a new id (or none)"
+            ) from None
+        except RecordRefused as exc:
+            raise HTTPException(422, str(exc)) from None
+        except TraceError as exc:  # the trace directory is unusable (disk full, removed): no edit untraced
+            log.error("request %s: cannot claim its id: %s", rid, exc)
+            raise HTTPException(503, "the trace directory cannot be written; try again later") from None
+
+    def _log(self, result: EditResult, rid: str, extra: dict, failures: list[dict]) -> None:
+        """Write served request ``rid`` as a trace record; a failure is appended to ``failures``, not raised."""
+        if self.writer is None:
+            return
+        from ade_runtime.traces.serving import log_request
+
+        try:
+            log_request(self.writer, result.request, result, self.backbone.name, ade_extra=extra)
+        except Exception as exc:  # the edit is done: answer it, and say the trace is missing
+            log.error("request %s: trace not written: %r", rid, exc)
+            failures.append({"stage": "trace", "error": repr(exc)})
+            metrics.FAILURES.labels("trace").inc()
 
     def _public(self, failure: dict) -> dict:
         """A failure as the client sees it: no traceback, no server path."""

@@ -13,37 +13,32 @@ requests are "blocked": one edit is beyond the model and never succeeds (request
 A refinement round (input = previous output, prompt = instruction + feedback from
 ``ade_runtime.feedback``) fixes each remaining defect with probability ``p_fix_guided`` when the
 feedback names a region containing it, ``p_fix_blind`` otherwise (blind retry or wrong region).
+Here is the skill model (what succeeds, how often); ``outcomes.py`` realises the result on the scene
+(failure modes, fixes, the mask, the preview).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ade_runtime.backbones.base import AttemptOutput, AttemptSpec, EditRequest
-from ade_runtime.errors import InputError
 from ade_runtime.feedback import split_feedback
 from ade_runtime.policy.budget import pruned_nfe
 from ade_runtime.testbed.costs import BackboneCost, get_cost
 from ade_runtime.testbed.imageio import CHUNK_KEY, make_image, parse_chunk, read_scenes
-from ade_runtime.testbed.instructions import Edit, candidates, is_ambiguous, parse, resolve
-from ade_runtime.testbed.judge import Defect, diff
+from ade_runtime.testbed.instructions import Edit, is_ambiguous, parse, resolve
+from ade_runtime.testbed.judge import diff
+from ade_runtime.testbed.outcomes import confine, degrade_preview, fail_edit, fix_defect, hash_u64
 from ade_runtime.testbed.scene import (
-    BACKGROUNDS,
     COLORS,
-    LETTERS,
-    MATERIALS,
-    SHAPES,
-    SIZES,
-    STYLES,
     Scene,
     render,
 )
-from ade_runtime.testbed.world import CELLS, apply_edit, apply_edits, target_oids
+from ade_runtime.testbed.world import apply_edit, apply_edits, target_oids
 
 # Success logit per edit category at reasoning_tokens=0 for a typical request (GEdit/ImgEdit ordering:
 # appearance edits easiest; action, remove, extract and compose hardest).
@@ -99,10 +94,6 @@ class FailureModel:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
-
-
-def _hash_u64(*parts: str) -> int:
-    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "little")
 
 
 @dataclass
@@ -167,7 +158,7 @@ class SyntheticBackbone:
         """The request state from a scene (``prepare`` reads it from the image); the generator's entry."""
         edits = parse(instruction)
         oids = target_oids(edits, source)
-        h = _hash_u64(source.key(), repr(edits), self.name)
+        h = hash_u64(source.key(), repr(edits), self.name)
         rng = np.random.default_rng(h)
         z = float(rng.normal())
         hardest = min(self.edit_logit(e, source, len(edits), 0) for e in edits)
@@ -199,14 +190,14 @@ class SyntheticBackbone:
         out_key = out.key()
         pixels = render(out, state.size, out_key)
         if spec.mask is not None:
-            out, pixels = self._confine(state, current, out, pixels, spec.mask, in_pixels)
+            out, pixels = confine(current, out, pixels, spec.mask, in_pixels)
             out_key = out.key()
         image = make_image(out, state.source, state.size, pixels, keys=(out_key, state.source_key))
         nfe = self.cost.nfe
         preview = None
         if spec.preview_fn is not None:
             step = spec.preview_step or self.cost.preview_step
-            preview = _degrade(pixels, image.info[CHUNK_KEY])
+            preview = degrade_preview(pixels, image.info[CHUNK_KEY])
             if not spec.preview_fn(preview, step):
                 nfe = pruned_nfe(nfe, step * self.cost.nfe_per_step)
                 lat = self.cost.latency(nfe, spec.reasoning_tokens)
@@ -224,7 +215,7 @@ class SyntheticBackbone:
                 modes = ("wrong_value", "partial", "no_change") + (
                     ("wrong_target",) if e.ref is not None else ()
                 )
-                _fail(out, e, oid, modes[int(st.z * 1000) % len(modes)], rng, st.source)
+                fail_edit(out, e, oid, modes[int(st.z * 1000) % len(modes)], rng, st.source)
             elif rng.random() < p:
                 apply_edit(out, e, oid)
             else:
@@ -234,7 +225,7 @@ class SyntheticBackbone:
                     modes.append("wrong_target")
                     w.append(0.6 + 2.0 * is_ambiguous(e.ref, st.source) + 0.8 * (e.ref.relation is not None))
                 w_arr = np.array(w) / sum(w)
-                _fail(out, e, oid, modes[int(rng.choice(len(modes), p=w_arr))], rng, st.source)
+                fail_edit(out, e, oid, modes[int(rng.choice(len(modes), p=w_arr))], rng, st.source)
         self._side_effects(out, st, rng, 1.0)
         return out
 
@@ -262,7 +253,7 @@ class SyntheticBackbone:
                 if d.key[0] == "artifact":
                     drop_artifacts.add(d.key[1])
                 else:
-                    _fix(out, st.target, d)
+                    fix_defect(out, st.target, d)
         out.artifacts = [a for i, a in enumerate(out.artifacts) if i not in drop_artifacts]
         self._side_effects(out, st, rng, f.refine_side_effects)
         return out
@@ -281,147 +272,3 @@ class SyntheticBackbone:
         if others and rng.random() < scale * (f.p_leak_base + f.p_leak_per_object * len(st.source.objects)):
             o = others[int(rng.integers(len(others)))]
             o.color = str(rng.choice([c for c in COLORS if c != o.color]))
-
-    def _confine(self, st, current: Scene, out: Scene, pixels, mask, in_pixels):
-        m = np.asarray(mask, dtype=np.float32)
-        if m.shape != pixels.shape[:2]:
-            raise InputError(f"mask shape {m.shape} must equal the image size {pixels.shape[:2]}")
-        if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
-            raise InputError("mask values must be finite and in [0, 1] (1 = may change)")
-        n = pixels.shape[0]
-        inside = lambda x, y: m[min(n - 1, int(y * n)), min(n - 1, int(x * n))] >= 0.5  # noqa: E731
-        cur = current.by_oid()
-        kept = []
-        for o in out.objects:
-            c = cur.get(o.oid)
-            if c is None:
-                if inside(o.x, o.y):
-                    kept.append(o)
-            elif inside(o.x, o.y) or inside(c.x, c.y):
-                kept.append(o)
-            else:
-                kept.append(c.clone())
-        kept += [c.clone() for oid, c in cur.items() if oid not in out.by_oid() and not inside(c.x, c.y)]
-        out.objects = sorted(kept, key=lambda o: [x.oid for x in current.objects + out.objects].index(o.oid))
-        if m.mean() < 0.9:
-            out.background, out.style, out.bg_ghost, out.style_strength = (
-                current.background,
-                current.style,
-                current.bg_ghost,
-                current.style_strength,
-            )
-        out.artifacts = [a for a in out.artifacts if a in current.artifacts or inside(a[0], a[1])]
-        base = in_pixels if in_pixels is not None else render(current, n)
-        new = render(out, n).astype(np.float32)
-        mixed = base.astype(np.float32) * (1 - m[..., None]) + new * m[..., None]
-        return out, np.where(m[..., None] > 0, np.clip(np.rint(mixed), 0, 255), base).astype(np.uint8)
-
-
-_PREVIEW_CACHE: dict[str, Image.Image] = {}
-
-
-def _degrade(pixels: np.ndarray, key: str) -> Image.Image:
-    """An early-step preview: blurred, noised final output (what a one-step x0 estimate looks like).
-
-    The noise is seeded by the output's content, so equal outputs have equal previews (and cache).
-    """
-    key = f"{pixels.shape[0]}:{key}"
-    hit = _PREVIEW_CACHE.get(key)
-    if hit is not None:
-        return hit.copy()
-    if len(_PREVIEW_CACHE) > 512:
-        _PREVIEW_CACHE.clear()
-    rng = np.random.default_rng(_hash_u64(key, "preview"))
-    n = pixels.shape[0]
-    small = np.asarray(Image.fromarray(pixels).reduce(4), dtype=np.float32)
-    noisy = np.clip(small + rng.normal(0, 18, small.shape), 0, 255).astype(np.uint8)
-    out = Image.fromarray(noisy).resize((n, n), Image.BILINEAR)
-    _PREVIEW_CACHE[key] = out
-    return out.copy()
-
-
-def _other(values, cur, rng):
-    return str(rng.choice([v for v in values if v != cur]))
-
-
-def _fail(out: Scene, e: Edit, oid: int | None, mode: str, rng: np.random.Generator, source: Scene) -> None:
-    """Realise a failed edit on ``out`` in the given mode."""
-    objs = out.by_oid()
-    o = objs.get(oid) if oid is not None else None
-    if mode == "wrong_target" and e.ref is not None:
-        pool = [c for c in candidates(e.ref, source) if c.oid != oid] or [
-            c for c in source.objects if c.oid != oid
-        ]
-        if pool:
-            other = pool[int(rng.integers(len(pool)))]
-            if other.oid in objs:
-                apply_edit(out, e, other.oid)
-            return
-        mode = "wrong_value"
-    if mode == "no_change":
-        return
-    if mode == "wrong_value":
-        v = e.value
-        wrong = {
-            "color": lambda: _other(COLORS, v, rng),
-            "size": lambda: _other(SIZES, v, rng),
-            "material": lambda: _other(MATERIALS, v, rng),
-            "text": lambda: _other(LETTERS, v, rng),
-            "replace": lambda: (v[0], _other(SHAPES, v[1], rng)),
-            "background": lambda: _other(BACKGROUNDS, v, rng),
-            "style": lambda: _other(STYLES, v, rng),
-            "action": lambda: _other(CELLS, v, rng),
-            "add": lambda: (v[0], _other(COLORS, v[1], rng), v[2], v[3]),
-        }.get(e.op)
-        if wrong is not None:
-            apply_edit(out, Edit(e.op, e.ref, wrong()), oid)
-            return
-        if e.op == "extract":
-            bg = out.background
-            apply_edit(out, e, oid)
-            out.background = bg
-            return
-        mode = "partial"  # remove has no wrong value: it half-removes
-    # partial edit
-    if e.op in ("color", "size", "material", "replace", "text") and o is not None:
-        old = {"color": o.color, "size": o.size, "material": o.material, "shape": o.shape}
-        apply_edit(out, e, oid)
-        o.ghost = {k: v for k, v in old.items() if k != "size" or e.op == "size"}
-    elif e.op == "remove" and o is not None:
-        o.alpha = 0.5
-    elif e.op == "add":
-        apply_edit(out, e, oid)
-        out.by_oid()[oid].alpha = 0.5
-    elif e.op == "action" and o is not None:
-        tx, ty = CELLS[e.value]
-        o.x, o.y = round((o.x + tx) / 2, 3), round((o.y + ty) / 2, 3)
-    elif e.op == "extract" and o is not None:
-        others = [c for c in out.objects if c.oid != oid]
-        apply_edit(out, e, oid)
-        for c in others:
-            c.alpha = 0.5
-        out.objects[:0] = others
-    elif e.op == "background":
-        out.bg_ghost = out.background
-        out.background = e.value
-    elif e.op == "style":
-        out.style, out.style_strength = e.value, 0.5
-
-
-def _fix(out: Scene, target: Scene, d: Defect) -> None:
-    """Make the part of ``out`` that ``d`` names equal to the target."""
-    if d.key[0] == "obj":
-        oid = d.key[1]
-        t = target.by_oid().get(oid)
-        idx = next((i for i, o in enumerate(out.objects) if o.oid == oid), None)
-        if t is None:
-            if idx is not None:
-                out.objects.pop(idx)
-        elif idx is None:
-            out.objects.append(replace(t, ghost=None))
-        else:
-            out.objects[idx] = replace(t, ghost=None)
-    elif d.key[0] == "background":
-        out.background, out.bg_ghost = target.background, None
-    elif d.key[0] == "style":
-        out.style, out.style_strength = target.style, 1.0

@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 
 from ade_runtime.errors import InputError
 from ade_runtime.testbed.scene import Scene, render
-from ade_runtime.traces.writer import file_mode
+from ade_runtime.traces.staging import file_mode
 
 CHUNK_KEY = "ade-testbed"
 

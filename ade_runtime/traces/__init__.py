@@ -9,7 +9,10 @@ import json
 from importlib import resources
 from typing import Any
 
+from .claims import DuplicateRecordId, RecordRefused
+from .field_checks import REASONS, Problem
 from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageChecker
+from .prepare import RecordLimits
 from .reader import (
     DEFAULT_MAX_LINE_BYTES,
     Reject,
@@ -21,8 +24,8 @@ from .reader import (
 )
 from .records import FORMAT, Attempt, Cost, EditRecord, Flaw, Judge
 from .stats import StatsAccumulator, compute_stats, format_stats
-from .validate import REASONS, Problem, parse_record, validate_record
-from .writer import DuplicateRecordId, RecordLimits, RecordRefused, TraceWriter
+from .validate import parse_record, validate_record
+from .writer import TraceWriter
 
 SCHEMA_FILE = "trace-format-v1.schema.json"
 

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 
 from ..errors import ADEError
 from .reader import Reject, TraceDataset
+from .staging import file_mode
 from .stats import StatsAccumulator, format_stats
-from .writer import file_mode
 
 
 class _Progress:

@@ -28,8 +28,9 @@ from ade_runtime import __version__
 from ade_runtime.attempts import AttemptLog
 from ade_runtime.backbones.base import EditRequest
 from ade_runtime.loop import EditResult
+from ade_runtime.traces.prepare import RecordLimits
 from ade_runtime.traces.records import FORMAT, Attempt, Cost, EditRecord
-from ade_runtime.traces.writer import RecordLimits, TraceWriter
+from ade_runtime.traces.writer import TraceWriter
 
 #: What a served request's record may hold (the HTTP layer's own limits are at most these).
 SERVE_LIMITS = RecordLimits(

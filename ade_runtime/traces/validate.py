@@ -8,179 +8,23 @@ a short stable ``reason`` code (counted by ``ade-traces validate``), the ``field
 The rules are exactly the spec's; unknown extra fields are accepted (and kept) but must
 not hold NaN/Infinity either, so every valid record can be written back with
 ``allow_nan=False``. Integers written as integral floats (``28.0``) are accepted as JSON
-Schema's ``integer`` does; booleans are never numbers.
+Schema's ``integer`` does; booleans are never numbers. The reason codes, ``Problem`` and the typed
+per-field checks are in ``field_checks.py``; this module walks a record through them.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .field_checks import HEX, Collector, Problem, TooManyProblems, show
 from .images import ImageChecker, lexical_problem
 from .records import ATTEMPT_FIELDS, FORMAT, RECORD_FIELDS, EditRecord
 
-MAX_PROBLEMS = 20
-
-#: Every reject reason code, with what it means (the docs table and the CLI use this).
-REASONS: dict[str, str] = {
-    "empty_line": "a blank line (only whitespace); blank lines are not records, remove them",
-    "invalid_utf8": "the line is not valid UTF-8",
-    "invalid_json": "the line is not one JSON value",
-    "truncated_line": "the last line has no newline and does not parse (a writer stopped mid-record)",
-    "line_too_long": "the line exceeds the reader's line cap (16 MiB by default)",
-    "truncated_gzip": "a .jsonl.gz shard ends before its end-of-stream marker (lines before it are kept)",
-    "corrupt_shard": "a shard cannot be read further (bad gzip data, I/O error)",
-    "not_an_object": "the line is JSON but not an object",
-    "duplicate_key": "an object names the same key twice",
-    "missing_field": "a required field is absent",
-    "wrong_type": "a field has the wrong JSON type (booleans are not numbers)",
-    "wrong_format": 'format is not exactly "ade-trace/1"',
-    "empty_string": "id/backbone empty, or instruction empty after trimming",
-    "invalid_unicode": "a string holds a lone surrogate and cannot be written as UTF-8",
-    "nan": "a number is NaN",
-    "infinity": "a number is +/-Infinity (or overflows a double)",
-    "out_of_range": "a number is outside its range (negative count/cost, score or box outside [0, 1])",
-    "bad_box": "a flaw box is not [x0, y0, x1, y1] with x0 < x1 and y0 < y1",
-    "empty_attempts": "attempts is an empty array",
-    "duplicate_attempt": "two attempts share (candidate, round, reasoning_tokens)",
-    "missing_parent_round": "round r > 0 without round r-1 of the same candidate and reasoning budget",
-    "duplicate_id": "the id was already used by a valid record earlier in the dataset",
-    "bad_path": "an image path is empty or contains NUL",
-    "absolute_path": "an image path is absolute",
-    "path_escape": "an image path leaves the dataset directory ('..' or a symlink pointing outside)",
-    "missing_image": "an image file does not exist",
-    "unreadable_image": "an image path is not a regular file",
-    "unsupported_image_format": "an image is not PNG, JPEG or WebP",
-    "image_too_large": "an image declares more pixels than the cap (decompression-bomb guard)",
-    "corrupt_image": "an image cannot be opened or decoded",
-    "image_hash_mismatch": (
-        "an image's SHA-256 differs from the one its record stores in meta.ade.image_sha256 "
-        "(checked when images are decoded)"
-    ),
-}
-
-_HEX = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One broken rule: stable ``reason`` code, ``field`` path (None for the whole line), human ``message``."""
-
-    reason: str
-    field: str | None
-    message: str
-
-
-class _TooMany(Exception):
-    """Stop collecting once MAX_PROBLEMS are found (a record with 10^5 bad attempts)."""
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-        self.hashes: dict[str, str] = {}  # meta.ade.image_sha256: relative path -> hex digest
-
-    def add(self, reason: str, field: str | None, message: str) -> None:
-        self.problems.append(Problem(reason, field, message))
-        if len(self.problems) >= MAX_PROBLEMS:
-            raise _TooMany
-
-    # -- typed field checks; each returns the value when it is valid, else None --------------------
-
-    def int_ge0(self, obj: dict, key: str, path: str, what: str) -> int | None:
-        field = f"{path}.{key}" if path else key
-        if key not in obj:
-            self.add("missing_field", field, f"{field} is missing; write {what} as an integer >= 0")
-            return None
-        v = obj[key]
-        if type(v) is float and math.isfinite(v) and v.is_integer():
-            v = int(v)
-        if type(v) is not int:
-            self.number_problem(v, field, f"an integer >= 0 ({what})")
-            return None
-        if v < 0:
-            self.add("out_of_range", field, f"{field} must be >= 0 ({what}), got {v}")
-            return None
-        return v
-
-    def number(self, v: Any, field: str, lo: float | None, hi: float | None, what: str) -> float | None:
-        if type(v) not in (int, float):
-            self.number_problem(v, field, f"a finite number ({what})")
-            return None
-        if type(v) is float and not math.isfinite(v):
-            self.number_problem(v, field, f"a finite number ({what})")
-            return None
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-            self.add("out_of_range", field, f"{field} must be {rng} ({what}), got {v!r}")
-            return None
-        return float(v)
-
-    def number_problem(self, v: Any, field: str, expected: str) -> None:
-        if type(v) is float and math.isnan(v):
-            self.add("nan", field, f"{field} is NaN; write {expected} (NaN is not allowed in traces)")
-        elif type(v) is float and math.isinf(v):
-            self.add("infinity", field, f"{field} is {v}; write {expected} (Infinity is not allowed)")
-        else:
-            self.add("wrong_type", field, f"{field} must be {expected}, got {_show(v)}")
-
-    def string(
-        self, obj: dict, key: str, path: str, *, required: bool, non_empty: bool, strip: bool = False
-    ) -> Any:
-        field = f"{path}.{key}" if path else key
-        if key not in obj:
-            if required:
-                self.add("missing_field", field, f"{field} is missing; it is a required string")
-            return None
-        v = obj[key]
-        if not isinstance(v, str):
-            self.add("wrong_type", field, f"{field} must be a string, got {_show(v)}")
-            return None
-        if non_empty and not (v.strip() if strip else v):
-            self.add("empty_string", field, f"{field} must be non-empty{' after trimming' if strip else ''}")
-            return None
-        self.unicode(v, field)
-        return v
-
-    def unicode(self, v: str, field: str) -> None:
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            self.add("invalid_unicode", field, f"{field} holds a lone surrogate; write valid Unicode text")
-
-    def free_form(self, value: Any, field: str) -> None:
-        """Non-finite numbers and lone surrogates anywhere inside free-form data (meta, extra fields)."""
-        stack = [(value, field)]  # iterative: data nested near the parser's limit must not overflow
-        while stack:
-            v, f = stack.pop()
-            t = type(v)
-            if t is float and not math.isfinite(v):
-                self.number_problem(v, f, "a finite number")
-            elif t is str:
-                self.unicode(v, f)
-            elif t is dict:
-                for k, x in v.items():
-                    stack.append((x, f"{f}.{k}" if f else str(k)))
-            elif t is list:
-                stack.extend((x, f"{f}[{i}]") for i, x in enumerate(v))
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, bool):
-        return f"boolean {str(v).lower()}"
-    if v is None:
-        return "null"
-    text = (
-        repr(v[:61] if isinstance(v, str) else v) if not isinstance(v, (list, dict)) else f"of {len(v)} items"
-    )
-    return f"{type(v).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
-
 
 def _image(
-    c: _Collector, v: Any, field: str, base_dir: str | os.PathLike | None, checker: ImageChecker | None
+    c: Collector, v: Any, field: str, base_dir: str | os.PathLike | None, checker: ImageChecker | None
 ) -> None:
     problem = (
         checker.check(base_dir, v) if (checker is not None and base_dir is not None) else lexical_problem(v)
@@ -212,13 +56,13 @@ def _image_hashes(obj: dict) -> dict[str, str]:
     return {
         k: v
         for k, v in table.items()
-        if isinstance(k, str) and isinstance(v, str) and len(v) == 64 and _HEX.issuperset(v)
+        if isinstance(k, str) and isinstance(v, str) and len(v) == 64 and HEX.issuperset(v)
     }
 
 
-def _judge(c: _Collector, j: Any, p: str) -> None:
+def _judge(c: Collector, j: Any, p: str) -> None:
     if not isinstance(j, dict):
-        c.add("wrong_type", p, f"{p} must be null or an object with score, pass, flaws; got {_show(j)}")
+        c.add("wrong_type", p, f"{p} must be null or an object with score, pass, flaws; got {show(j)}")
         return
     if "score" not in j:
         c.add("missing_field", f"{p}.score", f"{p}.score is missing; write the judge score in [0, 1]")
@@ -227,20 +71,20 @@ def _judge(c: _Collector, j: Any, p: str) -> None:
     if "pass" not in j:
         c.add("missing_field", f"{p}.pass", f"{p}.pass is missing; write true or false")
     elif type(j["pass"]) is not bool:
-        c.add("wrong_type", f"{p}.pass", f"{p}.pass must be true or false, got {_show(j['pass'])}")
+        c.add("wrong_type", f"{p}.pass", f"{p}.pass must be true or false, got {show(j['pass'])}")
     if "flaws" not in j:
         c.add("missing_field", f"{p}.flaws", f"{p}.flaws is missing; write [] when there are none")
     elif not isinstance(j["flaws"], list):
-        c.add("wrong_type", f"{p}.flaws", f"{p}.flaws must be an array, got {_show(j['flaws'])}")
+        c.add("wrong_type", f"{p}.flaws", f"{p}.flaws must be an array, got {show(j['flaws'])}")
     else:
         for k, flaw in enumerate(j["flaws"]):
             _flaw(c, flaw, f"{p}.flaws[{k}]")
     c.free_form({k: v for k, v in j.items() if k not in ("score", "pass", "flaws")}, p)
 
 
-def _flaw(c: _Collector, flaw: Any, p: str) -> None:
+def _flaw(c: Collector, flaw: Any, p: str) -> None:
     if not isinstance(flaw, dict):
-        c.add("wrong_type", p, f"{p} must be an object {{kind, box}}, got {_show(flaw)}")
+        c.add("wrong_type", p, f"{p} must be an object {{kind, box}}, got {show(flaw)}")
         return
     c.string(flaw, "kind", p, required=True, non_empty=False)
     if "box" not in flaw:
@@ -249,7 +93,7 @@ def _flaw(c: _Collector, flaw: Any, p: str) -> None:
     box = flaw["box"]
     if not isinstance(box, list) or len(box) != 4:
         c.add(
-            "bad_box", f"{p}.box", f"{p}.box must be an array [x0, y0, x1, y1] of 4 numbers, got {_show(box)}"
+            "bad_box", f"{p}.box", f"{p}.box must be an array [x0, y0, x1, y1] of 4 numbers, got {show(box)}"
         )
         return
     vals = [c.number(v, f"{p}.box[{i}]", 0.0, 1.0, "normalised coordinate") for i, v in enumerate(box)]
@@ -262,10 +106,10 @@ def _flaw(c: _Collector, flaw: Any, p: str) -> None:
 
 
 def _attempt(
-    c: _Collector, a: Any, p: str, base_dir: Any, checker: ImageChecker | None
+    c: Collector, a: Any, p: str, base_dir: Any, checker: ImageChecker | None
 ) -> tuple[int, int, int] | None:
     if not isinstance(a, dict):
-        c.add("wrong_type", p, f"{p} must be an object, got {_show(a)}")
+        c.add("wrong_type", p, f"{p} must be an object, got {show(a)}")
         return None
     cand = c.int_ge0(a, "candidate", p, "independent sample index")
     rnd = c.int_ge0(a, "round", p, "refinement depth")
@@ -282,7 +126,7 @@ def _attempt(
         c.add(
             "wrong_type",
             f"{p}.cost",
-            f"{p}.cost must be an object with nfe (and latency_s), got {_show(cost)}",
+            f"{p}.cost must be an object with nfe (and latency_s), got {show(cost)}",
         )
     else:
         c.int_ge0(cost, "nfe", f"{p}.cost", "backbone function evaluations")
@@ -295,7 +139,7 @@ def _attempt(
         c.add(
             "wrong_type",
             f"{p}.scores",
-            f"{p}.scores must be an object name -> number, got {_show(a['scores'])}",
+            f"{p}.scores must be an object name -> number, got {show(a['scores'])}",
         )
     else:
         for name, v in a["scores"].items():
@@ -310,14 +154,14 @@ def _attempt(
     return cand, rnd, tok
 
 
-def _record(c: _Collector, obj: Any, base_dir: Any, checker: ImageChecker | None) -> None:
+def _record(c: Collector, obj: Any, base_dir: Any, checker: ImageChecker | None) -> None:
     if not isinstance(obj, dict):
-        c.add("not_an_object", None, f"the line must be a JSON object (one edit request), got {_show(obj)}")
+        c.add("not_an_object", None, f"the line must be a JSON object (one edit request), got {show(obj)}")
         return
     if "format" not in obj:
         c.add("missing_field", "format", f'format is missing; write "format": "{FORMAT}"')
     elif obj["format"] != FORMAT:
-        c.add("wrong_format", "format", f"format must be exactly {FORMAT!r}, got {_show(obj['format'])}")
+        c.add("wrong_format", "format", f"format must be exactly {FORMAT!r}, got {show(obj['format'])}")
     c.hashes = _image_hashes(obj)
     c.string(obj, "id", "", required=True, non_empty=True)
     c.string(obj, "instruction", "", required=True, non_empty=True, strip=True)
@@ -335,7 +179,7 @@ def _record(c: _Collector, obj: Any, base_dir: Any, checker: ImageChecker | None
             c.add(
                 "wrong_type",
                 "meta",
-                f"meta must be an object (omit it or write {{}}), got {_show(obj['meta'])}",
+                f"meta must be an object (omit it or write {{}}), got {show(obj['meta'])}",
             )
         else:
             c.free_form(obj["meta"], "meta")
@@ -345,7 +189,7 @@ def _record(c: _Collector, obj: Any, base_dir: Any, checker: ImageChecker | None
         return
     attempts = obj["attempts"]
     if not isinstance(attempts, list):
-        c.add("wrong_type", "attempts", f"attempts must be an array, got {_show(attempts)}")
+        c.add("wrong_type", "attempts", f"attempts must be an array, got {show(attempts)}")
         return
     if not attempts:
         c.add("empty_attempts", "attempts", "attempts is empty; a record needs at least one attempt")
@@ -388,10 +232,10 @@ def validate_record(
     holds the ids of earlier valid records: a repeat is a ``duplicate_id``, and the id of a
     valid record is added to it.
     """
-    c = _Collector()
+    c = Collector()
     try:
         _record(c, obj, base_dir, checker)
-    except _TooMany:
+    except TooManyProblems:
         pass
     if seen_ids is not None and not c.problems:
         rid = obj["id"]

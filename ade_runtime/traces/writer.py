@@ -4,12 +4,12 @@
 ``root`` itself (so image paths are relative to ``root``) and images under it:
 
 - a record is all or nothing: ``write(record, images={rel: image})`` checks the record (every
-  rule of the format, plus the writer's ``RecordLimits``) and encodes its images in memory, then
-  claims its id (unique in the dataset across restarts and processes, ``claims.py``), links the
-  images into place without overwriting anything (``staging.py``) and appends the line; a
-  refusal at any step raises ``RecordRefused`` (``DuplicateRecordId`` for an id in use) and leaves
-  no line, no image and no claim behind. The images' SHA-256 go into ``meta.ade.image_sha256``,
-  so ``ade-traces validate --decode`` detects an image replaced later;
+  rule of the format, plus the writer's ``RecordLimits``) and encodes its images in memory
+  (``prepare.py``), then claims its id (unique in the dataset across restarts and processes,
+  ``claims.py``), links the images into place without overwriting anything (``staging.py``) and
+  appends the line; a refusal at any step raises ``RecordRefused`` (``DuplicateRecordId`` for an
+  id in use) and leaves no line, no image and no claim behind. The images' SHA-256 go into
+  ``meta.ade.image_sha256``, so ``ade-traces validate --decode`` detects an image replaced later;
 - each line is serialised with ``allow_nan=False`` and appended with ``os.write`` on an
   ``O_APPEND`` descriptor, then fsynced, so a crash loses at most the line being written, which
   the reader reports as ``truncated_line``;
@@ -21,81 +21,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, TraceError
-from .claims import DuplicateRecordId, IdRegistry, RecordRefused
-from .images import ALLOWED_FORMATS, ImageChecker, lexical_problem, safe_join
-from .reader import DEFAULT_MAX_LINE_BYTES
+from .claims import IdRegistry, RecordRefused
+from .images import ALLOWED_FORMATS, ImageChecker, safe_join
+from .prepare import RecordLimits, prepare_record
 from .records import EditRecord
-from .staging import SUFFIX_FORMATS, encode_image, file_mode, fsync_dir, place_images, undo
-from .validate import validate_record
+from .staging import encode_image, file_mode, fsync_dir, place_images, undo
 
-__all__ = ["DuplicateRecordId", "RecordLimits", "RecordRefused", "TraceWriter", "file_mode"]
+__all__ = ["TraceWriter"]
 
 _WRITE_CHUNK = 1 << 20  # large records go out in several writes; the reader copes with any cut
-
-
-@dataclass(frozen=True)
-class RecordLimits:
-    """Sizes a writer refuses (``RecordRefused``) before any work; None = no limit.
-
-    ``max_record_bytes`` is the serialised line (UTF-8, without its newline); the default is the
-    reader's line cap, above which a line would be rejected as ``line_too_long`` anyway.
-    """
-
-    max_record_bytes: int = DEFAULT_MAX_LINE_BYTES
-    max_id_chars: int | None = None
-    max_instruction_chars: int | None = None
-    max_category_chars: int | None = None
-    max_backbone_chars: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if value is None and name != "max_record_bytes":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InputError(f"RecordLimits.{name} must be a positive int, got {value!r}")
-        if self.max_record_bytes > DEFAULT_MAX_LINE_BYTES:
-            raise InputError(
-                f"RecordLimits.max_record_bytes {self.max_record_bytes} exceeds the reader's line cap "
-                f"{DEFAULT_MAX_LINE_BYTES}: such lines would be rejected as line_too_long"
-            )
-
-    def check_fields(self, obj: dict) -> None:
-        for key, cap in (
-            ("id", self.max_id_chars),
-            ("instruction", self.max_instruction_chars),
-            ("category", self.max_category_chars),
-            ("backbone", self.max_backbone_chars),
-        ):
-            v = obj.get(key)
-            if cap is not None and isinstance(v, str) and len(v) > cap:
-                raise RecordRefused(
-                    f"refusing to write a trace record: {key} has {len(v)} characters, over the limit of "
-                    f"{cap}; shorten it [too_long]",
-                    "too_long",
-                    key,
-                )
-
-
-class _StagedChecker:
-    """The writer's image checker, with the images of the record being written counted as present."""
-
-    def __init__(self, inner: ImageChecker, staged: set[str]):
-        self.inner, self.staged, self.mode = inner, staged, inner.mode
-
-    def check(self, base_dir: Any, rel: object) -> tuple[str, str] | None:
-        if isinstance(rel, str) and rel in self.staged:
-            return None  # already checked by safe_join and encoded in memory
-        return self.inner.check(base_dir, rel)
 
 
 class TraceWriter:
@@ -197,7 +138,9 @@ class TraceWriter:
         """Everything ``write`` checks before touching the disk (not the id's uniqueness); raises
         ``RecordRefused``. A server calls it before any work, with a draft of the record."""
         self._check_open()
-        self._prepare(record, images, encode=False)
+        prepare_record(
+            record, images, root=self.root, checker=self._checker, limits=self.limits, encode=False
+        )
 
     def write(self, record: EditRecord | dict[str, Any], images: dict[str, Any] | None = None) -> None:
         """Write ``record`` and the ``images`` it names (``{relative path: PIL image | array | bytes}``).
@@ -207,7 +150,9 @@ class TraceWriter:
         a full disk) the images placed so far are removed and the id's claim released.
         """
         self._check_open()
-        obj, line, staged = self._prepare(record, images)
+        obj, line, staged = prepare_record(
+            record, images, root=self.root, checker=self._checker, limits=self.limits
+        )
         rid = obj["id"]
         if rid not in self._ids.pending:
             self._ids.claim(rid)
@@ -231,93 +176,6 @@ class TraceWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise TraceError(f"TraceWriter for {self.root} is closed; open a new one to write more records")
-
-    def _prepare(
-        self, record: EditRecord | dict[str, Any], images: dict[str, Any] | None, encode: bool = True
-    ) -> tuple[dict, bytes, dict[str, tuple[Path, bytes, str]]]:
-        """(record object with image hashes, its line, {rel: (target, bytes, field)}); no disk writes.
-        ``encode=False`` checks the images' paths only (a draft: no encoding, no hashes)."""
-        obj = record.to_json() if isinstance(record, EditRecord) else record
-        if not isinstance(obj, dict):
-            raise RecordRefused(
-                f"a trace record must be a dict or EditRecord, got {type(obj).__name__}",
-                "not_an_object",
-                None,
-            )
-        self.limits.check_fields(obj)
-        images = dict(images or {})
-        targets = {rel: self._target(rel) for rel in images}
-        checker = _StagedChecker(self._checker, set(images))
-        problems = validate_record(obj, base_dir=self.root, checker=checker)  # type: ignore[arg-type]
-        if problems:
-            p = problems[0]
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise RecordRefused(
-                f"refusing to write an invalid trace record: {p.message} [{p.reason}]{more}",
-                p.reason,
-                p.field,
-            )
-        fields = _image_fields(obj)
-        staged: dict[str, tuple[Path, bytes, str]] = {}
-        for rel, image in images.items():
-            if rel not in fields:
-                raise RecordRefused(
-                    f"image {rel!r} is not named by record {obj['id']!r}; pass only the images it names "
-                    "[image_not_named]",
-                    "image_not_named",
-                    None,
-                )
-            fmt = SUFFIX_FORMATS.get(os.path.splitext(rel)[1].lower())
-            if fmt is None:
-                raise RecordRefused(
-                    f"{fields[rel]} ({rel!r}) must end in .png, .jpg, .jpeg or .webp [bad_image]",
-                    "bad_image",
-                    fields[rel],
-                )
-            if not encode:
-                continue
-            try:
-                data = encode_image(image, fmt, rel)
-            except InputError as exc:
-                raise RecordRefused(f"{fields[rel]}: {exc} [bad_image]", "bad_image", fields[rel]) from exc
-            staged[rel] = (targets[rel], data, fields[rel])
-        if staged:
-            obj = _with_hashes(
-                obj, {rel: hashlib.sha256(data).hexdigest() for rel, (_, data, _) in staged.items()}
-            )
-        try:
-            line = json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise RecordRefused(
-                f"record {obj['id']!r} is not JSON-serialisable: {exc}; use plain JSON types",
-                "wrong_type",
-                None,
-            ) from exc
-        if len(line) > self.limits.max_record_bytes:
-            raise RecordRefused(
-                f"record {obj['id']!r} is {len(line)} bytes as JSON, over the limit of "
-                f"{self.limits.max_record_bytes}; shorten its strings or log fewer attempts [record_too_large]",
-                "record_too_large",
-                None,
-            )
-        return obj, line + b"\n", staged
-
-    def _target(self, rel: object) -> Path:
-        """Where an image ``write`` places goes; the path must be relative, normalised and inside."""
-        problem = lexical_problem(rel)
-        if problem is not None:
-            raise RecordRefused(f"image path {rel!r} {problem[1]} [{problem[0]}]", problem[0], None)
-        assert isinstance(rel, str)
-        try:
-            full = safe_join(self.root, rel)
-        except ValueError as exc:
-            raise RecordRefused(f"{exc} [path_escape]", "path_escape", None) from exc
-        norm = full.relative_to(os.path.normpath(os.path.abspath(self.root))).as_posix()
-        if norm != rel:
-            raise RecordRefused(
-                f"image path {rel!r} is not in normal form; write it as {norm!r} [bad_path]", "bad_path", None
-            )
-        return full
 
     def _append(self, line: bytes, rid: str) -> None:
         if self._fd is None or (
@@ -406,30 +264,3 @@ class TraceWriter:
             fsync_dir(full.parent)
         self._checker.forget(full)
         return full.relative_to(Path(os.path.normpath(os.path.abspath(self.root)))).as_posix()
-
-
-def _image_fields(obj: dict) -> dict[str, str]:
-    """{image path: the first field naming it} of a valid record."""
-    fields = {obj["source_image"]: "source_image"}
-    for i, a in enumerate(obj["attempts"]):
-        if isinstance(a.get("image"), str):
-            fields.setdefault(a["image"], f"attempts[{i}].image")
-    return fields
-
-
-def _with_hashes(obj: dict, hashes: dict[str, str]) -> dict:
-    """``obj`` (not modified) with ``hashes`` merged into ``meta.ade.image_sha256``."""
-    meta = obj.get("meta")
-    meta = {} if meta is None else meta
-    ade = meta.get("ade", {})
-    if not isinstance(ade, dict):
-        raise RecordRefused(
-            f"meta.ade must be an object to hold the image hashes, got {type(ade).__name__}; "
-            "ADE keeps its own data there [wrong_type]",
-            "wrong_type",
-            "meta.ade",
-        )
-    table = ade.get("image_sha256")
-    table = dict(table) if isinstance(table, dict) else {}
-    table.update(hashes)
-    return {**obj, "meta": {**meta, "ade": {**ade, "image_sha256": table}}}

@@ -37,8 +37,8 @@ from ade_runtime.offline.intervals import paired_by_id
 from ade_runtime.offline.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import PolicyConfig
+from ade_runtime.predictors.budget_prediction import choose_tokens
 from ade_runtime.predictors.bundle import Predictors
-from ade_runtime.predictors.card import choose_tokens
 from ade_runtime.traces import EditRecord
 
 COMPARISONS = (

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ade_runtime.policy import PolicyConfig, budget
-from ade_runtime.predictors.card import BudgetPrediction, CardConfig, CardModel, CardPredictor, choose_tokens
+from ade_runtime.predictors.budget_prediction import BudgetPrediction, choose_tokens
+from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_runtime.traces import EditRecord
 from ade_train.card.category import CategoryClassifier, fit_category_classifier
 from ade_train.card.metrics import category_prior_probs, censored_nll, prior_probs, token_pass_prior

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ade_runtime.stats import auroc
 from ade_train.calibrate.fit import ece
-from ade_train.critique.data import CritiqueExample
+from ade_train.critique.examples import CritiqueExample
 
 TREES_GRID = 6  # cells per side of the pooled difference map
 # the cheap scores the baseline may read (an expensive verifier's score, e.g. a VLM's, is not one)

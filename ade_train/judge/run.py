@@ -31,7 +31,7 @@ from PIL import Image
 
 from ade_runtime.errors import ADEError, InputError
 from ade_runtime.traces import EditRecord, Reject, TraceDataset, TraceWriter, reject_lines
-from ade_runtime.traces.writer import file_mode
+from ade_runtime.traces.staging import file_mode
 
 from .base import AttemptRef, Judge, JudgeFailure, JudgeItem, JudgeResult
 from .human import HumanJudge

@@ -18,14 +18,14 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from ade_runtime.backbones import _diffusers, load_backbone
-from ade_runtime.backbones._diffusers import SchedulerStepCapture, flow_x0
+from ade_runtime.backbones import _diffusers, load_backbone, step_callbacks
 from ade_runtime.backbones.bagel import SAME_DEVICE_MODULES, pin_same_device
 from ade_runtime.backbones.base import AttemptSpec, EditRequest
 from ade_runtime.backbones.diffusers_generic import DiffusersEditBackbone
 from ade_runtime.backbones.flux_kontext import FluxKontextBackbone
 from ade_runtime.backbones.srm import SRMConfig
 from ade_runtime.backbones.step1x import Step1XEditBackbone
+from ade_runtime.backbones.step_callbacks import SchedulerStepCapture, flow_x0
 from ade_runtime.errors import InputError
 from ade_train.bench.tiny_flux import (
     test_image,
@@ -88,8 +88,8 @@ def test_bf16_preview_x0_from_captured_velocity_matches_float64():
 
 def test_sigmas_read_once_per_run(pipe, monkeypatch):
     calls = []
-    real = _diffusers.scheduler_sigmas
-    monkeypatch.setattr(_diffusers, "scheduler_sigmas", lambda s: calls.append(1) or real(s))
+    real = step_callbacks.scheduler_sigmas
+    monkeypatch.setattr(step_callbacks, "scheduler_sigmas", lambda s: calls.append(1) or real(s))
     bb = FluxKontextBackbone(pipe, **KONTEXT)
     img = test_image(16, 12)
     spec = AttemptSpec(0, 0, 0, "add a hat", seed=1, preview_step=2, preview_fn=lambda im, k: True)

@@ -13,8 +13,9 @@ from helpers.predictors import calibrator, card
 
 from ade_runtime.loop import AdaptiveEditor
 from ade_runtime.policy import PolicyConfig, budget
+from ade_runtime.predictors.budget_prediction import BudgetPrediction, choose_tokens
 from ade_runtime.predictors.bundle import Predictors
-from ade_runtime.predictors.card import BudgetPrediction, CardConfig, CardModel, CardPredictor, choose_tokens
+from ade_runtime.predictors.card import CardConfig, CardModel, CardPredictor
 from ade_runtime.testbed.backbone import SyntheticBackbone
 from ade_runtime.traces import load_records
 from ade_runtime.traces.records import Attempt, Cost, EditRecord, Judge

@@ -235,7 +235,7 @@ def test_preview_and_prune_are_callbacks_of_their_own_that_diffusers_composes(pi
     MultiPipelineCallbacks runs them, and pruning stops the pipeline as its ``interrupt`` reads it."""
     from diffusers.callbacks import MultiPipelineCallbacks
 
-    from ade_runtime.backbones._diffusers import (
+    from ade_runtime.backbones.step_callbacks import (
         PreviewCallback,
         PruneCallback,
         SchedulerStepCapture,

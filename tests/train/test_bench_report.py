@@ -11,8 +11,9 @@ from ade_runtime.overhead import analytic_overhead
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records
 from ade_train.bench import certification
+from ade_train.bench.live import live_loop
 from ade_train.bench.report import certification_targets, check_targets, write_report
-from ade_train.bench.run import certificate_of, live_loop
+from ade_train.bench.run import certificate_of
 
 FIXTURE = FIXTURES / "testbed_small"
 

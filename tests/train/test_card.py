@@ -13,7 +13,8 @@ from PIL import Image
 
 from ade_runtime.encoders import build_image_encoder, build_text_encoder
 from ade_runtime.errors import ArtifactError, InputError
-from ade_runtime.predictors.card import BudgetPrediction, CardConfig, CardPredictor
+from ade_runtime.predictors.budget_prediction import BudgetPrediction
+from ade_runtime.predictors.card import CardConfig, CardPredictor
 from ade_runtime.predictors.features import RequestFeaturizer
 
 

@@ -24,8 +24,8 @@ from ade_runtime.errors import InputError
 from ade_runtime.predictors import should_refine
 from ade_runtime.predictors.critique import CritiquePredictor
 from ade_runtime.traces import load_records
-from ade_train.critique.data import cap_examples, collect_examples
 from ade_train.critique.evaluate import TreesBaseline, selection_metrics, within_request_auroc
+from ade_train.critique.examples import cap_examples, collect_examples
 from ade_train.critique.refine import RefineCase, RefineRule, fit_report, rule_value
 
 FIXTURE = FIXTURES / "testbed_small"

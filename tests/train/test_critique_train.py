@@ -22,7 +22,8 @@ from ade_runtime.artifacts import save_artifact
 from ade_runtime.predictors.critique import CritiquePredictor
 from ade_runtime.traces import load_records
 from ade_train.critique import auroc, build_config, cli_main, train
-from ade_train.critique.data import CritiqueDataModule, collect_examples, flaw_cover, patch_targets
+from ade_train.critique.data import CritiqueDataModule
+from ade_train.critique.examples import collect_examples, flaw_cover, patch_targets
 
 FIXTURE = FIXTURES / "testbed_small"
 TINY_DINO = dict(
