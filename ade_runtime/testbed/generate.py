@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -326,16 +326,12 @@ def generate_dataset(
     start = done
     jobs = [(asdict(cfg), str(root), k) for k in todo]
     if cfg.workers > 1 and len(jobs) > 1:
-        # workers ignore Ctrl-C: the parent alone reports it, queued chunks are cancelled
-        ex = ProcessPoolExecutor(max_workers=cfg.workers, initializer=_ignore_sigint)
-        try:
-            for _, n in ex.map(_chunk_job, jobs):
+        # Workers ignore Ctrl-C: the parent alone reports it and stops them at once (terminate). A chunk
+        # cut short is unpublished (its shard is renamed into place last) and is redone on resume.
+        with multiprocessing.get_context().Pool(cfg.workers, initializer=_ignore_sigint) as pool:
+            for _, n in pool.imap(_chunk_job, jobs):
                 done += n
                 _progress(progress, done, cfg.n_requests, t0, start)
-        except BaseException:
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-        ex.shutdown()
     else:
         for job in jobs:
             done += _chunk_job(job)[1]
