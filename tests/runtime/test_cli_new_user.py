@@ -362,7 +362,16 @@ def test_dirty_dataset_through_judge_replay_and_collect(dirty, export, tmp_path,
 
 
 def _interrupt(cmd: list[str], ready, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a terminal's Ctrl-C: SIGINT handled by default even when this test runs under nohup or `cmd &`,
+    # which start it ignored (an ignored SIGINT is inherited and Python then installs no handler)
+    proc = subprocess.Popen(
+        cmd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     t0 = time.monotonic()
     while not ready() and proc.poll() is None and time.monotonic() - t0 < timeout:
         time.sleep(0.05)

@@ -195,7 +195,14 @@ def test_ctrl_c_stops_the_workers_at_once_and_the_rerun_finishes_the_same_data(t
     cut, clean = tmp_path / "cut", tmp_path / "clean"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "ade_runtime.testbed.cli", "generate", "--out", str(cut), "--workers", "2"]
-    proc = subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under nohup
+    )
     t0 = time.monotonic()
     while not any(cut.glob("traces-*.jsonl")) and proc.poll() is None and time.monotonic() - t0 < 120:
         time.sleep(0.02)
