@@ -104,13 +104,14 @@ class GridSession:
     def __init__(self, candidates: int, rounds: int, levels: list[int] | tuple[int, ...]) -> None:
         if candidates < 1 or rounds < 1 or not levels:
             raise ValueError(f"an empty grid: {candidates} candidates, {rounds} rounds, levels {levels}")
-        self._todo = [(c, r, t) for t in levels for c in range(candidates) for r in range(rounds)]
+        self._todo = iter([(c, r, t) for t in levels for c in range(candidates) for r in range(rounds)])
         self._broken: set[tuple[int, int]] = set()  # (candidate, level) chains that ended
         self.stop_reason: str | None = None
 
     def next_step(self) -> Step | None:
-        while self._todo and self.stop_reason is None:
-            c, r, t = self._todo.pop(0)
+        for c, r, t in self._todo:
+            if self.stop_reason is not None:
+                break
             if (c, t) not in self._broken:
                 return Step(c, r, t, (c, r - 1, t) if r else None)
         return None
