@@ -192,7 +192,22 @@ class SyntheticBackbone:
         if spec.mask is not None:
             out, pixels = confine(current, out, pixels, spec.mask, in_pixels)
             out_key = out.key()
-        image = make_image(out, state.source, state.size, pixels, keys=(out_key, state.source_key))
+        # the attempt's own sample: attempts landing on the same scene still differ (imageio.grain)
+        sample = int.from_bytes(
+            hashlib.blake2b(
+                f"{spec.seed}/{spec.round}/{spec.reasoning_tokens}".encode() + digest, digest_size=4
+            ).digest(),
+            "little",
+        )
+        image = make_image(
+            out,
+            state.source,
+            state.size,
+            pixels,
+            keys=(out_key, state.source_key),
+            sample=sample,
+            allow=spec.mask,
+        )
         nfe = self.cost.nfe
         preview = None
         if spec.preview_fn is not None:

@@ -9,7 +9,8 @@ replay can simulate pruning) and its modelled cost.
 
 Images: every source image is stored; attempt images are stored for every attempt of the
 requests with ``index % image_every == 0`` (``image_every=1``: all) and are null elsewhere.
-Attempts with identical outputs share one file ``images/<id>/<content hash>.png``.
+Every attempt is its own sample (``imageio.grain``), so attempts landing on the same scene still
+differ in pixels and in their scorers' noise; files are named ``images/<id>/<content hash>.png``.
 Generation is resumable: requests are processed in chunks, each chunk written to its own shard
 ``traces-<chunk>.jsonl`` atomically; chunks already on disk are skipped, and ``.complete`` is
 written last.
@@ -132,7 +133,7 @@ class GridSource:
         self.state = backbone.state_for(req.source, cfg.image_size, req.instruction)
         self.attempts: list[Attempt] = []
         self.images: dict[str, Image.Image] = {}
-        self._cache: dict[str, tuple] = {}  # identical output scenes share judge and scores
+        self._cache: dict[str, object] = {}  # identical output scenes share the judge's label
         self._done: dict[tuple, tuple] = {}  # attempt key -> (output image, judge), for refinements
 
     def generate(self, step, keep) -> Generated:
@@ -152,15 +153,16 @@ class GridSource:
         )
         out = self.backbone.run(self.state, spec)
         key = out.image.info[CHUNK_KEY]
-        if key not in self._cache:
-            scene, _ = parse_chunk(key, "output image")
-            judge = judge_scenes(scene, req.source, req.instruction)
-            pscores = online_scores(self.source_img, previews[0], req.instruction)
-            scores = online_scores(self.source_img, out.image, req.instruction)
-            if cfg.reward_model:  # the emulated VLM reward model's score (an expensive verifier)
-                scores[REWARD.feature] = round(REWARD.score_scene(key, judge.score, req.instruction), 6)
-            self._cache[key] = (judge, scores, pscores)
-        judge, scores, pscores = self._cache[key]
+        scene, _ = parse_chunk(key, "output image")
+        scene_key = scene.key()
+        if scene_key not in self._cache:  # the judge reads the scene: equal scenes, one label
+            self._cache[scene_key] = judge_scenes(scene, req.source, req.instruction)
+        judge = self._cache[scene_key]
+        # the scorers read the attempt's own image (its sample's grain), so their noise is per attempt
+        pscores = online_scores(self.source_img, previews[0], req.instruction)
+        scores = online_scores(self.source_img, out.image, req.instruction, perceived=judge.score)
+        if cfg.reward_model:  # the emulated VLM reward model's score (an expensive verifier)
+            scores[REWARD.feature] = round(REWARD.score_scene(key, judge.score, req.instruction), 6)
         rel = None
         if self.keep_images:  # equal outputs share one file, named by content
             rel = (

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ade_runtime.errors import InputError
-from ade_runtime.testbed.imageio import read_scenes
+from ade_runtime.testbed.imageio import CHUNK_KEY, read_scenes
 from ade_runtime.testbed.instructions import Edit, parse
 from ade_runtime.testbed.scene import COLORS, Scene
 from ade_runtime.testbed.world import apply_edits, target_oids
@@ -203,12 +203,15 @@ def online_scores(
     instruction: str,
     *,
     semantic_weight: float = SEMANTIC_WEIGHT,
+    perceived: float | None = None,
 ) -> dict[str, float]:
     """Cheap scores: ``clip_i`` (pixel similarity to source) and ``clip_t`` (noisy adherence).
 
     ``clip_t`` is NOT pixels-only: besides pixel cues it holds ``semantic_weight`` x a view of the
     judge's own score of the output (the stand-in for what a pretrained text-image scorer knows);
-    ``semantic_weight=0`` gives the pixels-only variant (docs/testbed.md gives both AUROCs)."""
+    ``semantic_weight=0`` gives the pixels-only variant (docs/testbed.md gives both AUROCs).
+    ``perceived``: the judge's score of the output when the caller has it (the generator), else read
+    from the image's scene."""
     s, o = _small(source_img), _small(output_img)
     change = float(np.abs(s - o).mean() / 255.0)
     clip_i = 0.98 - 0.9 * min(1.0, 3.0 * change) ** 0.7 * 0.35
@@ -228,13 +231,14 @@ def online_scores(
         else:
             evidence.append(np.tanh(25 * change) - 0.4)
     ev = float(np.mean(evidence)) if evidence else 0.0
+    sample = str(output_img.info.get(CHUNK_KEY, "")).encode()  # the attempt's own sample (imageio.grain)
     seed = int.from_bytes(
-        hashlib.blake2b(o.tobytes() + instruction.encode(), digest_size=8).digest(), "little"
+        hashlib.blake2b(o.tobytes() + instruction.encode() + sample, digest_size=8).digest(), "little"
     )
     noise = np.random.default_rng(seed).normal(0.0, 0.018)
     cat = "compose" if len(edits) > 1 else (edits[0].op if edits else "")
     clip_t = 0.24 + 0.035 * ev + 0.02 * np.tanh(20 * change) + _CAT_OFFSET.get(cat, 0.0) + noise
-    sem = _perceived_adherence(output_img, instruction)
+    sem = perceived if perceived is not None else _perceived_adherence(output_img, instruction)
     if sem is not None:
         # A learned text-image scorer partly perceives whether the asked edit happened (what makes
         # CLIP-T useful for Best-of-N at all); weak next to the pixel cues and the noise above.

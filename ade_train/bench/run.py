@@ -205,11 +205,18 @@ def target_curve(export_dir: Path) -> dict[str, PolicyConfig]:
     report = export_dir.parent / "calibration_report.json"
     if not report.is_file():
         return {}
-    rows = (json.loads(report.read_text()).get("certificate") or {}).get("by_target", [])
+    cert = json.loads(report.read_text()).get("certificate") or {}
+    form = ((cert.get("certificate") or {}).get("spec") or {}).get("form", "relative")
+    rows = cert.get("by_target", [])
+
+    def label(r: dict) -> str:
+        kind = "certified" if r.get("certificate") else "passes (not a certificate)"
+        if form == "margin":
+            return f"ade {kind} at margin {r['target']:g}"
+        return f"ade {kind} >= {r['target']:g} x reference"
+
     return {
-        f"ade certified >= {r['target']:g} x Bo8": PolicyConfig.from_dict(r["policy"])
-        for r in rows
-        if r.get("certified")
+        label(r): PolicyConfig.from_dict(r["policy"]) for r in rows if r.get("passes", r.get("certified"))
     }
 
 
@@ -229,6 +236,7 @@ def certificate_of(export_dir: Path) -> dict:
         "p_value": c.get("p_value"),
         "strongest_target": c.get("strongest_target"),
         "n_needed": c.get("n_needed"),
+        "power": c.get("power"),
         "policy": cert.get("policy"),
     }
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ade_runtime.errors import InputError
-from ade_runtime.policy import PolicyConfig
+from ade_runtime.policy import PolicyConfig, preset
 from ade_runtime.predictors.calibration import METHODS
-from ade_train.calibrate.risk_control import RiskSpec, check_target_fraction
+from ade_train.calibrate.risk_control import RiskSpec, check_margin, check_target_fraction
 from ade_train.calibrate.search import SearchGrid
 from ade_train.runconfig import default_config, load_run_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "calibrate.yaml"
-RUN_TIME_KEYS = ("threads",)  # in the YAML, not in CalibrateConfig: never saved with the report or W&B
+RUN_TIME_KEYS = ("threads", "plan")  # in the YAML, not in CalibrateConfig: never saved with the report or W&B
 
 
 @cache
@@ -47,8 +47,12 @@ class CalibrateConfig:
 
     data: str = ""  # trace dataset directory (the same one CARD and the critique were trained on)
     out: str = ""  # training output directory; predictors are read from and exported to OUT/export
-    target_fraction: float = _default("target_fraction")  # chosen policy's mean score >= this x reference's
-    reference_policy: str = _default("reference_policy")  # the baseline the quality target is taken from
+    margin: float = _default("margin")  # risk margin: chosen policy's mean score >= reference's - margin
+    target_fraction: float = _default("target_fraction")  # risk relative: mean score >= this x reference's
+    reference_policy: str = _default(
+        "reference_policy"
+    )  # best_of_n (chosen on the fit part) or a policy name
+    max_reference_n: int = _default("max_reference_n")  # the largest N best_of_n considers
     seed: int = _default("seed")  # salt of the request-id splits inside the calibration split
     split: str = _default("split")  # auto: OUT/splits.json or split_ids; all: every judged request of data
     # (a set collected for calibration alone, e.g. ade-collect with this export's critique refining)
@@ -79,8 +83,18 @@ class CalibrateConfig:
     def __post_init__(self) -> None:
         try:
             check_target_fraction(self.target_fraction)
+            check_margin(self.margin)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+        if self.max_reference_n < 1:
+            raise InputError(f"max_reference_n={self.max_reference_n}: use N >= 1, e.g. 8")
+        if self.reference_policy != "best_of_n":
+            try:
+                preset(self.reference_policy)
+            except ValueError as exc:
+                raise InputError(
+                    f"reference_policy={self.reference_policy!r}: {exc}; or use best_of_n"
+                ) from None
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise InputError(f"methods {self.methods}: choose a non-empty subset of {list(METHODS)}")
@@ -93,7 +107,7 @@ class CalibrateConfig:
                 raise InputError(f"{name}={getattr(self, name)} must be >= 0")
         if self.risk == "absolute" and self.pass_rate is None:
             raise InputError("risk=absolute needs --pass-rate in (0, 1), e.g. 0.7")
-        target = self.pass_rate if self.risk == "absolute" else self.target_fraction
+        target = {"absolute": self.pass_rate, "margin": self.margin}.get(self.risk, self.target_fraction)
         try:  # risk, pass_rate, delta and p_value are checked by the RiskSpec they make
             self.risk_spec = RiskSpec(self.risk, float(target), delta=self.delta, p_value=self.p_value)
         except (TypeError, ValueError) as exc:
@@ -138,7 +152,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="trace dataset directory (edit-trace v1)")
     p.add_argument("--out", required=True, help="training output dir; reads and extends OUT/export")
     p.add_argument("--config", default=None, help="YAML merged over ade_train/configs/calibrate.yaml")
-    p.add_argument("--target-fraction", type=float, help="quality target x Best-of-8 (default 1.0)")
+    p.add_argument(
+        "--target-fraction", type=float, help="with --risk relative: quality target x the reference (1.0)"
+    )
     p.add_argument("--seed", type=int, help="split seed when OUT has no splits.json")
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     p.add_argument(
@@ -156,9 +172,27 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("certification (Learn-then-Test; docs/calibration.md)")
     g.add_argument("--delta", type=float, help="certificate failure probability (default 0.1)")
     g.add_argument(
+        "--margin",
+        type=float,
+        help="the declared margin epsilon: mean judge score >= the reference's - epsilon (default 0.02)",
+    )
+    g.add_argument(
         "--risk",
-        choices=("relative", "absolute"),
-        help="relative: mean score >= target-fraction x reference (default); absolute: pass rate >= --pass-rate",
+        choices=("margin", "relative", "absolute"),
+        help="margin: mean score >= reference - --margin (default); relative: >= --target-fraction x "
+        "reference; absolute: pass rate >= --pass-rate",
+    )
+    g.add_argument(
+        "--reference",
+        dest="reference_policy",
+        help="best_of_n (default: the best Best-of-N, N <= max_reference_n, chosen on the fit part) or a "
+        "policy name such as best_of_8",
+    )
+    g.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the power analysis (certification requests needed for the claim at 80%% power, by "
+        "resampling the fit part) and exit without certifying or exporting",
     )
     g.add_argument("--pass-rate", type=float, help="the absolute target, e.g. 0.7")
     g.add_argument("--p-value", choices=("wsr", "hb"), help="wsr (default) or hb")
@@ -173,7 +207,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-FLAGS = ("target_fraction", "seed", "split", "delta", "risk", "pass_rate", "p_value", "certify_fraction")
+FLAGS = (
+    "target_fraction",
+    "margin",
+    "reference_policy",
+    "seed",
+    "split",
+    "delta",
+    "risk",
+    "pass_rate",
+    "p_value",
+    "certify_fraction",
+)
 
 
 def build_config(argv: Sequence[str]) -> dict[str, Any]:
@@ -187,5 +232,5 @@ def build_config(argv: Sequence[str]) -> dict[str, Any]:
         if args.threads < 1:
             raise InputError(f"--threads {args.threads}: must be >= 1 (e.g. --threads 1)")
         cfg["threads"] = args.threads
-    cfg.update(data_path=args.data, out=args.out, print_config=args.print_config)
+    cfg.update(data_path=args.data, out=args.out, print_config=args.print_config, plan=args.plan)
     return cfg

@@ -97,6 +97,20 @@ class PolicyCalibrator:
         self.calibrator_ = Calibrator(final_config, *tensors)
         return self
 
+    def plan(self, records: Sequence[EditRecord], *, card: Any = None, critique: Any = None) -> dict:
+        """``ade-train calibrate --plan``: the map and the grid replay as ``fit`` does them, then the power
+        analysis on the fit part alone (``decision.plan_grid``); nothing is certified or exported."""
+        from ade_train.calibrate.decision import plan_grid
+
+        cfg = self.config
+        records = list(records)
+        self.notes_, self.warnings_ = [], []
+        self.table_ = table = build_signal_table(records, cfg.score_names, critique)
+        base_config, tensors, used_critique = self._fit_maps(records, table, critique)
+        calibrator = Calibrator(base_config, *tensors)
+        self.search_ = self._search(records, table, calibrator, card, used_critique)
+        return plan_grid(cfg.risk_spec, self.search_, self.certify_ids_)
+
     def _fit_maps(
         self, records: list[EditRecord], table: SignalTable, critique: Any
     ) -> tuple[CalibrationConfig, tuple, Any]:
@@ -115,6 +129,7 @@ class PolicyCalibrator:
         self.certify_ids_ = {r.id for r, m in zip(records, cert_mask, strict=True) if m}
         fit_table = table.subset({r.id for r in records} - self.certify_ids_)
         fitted = fit_head(fit_table, primary_names, cfg)
+        self.map_fit_ids_ = {str(g) for g in fit_table.matrix(primary_names)[2]}  # the requests the map saw
         # the cheap-score fallback answers when the critique is missing (no image, pruned, failed)
         cheap_fit = fit_head(fit_table, cheap, cfg) if (critique is not None or expensive) and cheap else None
         self.cheap_features_ = list(cheap)
@@ -166,7 +181,10 @@ class PolicyCalibrator:
             overhead=self._overhead(critique, records),
             compute_key=compute_key,
             target_fraction=cfg.target_fraction,
+            margin=cfg.margin if cfg.risk == "margin" else None,
             reference_policy=cfg.reference_policy,
+            reference_ids={r.id for r in records} - self.certify_ids_,  # best_of_n: chosen on the fit part
+            max_reference_n=cfg.max_reference_n,
             use_prune=table.has_previews,
             min_requests=cfg.min_requests,
         )
@@ -188,7 +206,7 @@ class PolicyCalibrator:
             configs=result.configs,
             search_choice=search_choice,
             base=cfg.policy_base,
-            reference_policy=cfg.reference_policy,
+            reference_policy=result.reference["policy"],
             allow_uncertified=cfg.allow_uncertified,
         )
         result.choose(decision.index, decision.policy)
@@ -212,7 +230,7 @@ class PolicyCalibrator:
             return None
         cfg = self.config
         replay = replayer(test_records, self.cheap_features_, calibrator, card, critique, overhead)
-        ref = replay(cfg.policy_base, cfg.reference_policy)
+        ref = replay(cfg.policy_base, self.search_.reference["policy"])
         heldout = held_out_slack(cfg.risk_spec, replay(self.policy_), ref)
         heldout["split"] = "test"
         return heldout

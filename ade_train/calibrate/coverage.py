@@ -101,3 +101,89 @@ def resplit_coverage(
         "certified_mean_cost": float(np.mean(cert_cost)) if cert_cost else None,
         "search_mean_cost": float(np.mean(naive_cost)) if naive_cost else None,
     }
+
+
+def draw_coverage(
+    spec: RiskSpec,
+    scores: np.ndarray,
+    references: np.ndarray,
+    cost: np.ndarray,
+    reference_cost: np.ndarray,
+    *,
+    n_calibration: int,
+    certify_fraction: float = 0.5,
+    draws: int = 200,
+    truth_scores: np.ndarray | None = None,
+    truth_references: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
+    """Coverage on independent calibration draws: can the certificate be wrong, and how often is it?
+
+    The population is the pool (``scores``: requests x settings, replayed once; ``references``: requests
+    x reference candidates, e.g. Best-of-1/2/4/8; ``*cost``: compute per request). Each draw is an
+    independent sample of ``n_calibration`` requests from it (with replacement, so draws are
+    independent and identically distributed), cut into a fit part and a certify part: the reference
+    is the best candidate on the fit part, the front is found there, and the certify part is tested.
+    A certified choice is *wrong* when its true mean (over the whole pool, which is the population of
+    the draws) misses the claim against the chosen reference's true mean. The guarantee bounds
+    P(certified and wrong) by delta; draws that certify nothing export the reference and are counted as
+    such (they are not wrong, and not a saving). ``truth_*``: the same settings on a disjoint sample of
+    the same world, a second, independent verdict.
+    """
+    s, c = np.asarray(scores, dtype=np.float64), np.asarray(cost, dtype=np.float64)
+    refs, ref_c = np.asarray(references, dtype=np.float64), np.asarray(reference_cost, dtype=np.float64)
+    if refs.ndim == 1:
+        refs, ref_c = refs[:, None], ref_c[:, None]
+    n = s.shape[0]
+    if n_calibration < 4:
+        raise ValueError(f"draw_coverage: n_calibration={n_calibration} is too few")
+    n_cer = int(round(certify_fraction * n_calibration))
+    rng = np.random.default_rng(seed)
+    wrong = wrong_disjoint = certified = 0
+    shares, certified_shares, chosen_refs = [], [], []
+    for _ in range(draws):
+        idx = rng.integers(0, n, n_calibration)
+        fit, cer = idx[: n_calibration - n_cer], idx[n_calibration - n_cer :]
+        r = int(np.argmax(refs[fit].mean(axis=0)))  # the strongest reference on the fit part (first on a tie)
+        chosen_refs.append(r)
+        cert = certify(
+            spec,
+            select_scores=s[fit],
+            select_reference=refs[fit, r],
+            select_cost=c[fit].mean(axis=0),
+            certify_scores=s[cer],
+            certify_reference=refs[cer, r],
+            search_strongest=False,
+            plan_power=False,
+        )
+        ref_cost = float(ref_c[:, r].mean())
+        if cert.chosen is None:
+            shares.append(1.0)
+            continue
+        certified += 1
+        j = cert.chosen
+        share = float(c[:, j].mean()) / ref_cost if ref_cost > 0 else float("nan")
+        shares.append(share)
+        certified_shares.append(share)
+        if not meets(spec, s[:, j], refs[:, r]):
+            wrong += 1
+        if truth_scores is not None and not meets(spec, truth_scores[:, j], truth_references[:, r]):
+            wrong_disjoint += 1
+    return {
+        "claim": spec.claim,
+        "draws": draws,
+        "n_pool": n,
+        "n_calibration": n_calibration,
+        "n_certify": n_cer,
+        "certified_share": certified / draws,
+        "certified_and_wrong": wrong / draws,
+        "certified_and_wrong_disjoint": None if truth_scores is None else wrong_disjoint / draws,
+        "n_disjoint": None if truth_scores is None else int(truth_scores.shape[0]),
+        "delta": spec.delta,
+        "holds": wrong / draws <= spec.delta,
+        "mean_compute_share": float(np.mean(shares)),
+        "mean_compute_share_when_certified": float(np.mean(certified_shares)) if certified_shares else None,
+        "reference_chosen": {
+            int(k): int(v) for k, v in zip(*np.unique(chosen_refs, return_counts=True), strict=True)
+        },
+    }

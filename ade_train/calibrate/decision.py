@@ -44,15 +44,12 @@ def certify_grid(
     reference: Sequence[Outcome],
     certify_ids: set[str],
     compute_key: str,
+    *,
+    diagnostics: bool = True,
 ) -> Certificate:
-    """Certify the replayed grid (``outcomes[k]``: setting k on every calibration request, same order)."""
-    ids = [o.id for o in reference]
-    cer = np.array([i in certify_ids for i in ids])
-    if cer.all() or not cer.any():
-        raise ValueError("certify_grid: the fit and certify parts must both hold requests")
-    values = np.array([[_value(spec, o) for o in outs] for outs in outcomes]).T  # n x K
-    costs = np.array([[_cost(o, compute_key) for o in outs] for outs in outcomes]).T
-    ref = np.array([o.score for o in reference])
+    """Certify the replayed grid (``outcomes[k]``: setting k on every calibration request, same order);
+    ``diagnostics``: also plan the power (fit part) and find the strongest passing target."""
+    cer, values, costs, ref = grid_matrices(spec, outcomes, reference, certify_ids, compute_key)
     return certify(
         spec,
         select_scores=values[~cer],
@@ -60,7 +57,67 @@ def certify_grid(
         select_cost=costs[~cer].mean(axis=0),
         certify_scores=values[cer],
         certify_reference=ref[cer],
+        search_strongest=diagnostics,
+        plan_power=diagnostics,
     )
+
+
+def grid_matrices(
+    spec: RiskSpec,
+    outcomes: Sequence[Sequence[Outcome]],
+    reference: Sequence[Outcome],
+    certify_ids: set[str],
+    compute_key: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(certify mask, values n x K, costs n x K, reference scores n) of a replayed grid."""
+    ids = [o.id for o in reference]
+    cer = np.array([i in certify_ids for i in ids])
+    if cer.all() or not cer.any():
+        raise ValueError("certify_grid: the fit and certify parts must both hold requests")
+    values = np.array([[_value(spec, o) for o in outs] for outs in outcomes]).T  # n x K
+    costs = np.array([[_cost(o, compute_key) for o in outs] for outs in outcomes]).T
+    ref = np.array([o.score for o in reference])
+    return cer, values, costs, ref
+
+
+def plan_grid(
+    spec: RiskSpec,
+    result,
+    certify_ids: set[str],
+    n_grid: Sequence[int] = (100, 200, 300, 400, 600, 800, 1200, 1600, 2400),
+) -> dict:
+    """The power analysis of ``ade-train calibrate --plan``, from the fit part alone: the front found there,
+    resampled to each n of ``n_grid`` (``calibrate.power``); the certify part is not read."""
+    from ade_train.calibrate.power import n_for_power, plan, power_at, smallest_margin
+    from ade_train.pareto import pareto_order
+
+    cer, values, costs, ref = grid_matrices(
+        spec, result.outcomes, result.reference_outcomes, certify_ids, result.compute_key
+    )
+    fit = ~cer
+    order = pareto_order(costs[fit].mean(axis=0), values[fit].mean(axis=0))
+    pilot, pilot_ref = values[fit][:, order], ref[fit]
+    ref_cost = float(
+        np.mean(
+            [_cost(o, result.compute_key) for o, f in zip(result.reference_outcomes, fit, strict=True) if f]
+        )
+    )
+    rows = plan(spec, pilot, pilot_ref, costs[fit].mean(axis=0)[order], ref_cost, n_grid=n_grid)
+    n_cert = int(cer.sum())
+    out = {
+        "claim": spec.claim,
+        "reference": result.reference["policy"],
+        "n_fit": int(fit.sum()),
+        "n_certify": n_cert,
+        "front": len(order),
+        "power_at_n_certify": power_at(spec, pilot, pilot_ref, n_cert),
+        "n_for_80pct_power": n_for_power(spec, pilot, pilot_ref),
+        "rows": [r.to_dict() for r in rows],
+        "compute_key": result.compute_key,
+    }
+    if spec.form == "margin":
+        out["smallest_margin_at_n_certify"] = smallest_margin(spec, pilot, pilot_ref, n_cert)
+    return out
 
 
 @dataclass
@@ -103,8 +160,9 @@ def decide(
     ref = preset(reference_policy, base)
     text = (
         f"{cert.explain()}. Exported the conservative policy: {reference_policy} with the calibrated selector "
-        "(meets a target of at most 1 x reference by construction, saves no compute); collect more "
-        "calibration requests, lower the target, or pass --allow-uncertified"
+        "(the reference itself: meets any margin >= 0 by construction, saves no compute); collect more "
+        "calibration requests (ade-train calibrate --plan says how many), declare a wider --margin, or pass "
+        "--allow-uncertified"
     )
     return ExportDecision(ref, "conservative", cert, None, text)
 
@@ -118,15 +176,19 @@ def held_out_slack(
     if spec.form == "absolute":
         a = [float(o.passed) for o, _ in pairs]
         b = [spec.target] * len(pairs)
+    elif spec.form == "margin":
+        a = [o.score for o, _ in pairs]
+        b = [r.score - spec.target for _, r in pairs]
     else:
         a = [o.score for o, _ in pairs]
         b = [spec.target * r.score for _, r in pairs]
     d = paired_difference(a, b, level=level)
     return {
         **d.to_dict(),
-        "meaning": "mean(policy) - target x mean(reference)"
-        if spec.form == "relative"
-        else "pass rate - target pass rate",
+        "meaning": {
+            "margin": "mean(policy) - (mean(reference) - margin)",
+            "relative": "mean(policy) - target x mean(reference)",
+        }.get(spec.form, "pass rate - target pass rate"),
     }
 
 
@@ -148,27 +210,31 @@ def replayer(records, score_names, calibrator, card, critique, overhead):
     return replay
 
 
-TARGET_CURVE = (0.9, 0.95, 0.98, 1.0, 1.02)  # the relative targets of the exported "ADE across targets" curve
+TARGET_CURVE = {  # the targets of the "ADE across targets" curve, per risk form
+    "relative": (0.9, 0.95, 0.98, 1.0, 1.02),
+    "margin": (0.0, 0.01, 0.02, 0.03, 0.05),
+}
 
 
 def certified_curve(result, certify_ids: set[str], spec: RiskSpec) -> list[dict]:
-    """The cheapest certified setting at each target of ``TARGET_CURVE`` (same data, same front): what
-    the policy would be at a lower or higher quality target, for the compute-quality curves."""
+    """What the same test would pass at each target of ``TARGET_CURVE`` (same data, same front): the
+    shape of the compute-quality trade-off. Only the declared target is a certificate: these rows reuse
+    one certify part without correction, so each says ``certificate: false`` unless it is the declared one."""
     out = []
-    if spec.form != "relative":
-        return out
-    for target in TARGET_CURVE:
+    for target in TARGET_CURVE.get(spec.form, ()):
         c = certify_grid(
             spec.with_target(target),
             result.outcomes,
             result.reference_outcomes,
             certify_ids,
             result.compute_key,
+            diagnostics=False,
         )
         out.append(
             {
                 "target": target,
-                "certified": c.chosen is not None,
+                "passes": c.chosen is not None,
+                "certificate": bool(abs(target - spec.target) < 1e-12),
                 "p_value": c.p_value,
                 "policy": None if c.chosen is None else result.configs[c.chosen].to_dict(),
             }
@@ -182,12 +248,15 @@ def certificate_metrics(decision: ExportDecision, heldout: dict | None, n_certif
     m = {
         "certificate": decision.status,
         "certified_claim": c.spec.claim,
+        "risk": c.spec.form,
+        "margin": c.spec.target if c.spec.form == "margin" else None,
         "delta": c.spec.delta,
         "n_certify": n_certify,
         "n_fit": c.n_select,
         "certificate_p_value": c.p_value,
-        "strongest_certified_target": c.strongest_target,
-        "n_needed_for_target": c.n_needed,
+        "certificate_power_planned": c.power,
+        "strongest_passing_target_diagnostic": c.strongest_target,
+        "n_needed_for_80pct_power": c.n_needed,
     }
     if heldout is not None:
         m.update(

@@ -136,10 +136,17 @@ def train(cfg: CalibrateConfig) -> dict[str, Any]:
         fitted = cal.primary_fit_
         metrics.update(rejected_ece_after=fitted["ece_after"], rejected_brier_after=fitted["brier_after"])
     report = build_report(cfg, metrics, result, cal.map_, cal.fallback_, cal.cheap_features_, notes, warnings)
+    calibration_ids = [r.id for r in split.records]
     report["certificate"] = {
         **cal.decision_.to_dict(),
         "heldout": cal.heldout_,
         "by_target": result.target_curve,
+        "ids": {  # who saw what: the map and the front on "fit", the test on "certify", the slack on "test"
+            "fit": sorted(i for i in calibration_ids if i not in cal.certify_ids_),
+            "map_fit": sorted(cal.map_fit_ids_),
+            "certify": sorted(cal.certify_ids_),
+            "test": sorted(r.id for r in split.test_records),
+        },
     }
     write_json(out / f"{PREFIX}report.json", report)
     export = export_calibration(
@@ -185,9 +192,48 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     """``ade-train calibrate``; 0 success, 2 bad usage or input, 130 on Ctrl-C, 1 unexpected failure."""
     from ade_train.runconfig import run_cli
 
-    return run_cli(
-        "calibrate", build_config, lambda cfg: _print(train(CalibrateConfig.from_run_config(cfg))), argv
+    def body(cfg: dict) -> None:
+        if cfg.get("plan"):
+            print_plan(plan(CalibrateConfig.from_run_config(cfg)))
+        else:
+            _print(train(CalibrateConfig.from_run_config(cfg)))
+
+    return run_cli("calibrate", build_config, body, argv)
+
+
+def plan(cfg: CalibrateConfig) -> dict[str, Any]:
+    """``--plan``: the power analysis on the fit part of the calibration split (nothing exported); also
+    written to OUT/calibration_plan.json."""
+    out = Path(cfg.out)
+    split = calibration_split(cfg.data, out, seed=cfg.seed, split=cfg.split)
+    card, critique, _ = _load_predictors(out / "export", cfg.use_critique)
+    result = PolicyCalibrator(cfg).plan(split.records, card=card, critique=critique)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{PREFIX}plan.json", result)
+    return {**result, "path": str(out / f"{PREFIX}plan.json")}
+
+
+def print_plan(p: dict[str, Any]) -> None:
+    """The plan as a table: n, P(certified), the export's expected share of the reference's compute."""
+    unit = "GPU-s" if p["compute_key"].startswith("gpu") else "NFE"
+    print(f"Power analysis (resampling the fit part, {p['n_fit']} requests; the certify part is not read)")
+    print(f"  claim: {p['claim']}; reference: {p['reference']}; {p['front']} settings on the front")
+    print(f"  {'n certify':>10} {'P(certified)':>13} {'expected ' + unit + ' share':>22}")
+    for r in p["rows"]:
+        share = "-" if r["expected_share"] is None else f"{r['expected_share']:.0%}"
+        print(f"  {r['n']:>10} {r['power']:>13.2f} {share:>22}")
+    need = p["n_for_80pct_power"]
+    print(
+        f"  this split certifies on {p['n_certify']} requests: power {p['power_at_n_certify']:.2f}; "
+        + (f"80% power needs about {need}" if need else "no n gives 80% power (the front misses the claim)")
     )
+    if "smallest_margin_at_n_certify" in p:
+        eps = p["smallest_margin_at_n_certify"]
+        print(
+            f"  the smallest margin certified with 80% power on {p['n_certify']} requests: "
+            + (f"{eps:g}" if eps is not None else "none up to 0.2")
+        )
+    print(f"  written to {p['path']}")
 
 
 def _print(metrics: dict[str, Any]) -> None:

@@ -27,8 +27,13 @@ of one prediction but of a whole replayed policy, paired with a reference policy
 so the controllers' ``predict_function`` / ``RiskLoss`` interface has nothing to call. The loss matrix
 is built here and handed to MAPIE's p-value and testing functions directly.
 
-Two forms of risk, both bounded in [0, 1] as the p-value needs:
+Three forms of risk, all bounded in [0, 1] as the p-value needs:
 
+* ``margin`` (the default): "mean judge score >= the reference's mean - epsilon", a non-inferiority
+  margin declared on the judge's 0-1 scale before the data is seen. The paired loss d_i = ref_i - score_i
+  lies in [-1, 1]; rescaled, l_i = (d_i + 1) / 2 lies in [0, 1] and mean(d) <= epsilon iff
+  mean(l) <= alpha = (1 + epsilon) / 2. Unlike a ratio, epsilon does not move with the reference's
+  strength or the category mix, and a policy that merely matches the reference can be certified.
 * ``relative``: "mean judge score >= f x the reference's" (the reference: Best-of-N with the same
   verifier). The paired loss d_i = f * ref_i - score_i lies in [-1, f]; rescaled,
   l_i = (d_i + 1) / (1 + f) lies in [0, 1] and mean(d) <= 0 iff mean(l) <= alpha = 1 / (1 + f).
@@ -47,8 +52,14 @@ from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
 
 from ade_train.pareto import pareto_order
 
-FORMS = ("relative", "absolute")
+FORMS = ("margin", "relative", "absolute")
 P_VALUES = ("wsr", "hb")
+
+
+def check_margin(margin: float) -> None:
+    """The declared non-inferiority margin epsilon (mean score >= reference - epsilon): in [0, 0.5]."""
+    if not 0.0 <= margin <= 0.5:
+        raise ValueError(f"margin={margin}: use an epsilon in [0, 0.5] on the judge's 0-1 scale, e.g. 0.02")
 
 
 def check_target_fraction(fraction: float) -> None:
@@ -59,10 +70,13 @@ def check_target_fraction(fraction: float) -> None:
 
 @dataclass(frozen=True)
 class RiskSpec:
-    """What is certified: ``relative`` (mean score >= target x reference) or ``absolute`` (pass rate >= target)."""
+    """What is certified: ``margin`` (mean score >= reference - target), ``relative`` (mean score >=
+    target x reference) or ``absolute`` (pass rate >= target)."""
 
-    form: str = "relative"
-    target: float = 1.0  # relative: the fraction f of the reference's mean score; absolute: the pass rate p
+    form: str = "margin"
+    target: float = (
+        0.02  # margin: epsilon on the 0-1 scale; relative: the fraction f; absolute: the pass rate
+    )
     delta: float = 0.1  # the certificate fails with probability at most delta
     p_value: str = "wsr"  # "wsr" (Waudby-Smith--Ramdas betting) or "hb" (Hoeffding-Bentkus, MAPIE)
 
@@ -70,9 +84,12 @@ class RiskSpec:
         # the one place these are checked: CalibrateConfig builds its RiskSpec to validate risk, delta, p_value
         if self.form not in FORMS:
             raise ValueError(
-                f"risk form {self.form!r}: use 'relative' (x reference score) or 'absolute' (pass rate)"
+                f"risk form {self.form!r}: use 'margin' (reference score - epsilon), 'relative' "
+                "(x reference score) or 'absolute' (pass rate)"
             )
-        if self.form == "relative":
+        if self.form == "margin":
+            check_margin(self.target)
+        elif self.form == "relative":
             check_target_fraction(self.target)
         elif not 0.0 < self.target < 1.0:
             raise ValueError(f"target pass rate (--pass-rate) must be in (0, 1), e.g. 0.7, got {self.target}")
@@ -85,7 +102,14 @@ class RiskSpec:
         return RiskSpec(self.form, float(target), self.delta, self.p_value)
 
     @property
+    def paired(self) -> bool:
+        """Whether the risk compares with a reference policy on the same requests."""
+        return self.form != "absolute"
+
+    @property
     def claim(self) -> str:
+        if self.form == "margin":
+            return f">= reference mean score - {self.target:.3g} at delta = {self.delta:g}"
         if self.form == "relative":
             return f">= {self.target:.3g} x reference mean score at delta = {self.delta:g}"
         return f"pass rate >= {self.target:.3g} at delta = {self.delta:g}"
@@ -103,9 +127,12 @@ def losses(spec: RiskSpec, scores: np.ndarray, reference: np.ndarray | None) -> 
     if spec.form == "absolute":
         return 1.0 - np.clip(s, 0.0, 1.0), 1.0 - spec.target
     if reference is None:
-        raise ValueError("the relative form needs the reference policy's scores")
-    f = spec.target
+        raise ValueError(f"the {spec.form} form needs the reference policy's scores")
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 1)
+    if spec.form == "margin":
+        d = np.clip(ref, 0.0, 1.0) - np.clip(s, 0.0, 1.0)
+        return np.clip((d + 1.0) / 2.0, 0.0, 1.0), (1.0 + spec.target) / 2.0
+    f = spec.target
     d = f * ref - np.clip(s, 0.0, 1.0)
     return np.clip((d + 1.0) / (1.0 + f), 0.0, 1.0), 1.0 / (1.0 + f)
 
@@ -138,48 +165,6 @@ def p_values(
     raise ValueError(f"p-value method must be one of {P_VALUES}, got {method!r}")
 
 
-def n_needed(
-    losses_observed: np.ndarray,
-    alpha: float,
-    delta: float,
-    *,
-    binary: bool,
-    method: str = "wsr",
-    n_max: int = 10**6,
-) -> int | None:
-    """Requests at which a setting with these observed losses would be certified (None: at no n).
-
-    The observed losses are taken as the population: for ``hb`` the p-value at their mean; for ``wsr``
-    the p-value of the losses repeated (in a fixed shuffled order) to n, i.e. at the observed mean *and
-    variance*.
-    """
-    x = np.asarray(losses_observed, dtype=np.float64).ravel()
-    if x.size == 0 or not x.mean() < alpha:
-        return None
-    rng = np.random.default_rng(0)
-
-    def ok(n: int) -> bool:
-        if method == "hb":
-            p = compute_hoeffding_bentkus_p_value(np.array([x.mean()]), n, alpha, binary=binary)[0, 0]
-        else:
-            sample = x[rng.permutation(np.resize(np.arange(x.size), n))]
-            p = wsr_p_values(sample[:, None], alpha, delta)[0]
-        return float(p) <= delta
-
-    lo, hi = 1, 2
-    while not ok(hi):
-        lo, hi = hi, hi * 2
-        if hi > n_max:
-            return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return int(hi)
-
-
 @dataclass
 class Certificate:
     """The outcome of one certification: what was tested, with which p-values, and what holds."""
@@ -192,8 +177,12 @@ class Certificate:
     p_values: list[float]  # p-value of each tested candidate, in ``order``
     certified: list[int]  # the prefix of ``order`` that was certified
     chosen: int | None  # the cheapest certified candidate (None: nothing could be certified)
-    strongest_target: float | None = None  # the strongest target certifiable on the same data
-    n_needed: int | None = None  # requests the first setting on the front would need for ``spec``
+    strongest_target: float | None = None  # the strongest target the same data certifies (a diagnostic:
+    # chosen after seeing the certify part, so never itself certified)
+    n_needed: int | None = (
+        None  # certification requests for 80% power at ``spec`` (``power``, on the fit part)
+    )
+    power: float | None = None  # P(certify) at n_certify, planned on the fit part before testing
     observed_loss: list[float] = field(default_factory=list)  # mean loss of each tested candidate
 
     @property
@@ -213,21 +202,24 @@ class Certificate:
     def explain(self) -> str:
         """One paragraph for the report and the model card."""
         head = f"target {self.spec.claim}; n = {self.n_certify} certification requests"
+        power = f"planned power {self.power:.2f}" if self.power is not None else "power not planned"
         if self.chosen is not None:
             return (
                 f"certified: {head}; {len(self.certified)} of {len(self.order)} settings on the front certified, "
-                f"the cheapest chosen (p = {self.p_value:.3g})"
+                f"the cheapest chosen (p = {self.p_value:.3g}; {power})"
             )
         need = (
-            f"about {self.n_needed} certification requests would be needed at the observed loss"
+            f"about {self.n_needed} certification requests give 80% power (resampling the fit part; {power} "
+            f"at n = {self.n_certify})"
             if self.n_needed is not None
-            else "no number of requests would do: the best setting's observed quality is below the target"
+            else "no number of requests would do: the front's best setting misses the claim on the fit part"
         )
         strongest = (
-            f"the strongest claim that can be certified on these requests is "
-            f"{self.spec.with_target(self.strongest_target).claim}"
+            f"the strongest claim these requests would have passed is "
+            f"{self.spec.with_target(self.strongest_target).claim} (a diagnostic found after testing, "
+            "not a certificate)"
             if self.strongest_target is not None
-            else "no weaker target down to the search floor can be certified either"
+            else "no weaker target within the search range passes either"
         )
         return f"NOT certified: {head}; {need}; {strongest}"
 
@@ -241,6 +233,7 @@ def certify(
     certify_scores: np.ndarray,
     certify_reference: np.ndarray | None,
     search_strongest: bool = True,
+    plan_power: bool = True,
 ) -> Certificate:
     """Pareto front on the selection requests, fixed-sequence LTT on the disjoint certification requests.
 
@@ -259,12 +252,13 @@ def certify(
     order = pareto_order(select_cost, sel.mean(axis=0))
     cert = _test(spec, order, cer, certify_reference)
     cert.n_select = int(sel.shape[0])
+    if plan_power and order and sel.shape[0] >= 2:  # planned on the fit part alone, as before collection
+        from ade_train.calibrate.power import n_for_power, power_at
+
+        pilot = sel[:, order]
+        cert.power = power_at(spec, pilot, select_reference, cer.shape[0])
+        cert.n_needed = n_for_power(spec, pilot, select_reference)
     if cert.chosen is None:
-        if order:
-            loss, alpha = losses(spec, cer[:, order[0]], certify_reference)
-            cert.n_needed = n_needed(
-                loss, alpha, spec.delta, binary=spec.form == "absolute", method=spec.p_value
-            )
         if search_strongest:
             cert.strongest_target = _strongest(spec, order, cer, certify_reference)
     else:
@@ -294,7 +288,20 @@ def _test(spec: RiskSpec, order: list[int], scores: np.ndarray, reference: np.nd
 def _strongest(
     spec: RiskSpec, order: list[int], scores: np.ndarray, reference: np.ndarray | None, tol: float = 0.005
 ) -> float | None:
-    """The largest target (fraction or pass rate) below ``spec.target`` that the same test certifies."""
+    """The strongest target the same test passes: the largest fraction or pass rate below ``spec.target``,
+    or the smallest margin above it."""
+    if spec.form == "margin":
+        ceiling = 0.5
+        if _test(spec.with_target(ceiling), order, scores, reference).chosen is None:
+            return None
+        lo, hi = spec.target, ceiling
+        while hi - lo > tol / 5:
+            mid = (lo + hi) / 2.0
+            if _test(spec.with_target(mid), order, scores, reference).chosen is not None:
+                hi = mid
+            else:
+                lo = mid
+        return round(hi, 4)
     floor = 0.5 if spec.form == "relative" else 0.01
     if _test(spec.with_target(floor), order, scores, reference).chosen is None:
         return None

@@ -191,14 +191,20 @@ def compute_of(summary: Mapping[str, Any], key: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def guarantee_margins(ours: Sequence[Outcome], reference: Sequence[Outcome], target_fraction: float) -> dict:
-    """How well n requests support "mean score >= target_fraction x reference" for the chosen policy.
+def guarantee_margins(
+    ours: Sequence[Outcome], reference: Sequence[Outcome], target_fraction: float, margin: float | None = None
+) -> dict:
+    """How well n requests support "mean score >= target_fraction x reference" (or, with ``margin``,
+    ">= reference - margin") for the chosen policy.
 
-    Paired differences d_i = score_i - target_fraction * ref_i; the slack is mean(d). Margins at 95%
-    one-sided: normal (1.645 sd / sqrt n) and Hoeffding (d in [-1, 1]: sqrt(2 ln(1/0.05) / n)).
+    Paired differences d_i = score_i - target_fraction * ref_i (score_i - ref_i + margin); the slack is
+    mean(d). Margins at 95% one-sided: normal (1.645 sd / sqrt n) and Hoeffding (sqrt(2 ln(1/0.05) / n)).
     """
     ref = {o.id: o.score for o in reference}
-    d = np.array([o.score - target_fraction * ref[o.id] for o in ours if o.id in ref], dtype=np.float64)
+    if margin is not None:
+        d = np.array([o.score - ref[o.id] + margin for o in ours if o.id in ref], dtype=np.float64)
+    else:
+        d = np.array([o.score - target_fraction * ref[o.id] for o in ours if o.id in ref], dtype=np.float64)
     n = len(d)
     if n == 0:
         return {"n": 0, "slack": float("nan"), "se_margin": float("inf"), "hoeffding_margin": float("inf")}
@@ -222,12 +228,19 @@ def search_thresholds(
     overhead: Overhead,
     compute_key: str,
     target_fraction: float = 1.0,
+    margin: float | None = None,
     reference_policy: str = "best_of_8",
+    reference_ids: set[str] | None = None,
+    max_reference_n: int = 8,
     use_prune: bool = False,
     min_requests: int = 100,
 ) -> SearchResult:
     """Replay every candidate of ``grid`` and choose the cheapest meeting the quality target.
 
+    The target is ``target_fraction`` x the reference's mean score, or with ``margin`` the reference's
+    mean minus the margin. ``reference_policy="best_of_n"`` takes the best Best-of-N (N = 1, 2, 4, ...
+    up to ``max_reference_n`` and the candidates the traces hold) by mean score on ``reference_ids``
+    (the fit part; None: every record), the smaller N on a tie.
     ``card(rec)`` returns CARD's prediction for a record (``BudgetPrediction``), computed once and
     read at each candidate's quantile. ``compute_key`` is ``"gpu_seconds_per_request"`` or ``"nfe_per_request"`` (see ``summarize``).
     Without a feasible candidate the one with the highest mean score is returned, ``feasible=False``.
@@ -245,15 +258,23 @@ def search_thresholds(
     def cached_card(rec: EditRecord):
         return cards[rec.id]
 
-    ref_out = replay_policy(records, reference_policy, base, cached_signals, None, overhead)
+    levels = budget_levels(records)
+    chosen_from: dict[str, float] = {}
+    if reference_policy == "best_of_n":
+        reference_policy, ref_out, chosen_from = best_reference(
+            records, base, cached_signals, overhead, reference_ids, max_reference_n, _candidates(records)
+        )
+    else:
+        ref_out = replay_policy(records, reference_policy, base, cached_signals, None, overhead)
     ref_sum = summarize(ref_out)
-    target = target_fraction * ref_sum["mean_score"]
+    target = ref_sum["mean_score"] - margin if margin is not None else target_fraction * ref_sum["mean_score"]
     reference = {"policy": reference_policy, **{k: v for k, v in ref_sum.items() if k != "by_category"}}
     reference["compute"] = compute_of(ref_sum, compute_key)
+    if chosen_from:
+        reference["chosen_from"] = chosen_from  # mean score of each Best-of-N on the fit part
 
     rows: list[dict[str, Any]] = []
     outcomes: list[list[Outcome]] = []
-    levels = budget_levels(records)
     # signals with a first-stage confidence mean an expensive verifier in the stack: search the cascade band
     use_verifier = any(sig.first_stage is not None for sig in cache.values())
     configs = grid.configs(
@@ -277,10 +298,15 @@ def search_thresholds(
     else:
         best = max(range(len(rows)), key=lambda i: (rows[i]["mean_score"], -rows[i]["compute"], -i))
     rows[best]["chosen"] = True
-    guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction)
+    guarantee = guarantee_margins(outcomes[best], ref_out, target_fraction, margin)
+    goal = (
+        f"{reference_policy} mean score - {margin:g}"
+        if margin is not None
+        else (f"{target_fraction:g} x {reference_policy} mean score")
+    )
     warnings, n_choice = _search_warnings(
-        len(records), ref_sum, rows[best], bool(feasible), guarantee, target, target_fraction,
-        reference_policy, min_requests,
+        len(records), ref_sum, rows[best], bool(feasible), guarantee, target, goal, reference_policy,
+        min_requests,
     )  # fmt: skip
     return SearchResult(
         chosen=configs[best],
@@ -305,7 +331,7 @@ def _search_warnings(
     feasible: bool,
     guarantee: Mapping[str, float],
     target: float,
-    target_fraction: float,
+    goal: str,
     reference_policy: str,
     min_requests: int,
 ) -> tuple[list[str], int]:
@@ -328,9 +354,8 @@ def _search_warnings(
     n_data = len(warnings)
     if not feasible:
         warnings.append(
-            f"no candidate reaches {target_fraction:g} x {reference_policy} mean score ({target:.4f}) on the "
-            f"{n} calibration requests; chose the highest-scoring one ({chosen['mean_score']:.4f}); "
-            "widen the grid or lower --target-fraction"
+            f"no candidate reaches {goal} ({target:.4f}) on the {n} calibration requests; chose the "
+            f"highest-scoring one ({chosen['mean_score']:.4f}); widen the grid or declare a wider --margin"
         )
     if n < min_requests:
         warnings.append(
@@ -344,6 +369,46 @@ def _search_warnings(
             f"{guarantee['se_margin']:.4f} for n={n}: the guarantee is not supported beyond these requests"
         )
     return warnings, len(warnings) - n_data
+
+
+def _candidates(records: Sequence[EditRecord]) -> int:
+    """The most candidates any record logged (the largest Best-of-N the traces can replay)."""
+    return max((len({a.candidate for a in r.attempts}) for r in records), default=1)
+
+
+def reference_sizes(max_n: int, candidates: int) -> list[int]:
+    """The Ns ``best_of_n`` considers: 1, 2, 4, ... up to ``max_n`` and the candidates logged, and that cap."""
+    cap = max(1, min(int(max_n), int(candidates)))
+    sizes, n = [], 1
+    while n < cap:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, cap]
+
+
+def best_reference(
+    records: Sequence[EditRecord],
+    base: PolicyConfig,
+    signals: SignalFn,
+    overhead: Overhead,
+    fit_ids: set[str] | None,
+    max_n: int,
+    candidates: int,
+) -> tuple[str, list[Outcome], dict[str, float]]:
+    """The strongest reference a user would run: the Best-of-N (same selector) with the highest mean score
+    on the fit part (``fit_ids``), the smaller N on a tie. (name, its outcomes on every record, the
+    fit-part mean of each N tried)."""
+    best: tuple[str, list[Outcome]] | None = None
+    means: dict[str, float] = {}
+    for n in reference_sizes(max_n, candidates):
+        name = f"best_of_{n}"
+        outs = replay_policy(records, name, base, signals, None, overhead)
+        part = [o.score for o in outs if fit_ids is None or o.id in fit_ids] or [o.score for o in outs]
+        means[name] = round(float(np.mean(part)), 6)
+        if best is None or means[name] > means[best[0]]:
+            best = (name, outs)
+    assert best is not None
+    return best[0], best[1], means
 
 
 def _card_at(cards: Mapping[str, Any], q: float) -> CardFn:

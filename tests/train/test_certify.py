@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ade_train.calibrate.coverage import cheapest_meeting_target, meets, resplit_coverage
+from ade_train.calibrate.coverage import cheapest_meeting_target, draw_coverage, meets, resplit_coverage
+from ade_train.calibrate.power import n_for_power, plan, power_at, smallest_margin
 from ade_train.calibrate.risk_control import (
     RiskSpec,
     certify,
     losses,
-    n_needed,
     p_values,
     pareto_order,
     wsr_p_values,
@@ -85,7 +85,7 @@ def test_too_few_requests_say_how_many_would_do_and_what_can_be_claimed():
         certify_reference=ref[30:],
     )
     assert cert.chosen is None
-    assert cert.n_needed is None or cert.n_needed > 30
+    assert cert.n_needed is None or cert.n_needed > 30  # planned on the fit part (30 requests)
     assert cert.strongest_target is not None and cert.strongest_target < 1.0
     text = cert.explain()
     assert text.startswith("NOT certified") and "strongest claim" in text
@@ -101,14 +101,90 @@ def test_too_few_requests_say_how_many_would_do_and_what_can_be_claimed():
     assert again.chosen is not None
 
 
-def test_n_needed_grows_as_the_observed_slack_shrinks():
+def test_margin_loss_is_bounded_and_equivalent_to_the_declared_margin():
+    rng = np.random.default_rng(1)
+    s, ref = rng.uniform(0, 1, (50, 3)), rng.uniform(0, 1, 50)
+    spec = RiskSpec("margin", 0.02)
+    loss, alpha = losses(spec, s, ref)
+    assert loss.min() >= 0 and loss.max() <= 1 and alpha == pytest.approx(0.51)
+    for k in range(3):
+        holds = s[:, k].mean() >= ref.mean() - 0.02
+        assert (loss[:, k].mean() <= alpha) == holds
+    # a policy that exactly matches its reference meets any margin >= 0 (the ratio f = 1 never could)
+    assert meets(RiskSpec("margin", 0.0), ref, ref)
+    assert RiskSpec().form == "margin" and RiskSpec().target == 0.02  # the default claim
+    assert RiskSpec("margin", 0.02).claim == ">= reference mean score - 0.02 at delta = 0.1"
+    with pytest.raises(ValueError, match="margin"):
+        RiskSpec("margin", 0.7)
+
+
+def test_a_policy_level_with_its_reference_is_certified_at_a_margin_with_enough_requests():
+    rng = np.random.default_rng(7)
+    n = 1200
+    ref = rng.uniform(0.3, 0.9, n)
+    level = np.clip(ref + rng.normal(0.0, 0.1, n), 0, 1)  # equal on average
+    scores = np.stack([ref, level], axis=1)
+    cert = certify(
+        RiskSpec("margin", 0.02),
+        select_scores=scores[:400],
+        select_reference=ref[:400],
+        select_cost=[10.0, 3.0],
+        certify_scores=scores[400:],
+        certify_reference=ref[400:],
+    )
+    assert cert.chosen == 1 and cert.power is not None and cert.power > 0.5
+    # ... and never at a margin of 0 with a ratio of 1 (the old default): equality is in the null
+    strict = certify(
+        RiskSpec("relative", 1.0),
+        select_scores=scores[:400],
+        select_reference=ref[:400],
+        select_cost=[10.0, 3.0],
+        certify_scores=scores[400:],
+        certify_reference=ref[400:],
+    )
+    assert strict.chosen is None
+
+
+def test_power_grows_with_n_and_the_plan_finds_the_n_for_80_percent():
     rng = np.random.default_rng(2)
-    wide, narrow = rng.uniform(0.0, 0.8, 200), rng.uniform(0.1, 0.89, 200)  # means 0.40 and ~0.495
-    for method in ("wsr", "hb"):
-        a = n_needed(wide, 0.5, 0.1, binary=False, method=method)
-        b = n_needed(narrow, 0.5, 0.1, binary=False, method=method)
-        assert a is not None and b is not None and 10 < a < b
-    assert n_needed(np.full(50, 0.5), 0.5, 0.1, binary=False) is None
+    ref = rng.uniform(0.3, 0.7, 400)
+    pilot = np.clip(ref[:, None] + rng.normal(0.0, 0.18, (400, 1)), 0, 1)  # level, paired s.d. about 0.18
+    spec = RiskSpec("margin", 0.02)
+    rows = plan(spec, pilot, ref, [20.0], 72.0, n_grid=(150, 600, 2400), draws=100)
+    powers = [r.power for r in rows]
+    assert powers == sorted(powers) and powers[0] < 0.5 < powers[-1]
+    n80 = n_for_power(spec, pilot, ref, draws=100)
+    assert n80 is not None and 150 < n80 < 2400
+    assert power_at(spec, pilot, ref, n80, draws=100) >= 0.8
+    # a certified export costs the setting's 20, an uncertified one the reference's 72
+    assert rows[-1].expected_share < rows[0].expected_share <= 1.0
+    # the smallest margin 150 requests certify with 80% power is wider than 0.02
+    eps = smallest_margin(spec, pilot, ref, 150, draws=100)
+    assert eps is not None and 0.02 < eps < 0.2
+    # a pilot that misses the claim on average: no n will do
+    worse = np.clip(ref[:, None] - 0.1, 0, 1)
+    assert n_for_power(spec, worse, ref, draws=50) is None
+
+
+def test_draw_coverage_bounds_certified_and_wrong_and_can_fail():
+    scores, ref, cost = _pool(n=3000, seed=11)
+    refs = np.stack([ref - 0.05, ref], axis=1)  # two reference candidates, the second the stronger
+    ref_cost = np.tile([30.0, 60.0], (3000, 1))
+    spec = RiskSpec("margin", 0.0, delta=0.1)
+    out = draw_coverage(spec, scores, refs, cost, ref_cost, n_calibration=600, draws=100, seed=0)
+    assert out["certified_and_wrong"] <= 0.1 and out["holds"]
+    assert 0 < out["certified_share"] <= 1 and out["reference_chosen"] == {1: 100}
+    # the check can fail: a test that ignores its delta (a p-value of 0 always) is caught
+    bad = RiskSpec("margin", 0.0, delta=0.1)
+    import ade_train.calibrate.risk_control as rc
+
+    real = rc.p_values
+    try:
+        rc.p_values = lambda loss, alpha, **kw: np.zeros(loss.shape[1])
+        broken = draw_coverage(bad, scores, refs, cost, ref_cost, n_calibration=600, draws=50, seed=0)
+    finally:
+        rc.p_values = real
+    assert broken["certified_and_wrong"] > 0.1 and not broken["holds"]
 
 
 def test_wsr_is_valid_under_the_null_and_sharper_than_hoeffding_bentkus():
