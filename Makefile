@@ -77,6 +77,14 @@ bench-serve-load: install
 	$(PY) -m ade_train.bench.serve_load --out $(BENCH_OUT)
 	$(MAKE) bench-report
 
+# Savings by default (ade_train/bench/savings.py): make train's export live on 500 fresh shifted requests beside
+# its reference and Best-of-1/2/4/8, and the certificate's coverage on independent draws (about 20 minutes).
+BENCH_PARTS += savings
+.PHONY: bench-savings
+bench-savings: install
+	$(PY) -m ade_train.bench.savings --out $(BENCH_OUT)
+	$(MAKE) bench-report
+
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
 # Ray part (docs/scaling.md): ade-collect without Ray, --ray on 1 and 2 workers, the same requests side by side.
 BENCH_PARTS += ray_collect

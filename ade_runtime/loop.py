@@ -59,6 +59,7 @@ class EditResult:
     failures: list[dict]
     card: dict | None = None  # CARD's budget and token choice with its inputs (None: CARD not used)
     verifier: dict | None = None  # the expensive verifier in the stack: name, feature, cost per call
+    claim: dict | None = None  # what calibration certified for the policy served (None: uncalibrated)
     request: EditRequest | None = None  # the validated request (RGB image, trimmed instruction)
     record: EditRecord | None = None  # the trace record, once logged
 
@@ -143,6 +144,14 @@ class AdaptiveEditor:
                 getattr(verifier, "name", verifier),
                 VLM_FEATURE,
             )
+
+    def claim(self) -> dict | None:
+        """The certified claim of the calibrated thresholds, when this loop serves them (``meta.ade.claim``);
+        a preset policy (``best_of_8``, ...) or thresholds set by hand carry none."""
+        claim = self.predictors.claim()
+        if claim is None or self.config != self.predictors.policy:
+            return None
+        return dict(claim)
 
     def verifier_info(self) -> dict | None:
         """What traces record of the expensive verifier (``meta.ade.verifier``)."""
@@ -240,6 +249,7 @@ class AdaptiveEditor:
             card=card_log or None,
             request=request,
             verifier=self.verifier_info(),
+            claim=self.claim(),
         )
 
     def _preview_step(self) -> int:

@@ -68,6 +68,12 @@ class Predictors:
             return None
         return self.calibrator.config.policy
 
+    def claim(self) -> dict | None:
+        """What calibration certified for its thresholds (None: no calibration, or an export without it)."""
+        if self.calibrator is None:
+            return None
+        return getattr(self.calibrator.config, "claim", None)
+
     def fallbacks(self) -> list[dict[str, str]]:
         """One entry per predictor that was not loaded, as recorded in ``meta.ade.failures``."""
         return [

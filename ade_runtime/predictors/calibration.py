@@ -79,6 +79,11 @@ class CalibrationConfig(ArtifactConfig):
     policy: PolicyConfig | None = config_field(
         "thresholds chosen by replay with this calibrator", default=None
     )
+    claim: dict | None = config_field(
+        "what calibration certified for ``policy`` (status, claim, risk, margin, delta, n_certify, reference, "
+        "gpu_second_share); served traces record it under meta.ade.claim",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(str(f) for f in self.feature_names)
@@ -124,6 +129,7 @@ class CalibrationConfig(ArtifactConfig):
             "fallback_method": self.fallback_method,
             "missing_confidence": float(self.missing_confidence),
             "policy": None if self.policy is None else self.policy.to_dict(),
+            **({"claim": dict(self.claim)} if self.claim is not None else {}),  # absent in older exports
         }
 
 

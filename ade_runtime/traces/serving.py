@@ -179,6 +179,9 @@ def result_meta(result: EditResult) -> dict[str, Any]:
         "confidence": result.confidence,
         "stop_reason": result.stop_reason,
         **({"card": result.card} if getattr(result, "card", None) else {}),  # the budget's source and why
+        **(
+            {"claim": result.claim} if getattr(result, "claim", None) else {}
+        ),  # what the policy is certified to
         "decisions": result.decisions,
         "nfe": result.nfe,
         "backbone_seconds": round(result.backbone_seconds, 6),

@@ -73,6 +73,7 @@ def policy_matrix(
         "reference_scores": np.array([o.score for o in ref]),
         "reference_seconds": np.array([o.seconds for o in ref]),
         "overhead": overhead,
+        "signals": signals,
     }
 
 

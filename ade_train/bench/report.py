@@ -324,6 +324,10 @@ def write_report(out_dir: Path, results: dict) -> Path:
         )
     if misses:
         lines += ["", "### Why targets were missed", ""] + [f"- {m}" for m in misses]
+    headline = [part for part in parts if part["figures"].get("headline")]  # e.g. savings: live comes first
+    for part in headline:
+        lines += ["", part["markdown"].rstrip()]
+    parts = [part for part in parts if part not in headline]
     if "certificates" in results:
         lines += [""] + certificates_section(results["certificates"])
     if "certification" in results:

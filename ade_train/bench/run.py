@@ -131,8 +131,12 @@ def closed_loop(pred_dir: Path, work: Path, n: int, seed: int) -> Path:
     if crit_card.exists() and not fitted:
         # the refine-or-fresh rule, fitted on the same critique-led traces (docs/critique.md)
         try:
+            # on the fit part only: calibrate --split all certifies on the rest (its certify_fraction, seed 0)
+            from ade_train.calibrate.config import packaged_defaults
+
+            frac = str(packaged_defaults()["certify_fraction"])
             _run([str(BIN / "ade-train"), "refine-rule", "--data", str(judged), "--predictors",
-                  str(loop_out / "export"), "--write"])  # fmt: skip
+                  str(loop_out / "export"), "--write", "--fit-part-of", frac, "--seed", "0"])  # fmt: skip
         except subprocess.CalledProcessError as exc:  # the bench goes on with "always refine"
             print(f"bench: refine-rule failed ({exc}); the critique keeps refining always", file=sys.stderr)
     _run(

@@ -93,7 +93,10 @@ class PolicyCalibrator:
         self._certify(self.search_)
         (self.warnings_ if self.decision_.status != "certified" else self.notes_).append(self.decision_.text)
         self.heldout_ = self._held_out(test_records, calibrator, card, used_critique, overhead)
-        final_config = CalibrationConfig(**{**base_config.to_dict(), "policy": self.search_.chosen})
+        self.claim_record_ = self._claim_record()
+        final_config = CalibrationConfig(
+            **{**base_config.to_dict(), "policy": self.search_.chosen, "claim": self.claim_record_}
+        )
         self.calibrator_ = Calibrator(final_config, *tensors)
         return self
 
@@ -221,6 +224,37 @@ class PolicyCalibrator:
         self.decision_: ExportDecision = decision
         self.policy_: PolicyConfig = decision.policy
         self.claim_ = cert.spec.claim
+
+    def _claim_record(self) -> dict:
+        """What the export states of its own guarantee, in the model card and every served trace."""
+        cert, result = self.certificate_, self.search_
+        idx = self.decision_.index
+        compute = result.candidates[idx]["compute"] if idx is not None else result.reference["compute"]
+        ref_compute = result.reference["compute"]
+        unit = "gpu_seconds" if result.compute_key.startswith("gpu") else "nfe"
+        return {
+            "status": self.decision_.status,
+            "claim": cert.spec.claim,
+            "risk": cert.spec.form,
+            "target": cert.spec.target,
+            "delta": cert.spec.delta,
+            "n_certify": cert.n_certify,
+            "n_fit": cert.n_select,
+            "p_value": cert.p_value,
+            "reference": result.reference["policy"],
+            "compute_unit": unit,
+            "compute_share": round(float(compute) / float(ref_compute), 4) if ref_compute else None,
+            "best_of_8_share": self._share_of_best_of_8(compute),
+        }
+
+    def _share_of_best_of_8(self, compute: float) -> float | None:
+        """The export's compute over Best-of-8's on the calibration split (the number users compare)."""
+        result = self.search_
+        if result.reference["policy"] == "best_of_8":
+            ref = result.reference["compute"]
+        else:
+            ref = (result.reference.get("best_of_8_compute")) or None
+        return round(float(compute) / float(ref), 4) if ref else None
 
     def _held_out(
         self, test_records: Sequence[EditRecord], calibrator: Calibrator, card: Any, critique: Any, overhead

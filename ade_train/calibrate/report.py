@@ -111,6 +111,30 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON: {type(o).__name__}")
 
 
+def claim_sentence(claim: dict | None) -> str:
+    """The guarantee as users read it: epsilon, delta, n, the reference and the compute share."""
+    if not claim:
+        return ""
+    share = claim.get("compute_share")
+    bo8 = claim.get("best_of_8_share")
+    cost = (
+        f"{share:.0%} of the reference's {claim['compute_unit'].replace('_', '-')}"
+        if share is not None
+        else ""
+    )
+    if bo8 is not None and claim["reference"] != "best_of_8":
+        cost += f" ({bo8:.0%} of Best-of-8's)"
+    if claim["status"] == "certified":
+        return (
+            f"Certified: mean judge score {claim['claim']} ({claim['reference']}), on {claim['n_certify']} "
+            f"certification requests kept apart, p = {claim['p_value']:.3g}; it spends {cost} on them."
+        )
+    return (
+        f"NOT certified ({claim['status']}): the declared claim {claim['claim']} ({claim['reference']}) "
+        f"could not be certified on {claim['n_certify']} requests; the export spends {cost}."
+    )
+
+
 def export_calibration(
     out: Path, calibrator: Calibrator, metrics, result: SearchResult, split, method: dict, notes, warnings
 ) -> Path:
@@ -126,13 +150,15 @@ def export_calibration(
             f"({method['choice'].method}); .policy holds tau_high={pol.tau_high}, tau_low={pol.tau_low}, "
             f"s_max={pol.s_max}, card_quantile={pol.card_quantile}, prune_threshold={pol.prune_threshold}, "
             f"chosen by replay to reach {result.target_score:.4f} mean judge score "
-            f"({result.reference['policy']} reference) at the least {result.compute_key}."
+            f"({result.reference['policy']} reference) at the least {result.compute_key}. "
+            + claim_sentence(calibrator.config.claim)
         ),
         limitations=" ".join(result.warnings + notes) or "none noted",
         extra={
             "method_reason": method["choice"].reason,
             "split": split.source_of_split,
             "policy": pol.to_dict(),
+            "claim": calibrator.config.claim,
         },
         warnings=list(warnings),
     )

@@ -260,10 +260,14 @@ def search_thresholds(
 
     levels = budget_levels(records)
     chosen_from: dict[str, float] = {}
+    bo8_compute = None
     if reference_policy == "best_of_n":
         reference_policy, ref_out, chosen_from = best_reference(
             records, base, cached_signals, overhead, reference_ids, max_reference_n, _candidates(records)
         )
+        if reference_policy != "best_of_8" and _candidates(records) >= 8:
+            bo8 = summarize(replay_policy(records, "best_of_8", base, cached_signals, None, overhead))
+            bo8_compute = compute_of(bo8, compute_key)
     else:
         ref_out = replay_policy(records, reference_policy, base, cached_signals, None, overhead)
     ref_sum = summarize(ref_out)
@@ -272,6 +276,8 @@ def search_thresholds(
     reference["compute"] = compute_of(ref_sum, compute_key)
     if chosen_from:
         reference["chosen_from"] = chosen_from  # mean score of each Best-of-N on the fit part
+    if bo8_compute is not None:
+        reference["best_of_8_compute"] = bo8_compute
 
     rows: list[dict[str, Any]] = []
     outcomes: list[list[Outcome]] = []

@@ -94,6 +94,7 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         batch_size: int = 32,
         max_train_attempts: int | None = 3000,
         max_eval_attempts: int | None = 800,
+        max_train_per_request: int | None = None,
         max_boxes: int = 4,
         num_workers: int = 0,
         score_inputs: Sequence[str] = (),
@@ -112,6 +113,8 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
             batch_size: attempts per batch.
             max_train_attempts: cap on training attempts (seeded sample), None for all.
             max_eval_attempts: cap on val and test attempts each, None for all.
+            max_train_per_request: training attempts kept per request (a seeded sample), None for all: the
+                training cap then spreads over more requests (evaluation keeps whole requests).
             max_boxes: judge boxes kept per attempt for the IoU metric.
             num_workers: DataLoader workers (inputs are in memory, 0 is usually fastest).
             score_inputs: cheap scores of each attempt the head also reads (e.g. [clip_i, clip_t]).
@@ -126,6 +129,7 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.seed, self.batch_size, self.num_workers = int(seed), int(batch_size), int(num_workers)
         self.caps = {"train": max_train_attempts, "val": max_eval_attempts, "test": max_eval_attempts}
+        self.max_train_per_request = max_train_per_request
         self.max_boxes = int(max_boxes)
         self.score_inputs = tuple(str(k) for k in score_inputs)
         self.pixel_diff = bool(pixel_diff)
@@ -164,8 +168,13 @@ class CritiqueDataModule(SplitLoaders, L.LightningDataModule):
         for split in ("train", "val", "test"):
             found = collect_examples(by_id[i] for i in self.split_ids[split] if i in by_id)
             self.skipped.update(found.skipped)
+            train = split == "train"
             self.examples[split] = cap_examples(
-                found.examples, self.caps[split], self.seed, distinct=split == "train"
+                found.examples,
+                self.caps[split],
+                self.seed,
+                distinct=train,
+                per_request=self.max_train_per_request if train else None,
             )
         if not self.examples["train"]:
             raise TraceError(

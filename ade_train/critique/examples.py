@@ -77,15 +77,35 @@ def learn_kinds(examples: Iterable[CritiqueExample]) -> tuple[str, ...]:
 
 
 def cap_examples(
-    examples: Sequence[CritiqueExample], limit: int | None, seed: int, distinct: bool = False
+    examples: Sequence[CritiqueExample],
+    limit: int | None,
+    seed: int,
+    distinct: bool = False,
+    per_request: int | None = None,
 ) -> list[CritiqueExample]:
     """At most ``limit`` examples, all the attempts of a seeded sample of whole requests (order kept).
 
     Whole requests, so that the within-request AUROC has every attempt of a request to rank;
-    ``distinct`` keeps one example per distinct attempt image of a request (the testbed's equal
-    outputs share a file) with ``weight`` = the attempts it stands for, so a training cap buys more
-    distinct images without changing the pass rate the loss sees.
+    ``distinct`` keeps one example per distinct attempt image of a request (equal outputs that share
+    a file) with ``weight`` = the attempts it stands for, so a training cap buys more distinct images
+    without changing the pass rate the loss sees. ``per_request`` (training only) keeps a seeded sample
+    of at most that many attempts of each request first, so that the cap spreads over more requests.
     """
+    if per_request is not None:
+        rows: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            rows.setdefault(ex.record_id, []).append(i)
+        kept: list[int] = []
+        for rid in sorted(rows):
+            members = rows[rid]
+            if len(members) > per_request:
+                gen = torch.Generator().manual_seed(seed + int.from_bytes(rid.encode()[-4:], "little"))
+                members = [
+                    members[j]
+                    for j in sorted(torch.randperm(len(members), generator=gen)[:per_request].tolist())
+                ]
+            kept.extend(members)
+        examples = [examples[i] for i in sorted(kept)]
     if distinct:  # one example per (request, image, label), weighted by how many attempts it stands for
         counts = Counter((ex.record_id, ex.attempt, ex.passed) for ex in examples)
         first: dict[tuple, CritiqueExample] = {}

@@ -193,6 +193,16 @@ def write_threshold(export_dir: str | Path, threshold: float, report: dict[str, 
 # CLI
 
 
+def fit_part(cases: Sequence[RefineCase], certify_fraction: float, seed: int = 0) -> list[RefineCase]:
+    """The cases of requests outside the certify part ``ade-train calibrate`` cuts with this
+    ``certify_fraction`` and ``seed`` (``calibrate.decision.certify_mask``, stable per request id)."""
+    from ade_train.calibrate.decision import certify_mask
+
+    ids = sorted({c.record_id for c in cases})
+    held = {i for i, m in zip(ids, certify_mask(ids, certify_fraction, seed), strict=True) if m}
+    return [c for c in cases if c.record_id not in held]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ade-train refine-rule",
@@ -203,6 +213,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predictors", required=True, help="export directory holding the critique (OUT/export)")
     p.add_argument("--metric", choices=METRICS, default="score", help="judge outcome to maximise")
     p.add_argument("--write", action="store_true", help="store the threshold in the export's critique")
+    p.add_argument(
+        "--fit-part-of",
+        type=float,
+        default=None,
+        metavar="CERTIFY_FRACTION",
+        help="fit on the fit part only: leave out the requests ade-train calibrate --split all will certify "
+        "on with this --certify-fraction (and --seed), so the certificate's requests stay unseen",
+    )
+    p.add_argument("--seed", type=int, default=0, help="calibrate's split seed (with --fit-part-of)")
     return p
 
 
@@ -216,6 +235,9 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--data {data}: no such directory; give a trace dataset (ade-collect --out)")
         critique = CritiquePredictor.from_pretrained(args.predictors)
         cases, skipped = refine_cases(TraceDataset(data, images="header"), critique, args.metric)
+        n_all = len(cases)
+        if args.fit_part_of is not None:
+            cases = fit_part(cases, args.fit_part_of, args.seed)
         if not cases:
             raise TraceError(
                 f"--data {data}: no judged failing attempt with a judged refinement (skipped "
@@ -223,6 +245,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             )
         report = fit_report(cases)
         report["skipped"] = dict(skipped)
+        report["cases_left_to_certify"] = n_all - len(cases)
         if args.write:
             report["written"] = str(write_threshold(args.predictors, report["threshold"], report))
     except ADEError as exc:  # bad input, traces or artifact: one line, no traceback

@@ -215,3 +215,29 @@ def test_logged_testbed_traffic_can_be_judged_exactly(requests_, tmp_path):
             rec.instruction,
         )
         assert j == live
+
+
+def test_served_traces_state_the_certified_claim_of_the_thresholds_they_run(requests_, tmp_path):
+    claim = {
+        "status": "certified",
+        "claim": ">= reference mean score - 0.02 at delta = 0.1",
+        "risk": "margin",
+        "target": 0.02,
+        "delta": 0.1,
+        "n_certify": 600,
+        "reference": "best_of_4",
+        "compute_share": 0.4,
+    }
+    cal = calibrator(0.0, 8.0)
+    cal.config.claim = claim
+    preds = Predictors(card=card(), calibrator=cal)
+    res = AdaptiveEditor(SyntheticBackbone(), preds, policy="ade", scorer=online_scores).edit(requests_[0])
+    with TraceWriter(tmp_path / "ade") as w:
+        log_request(w, res.request, res, "bagel")
+    rec = next(iter(TraceDataset(tmp_path / "ade", images="none")))
+    assert rec.meta["ade"]["claim"] == claim
+    # a preset the certificate does not cover (Best-of-8 here) carries no claim
+    b8 = AdaptiveEditor(SyntheticBackbone(), preds, policy="best_of_8", scorer=online_scores).edit(
+        requests_[0]
+    )
+    assert b8.claim is None

@@ -522,3 +522,35 @@ def test_the_absolute_form_certifies_a_pass_rate(tmp_path, dataset):
         CalibrateConfig(risk="absolute")
     with pytest.raises(ValueError, match="delta"):
         CalibrateConfig(delta=1.5)
+
+
+def test_the_default_claim_is_a_margin_against_the_best_best_of_n_chosen_on_the_fit_part(tmp_path, dataset):
+    out = tmp_path / "out"
+    _export_tiny_card(out)
+    metrics = train(CalibrateConfig(data=str(dataset), out=str(out), grid=GRID, wandb=False, split="all"))
+    report = json.loads((out / "calibration_report.json").read_text())
+    ref = report["reference"]
+    assert set(ref["chosen_from"]) == {"best_of_1", "best_of_2", "best_of_4"}  # 4 candidates logged
+    assert ref["policy"] == max(ref["chosen_from"], key=lambda k: (ref["chosen_from"][k], -int(k[8:])))
+    assert metrics["certified_claim"] == ">= reference mean score - 0.02 at delta = 0.1"
+    assert metrics["risk"] == "margin" and metrics["margin"] == 0.02
+    assert metrics["certificate_power_planned"] is not None
+    # the export states its own claim, for the model card and every served trace
+    claim = Calibrator.from_pretrained(out / "export").config.claim
+    assert claim["risk"] == "margin" and claim["target"] == 0.02 and claim["reference"] == ref["policy"]
+    assert claim["status"] == metrics["certificate"] and claim["n_certify"] == metrics["n_certify"]
+    assert "0.02" in (out / "export" / "README.md").read_text()
+
+
+def test_plan_prints_the_power_from_the_fit_part_and_exports_nothing(tmp_path, dataset, capsys):
+    out = tmp_path / "out"
+    _export_tiny_card(out)
+    argv = ["--data", str(dataset), "--out", str(out), "--no-wandb", "--plan", "--split", "all"]
+    assert cli_main([*argv, "--grid.tau_high=[0.5,0.9]", "--grid.tau_low=[0.0]"]) == 0
+    printed = capsys.readouterr().out
+    assert "Power analysis" in printed and "P(certified)" in printed and "80% power" in printed
+    plan = json.loads((out / "calibration_plan.json").read_text())
+    assert plan["n_fit"] + plan["n_certify"] == N_REQUESTS and plan["reference"].startswith("best_of_")
+    powers = [r["power"] for r in plan["rows"]]
+    assert all(0.0 <= p <= 1.0 for p in powers) and powers[-1] >= powers[0]
+    assert not (out / "export" / "calibration.json").exists()  # a plan certifies and exports nothing

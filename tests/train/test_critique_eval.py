@@ -27,7 +27,7 @@ from ade_runtime.predictors.critique import CritiquePredictor
 from ade_runtime.traces import load_records
 from ade_train.critique.evaluate import TreesBaseline, selection_metrics, within_request_auroc
 from ade_train.critique.examples import cap_examples, collect_examples
-from ade_train.critique.refine import RefineCase, RefineRule, fit_report, rule_value
+from ade_train.critique.refine import RefineCase, RefineRule, fit_part, fit_report, rule_value
 
 FIXTURE = FIXTURES / "testbed_small"
 
@@ -277,3 +277,14 @@ def test_refine_rule_values_at_all_thresholds_match_the_definition():
     assert np.allclose(_rule_values(cases, ts), [rule_value(cases, float(t)) for t in ts])
     rule = RefineRule().fit(cases)
     assert rule_value(cases, rule.threshold_) == pytest.approx(max(rule.values_))
+
+
+def test_the_refine_rule_can_be_fitted_on_the_fit_part_only():
+    from ade_train.calibrate.decision import certify_mask
+
+    cases = [RefineCase(f"r{i:03d}", 0.5, refined=0.5, fresh=0.5) for i in range(200) for _ in range(2)]
+    kept = fit_part(cases, 0.7, seed=0)
+    ids = sorted({c.record_id for c in cases})
+    certify = {i for i, m in zip(ids, certify_mask(ids, 0.7, 0), strict=True) if m}
+    assert kept and not {c.record_id for c in kept} & certify  # calibrate certifies on unseen requests
+    assert {c.record_id for c in kept} | certify == set(ids) and 0.2 < len(kept) / len(cases) < 0.4

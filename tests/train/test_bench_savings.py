@@ -1,0 +1,48 @@
+"""The savings bench part's verdicts: its targets follow the figures (a miss is reported, not hidden)."""
+
+from __future__ import annotations
+
+from ade_train.bench.savings import render
+
+
+def _ci(diff, lo, hi):
+    return {"diff": diff, "lo": lo, "hi": hi, "n": 500}
+
+
+def _fig(ade_share=0.2, lo=-0.005, status="certified", wrong=0.02, step_hi=0.01, calls=2.0):
+    row = lambda m, share, calls: {  # noqa: E731
+        "mean_score": m, "gpu_seconds_per_request": 72 * share, "nfe_per_request": 1200 * share,
+        "verifier_calls_per_request": calls, "vs_reference": _ci(m - 0.85, m - 0.86 + lo, m - 0.84),
+        "vs_best_of_8": _ci(m - 0.85, m - 0.86, m - 0.84), "gpu_share_of_best_of_8": share,
+        "verifier_share_of_best_of_8": calls / 8,
+    }  # fmt: skip
+    policies = {"ade": row(0.85, ade_share, calls)}
+    for k, m in ((1, 0.7), (2, 0.78), (4, 0.82), (8, 0.85)):
+        policies[f"best_of_{k}"] = row(m, k / 8, float(k))
+    policies["ade"]["vs_reference"] = _ci(0.0, lo, 0.01)
+    steps = {"2-1": _ci(0.08, 0.06, 0.1), "4-2": _ci(0.04, 0.02, 0.06), "8-4": _ci(0.0, -0.02, step_hi)}
+    return {
+        "certificate": {"status": status, "claim": ">= reference mean score - 0.02 at delta = 0.1",
+                        "n_certify": 829, "n_fit": 355, "power_planned": 0.86,
+                        "reference_chosen_from": {"best_of_8": 0.85}},
+        "live": {"requests": 500, "world": "shifted", "policies": policies, "reference": "best_of_8",
+                 "best_of_n_steps": steps},
+        "coverage": {"claim": "c", "draws": 200, "n_calibration": 1184, "n_certify": 829, "n_pool": 500,
+                     "n_settings": 10, "reference_chosen": {}, "n_disjoint": 500, "certified_share": 0.5,
+                     "certified_and_wrong": wrong, "certified_and_wrong_disjoint": wrong, "delta": 0.1,
+                     "mean_compute_share": 0.6},
+    }  # fmt: skip
+
+
+def test_every_target_is_met_when_the_figures_meet_it():
+    md, targets, misses = render(_fig())
+    assert md[0].startswith("## Savings by default") and len(targets) == 6
+    assert all(t["met"] for t in targets) and misses == []
+
+
+def test_each_miss_is_reported():
+    _, targets, misses = render(
+        _fig(ade_share=1.0, lo=-0.02, status="conservative", wrong=0.2, step_hi=-0.001, calls=8.0)
+    )
+    assert not any(t["met"] for t in targets) and len(misses) == 6  # every target named
+    assert any("conservative" in m for m in misses) and any("100.0%" in m for m in misses)
