@@ -36,6 +36,7 @@ EPS_LIVE = 0.01  # the live target: the interval's lower end above -0.01 against
 SHARE = 0.25  # of Best-of-8's GPU-seconds
 CALLS = 1 / 3  # of Best-of-8's expensive-verifier calls
 SIZES = (1, 2, 4, 8)
+CHECK_MARGINS = (0.03, 0.05)  # coverage is also checked at these wider margins (a procedure check)
 
 
 def certificate(pred_dir: Path) -> dict:
@@ -147,14 +148,23 @@ def coverage(predictors: Predictors, pool_dir: Path, n_calibration: int, certify
     refs_a, cost_a = np.array(refs).T, np.array(ref_cost).T
     half = len(records) // 2
     a, b = slice(0, half), slice(half, None)
-    res = draw_coverage(
-        spec, m["scores"][a], refs_a[a], m["seconds"][a], cost_a[a],
-        n_calibration=n_calibration, certify_fraction=certify_fraction, draws=draws,
-        truth_scores=m["scores"][b], truth_references=refs_a[b], seed=seed,
-    )  # fmt: skip
-    res["reference_chosen"] = {f"best_of_{SIZES[k]}": v for k, v in res["reference_chosen"].items()}
-    res.update(n_settings=len(configs), pool=str(pool_dir), seconds=round(time.perf_counter() - t0, 1))
-    return res
+    rows = []
+    # the declared margin first (the target); wider margins after it check the procedure where draws do
+    # certify (a check of the test's validity, not a claim anyone exports)
+    for k, margin in enumerate(dict.fromkeys([spec.target, *CHECK_MARGINS])):
+        res = draw_coverage(
+            spec.with_target(margin), m["scores"][a], refs_a[a], m["seconds"][a], cost_a[a],
+            n_calibration=n_calibration, certify_fraction=certify_fraction, draws=draws,
+            truth_scores=m["scores"][b], truth_references=refs_a[b], seed=seed,
+        )  # fmt: skip
+        res["reference_chosen"] = {f"best_of_{SIZES[j]}": v for j, v in res["reference_chosen"].items()}
+        res["declared"], res["margin"] = k == 0, margin
+        rows.append(res)
+    out = dict(rows[0])
+    out.update(
+        rows=rows, n_settings=len(configs), pool=str(pool_dir), seconds=round(time.perf_counter() - t0, 1)
+    )
+    return out
 
 
 def _ci(d: dict) -> str:
@@ -199,9 +209,13 @@ def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
             "",
             "| claim | draws that certify | P(certified and wrong), pool | P(certified and wrong), disjoint | delta | mean compute share (all draws) |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| {cov['claim']} | {cov['certified_share']:.0%} | {cov['certified_and_wrong']:.3f} | "
-            f"{cov['certified_and_wrong_disjoint']:.3f} | {cov['delta']:g} | {cov['mean_compute_share']:.0%} |",
         ]
+        for r in cov.get("rows", [cov]):
+            label = r["claim"] + (" (declared)" if r.get("declared", True) else " (procedure check)")
+            md.append(
+                f"| {label} | {r['certified_share']:.0%} | {r['certified_and_wrong']:.3f} | "
+                f"{r['certified_and_wrong_disjoint']:.3f} | {r['delta']:g} | {r['mean_compute_share']:.0%} |"
+            )
     targets, misses = [], []
     certified = cert["status"] == "certified"
     targets.append(part_target(
@@ -226,10 +240,14 @@ def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
         ", ".join(f"N={k}: {lv['policies'][f'best_of_{k}']['mean_score']:.3f}" for k in SIZES),
         worst >= 0.0, worst))  # fmt: skip
     if cov:
-        w = cov["certified_and_wrong"]
+        w = max(r["certified_and_wrong"] for r in cov.get("rows", [cov]))
         targets.append(part_target(
             f"savings: P(certified and wrong) <= delta over >= 100 independent draws ({cov['draws']})",
-            f"{w:.3f} (disjoint truth {cov['certified_and_wrong_disjoint']:.3f}); {cov['certified_share']:.0%} of draws certify",
+            "; ".join(
+                f"margin {r.get('margin', '?')}: {r['certified_and_wrong']:.3f} (disjoint "
+                f"{r['certified_and_wrong_disjoint']:.3f}), {r['certified_share']:.0%} of draws certify"
+                for r in cov.get("rows", [cov])
+            ),
             w <= cov["delta"] and cov["draws"] >= 100, cov["delta"] - w))  # fmt: skip
     for t in targets:
         if not t["met"]:
