@@ -289,27 +289,22 @@ def _strongest(
     spec: RiskSpec, order: list[int], scores: np.ndarray, reference: np.ndarray | None, tol: float = 0.005
 ) -> float | None:
     """The strongest target the same test passes: the largest fraction or pass rate below ``spec.target``,
-    or the smallest margin above it."""
+    or the smallest margin above it (bisection between the declared target and the weakest one tried)."""
+
+    def passes(target: float) -> bool:
+        return _test(spec.with_target(target), order, scores, reference).chosen is not None
+
     if spec.form == "margin":
-        ceiling = 0.5
-        if _test(spec.with_target(ceiling), order, scores, reference).chosen is None:
-            return None
-        lo, hi = spec.target, ceiling
-        while hi - lo > tol / 5:
-            mid = (lo + hi) / 2.0
-            if _test(spec.with_target(mid), order, scores, reference).chosen is not None:
-                hi = mid
-            else:
-                lo = mid
-        return round(hi, 4)
-    floor = 0.5 if spec.form == "relative" else 0.01
-    if _test(spec.with_target(floor), order, scores, reference).chosen is None:
+        weakest, step = 0.5, tol / 5
+    else:
+        weakest, step = (0.5 if spec.form == "relative" else 0.01), tol
+    if not passes(weakest):
         return None
-    lo, hi = floor, spec.target
-    while hi - lo > tol:
-        mid = (lo + hi) / 2.0
-        if _test(spec.with_target(mid), order, scores, reference).chosen is not None:
-            lo = mid
+    strong, weak = spec.target, weakest  # the weak end passes; the strong end is not known to
+    while abs(weak - strong) > step:
+        mid = (strong + weak) / 2.0
+        if passes(mid):
+            weak = mid
         else:
-            hi = mid
-    return round(lo, 4)
+            strong = mid
+    return round(weak, 4)
