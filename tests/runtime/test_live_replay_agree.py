@@ -45,7 +45,7 @@ def test_live_and_replay_agree_request_by_request(grid, use_card):
     policy = replace(POLICY, use_card=use_card)
     # the untrained CARD puts most mass beyond the grid: give those requests 4 attempts, not 1
     preds = Predictors(
-        card=card(beyond_budget=4), calibrator=calibrator(bias=-4.0, weight=12.0, policy=policy)
+        card=card(beyond_budget=4), calibrator=calibrator(bias=-3.5, weight=12.0, policy=policy)
     )
     editor = AdaptiveEditor(SyntheticBackbone(), preds, scorer=online_scores, seed=0)
     stops, rounds, budgets = set(), set(), set()
@@ -77,7 +77,7 @@ def test_a_pruned_attempt_costs_the_same_live_and_in_replay():
     r = world.sample_request(np.random.default_rng(3))
     req = EditRequest(make_image(r.source, r.source, world.size), r.instruction, "p0", r.category)
     policy = replace(POLICY, use_card=False, prune_threshold=1.0)  # every preview is pruned
-    preds = Predictors(calibrator=calibrator(bias=-4.0, weight=12.0, policy=policy))
+    preds = Predictors(calibrator=calibrator(bias=-3.5, weight=12.0, policy=policy))
     live = AdaptiveEditor(SyntheticBackbone(), preds, scorer=online_scores, seed=0).edit(req)
     pruned = [a for a in live.attempts if a.output is not None and a.output.pruned]
     assert pruned and SyntheticBackbone().preview_step == cost.preview_step

@@ -44,7 +44,8 @@ def test_tiny_training_run_on_the_fixture(tmp_path):
     cfg = build_config(
         ["--data", str(FIXTURE), "--out", str(tmp_path), "--no-wandb", "--max-epochs", "8",
          "--trainer.enable_progress_bar=false", "--data.text_encoder={kind: hashing, dim: 128}",
-         "--model.hidden=[32]", "--early_stopping_patience=null"]
+         "--model.hidden=[32]", "--early_stopping_patience=null",
+         "--data.split_fractions=[0.7,0.1,0.1,0.1]"]  # 28 training requests of 40 (the default keeps 16)
     )  # fmt: skip
     m = train(cfg)
     assert m["epochs"] == 8 and all(k in m for k in ("test/spearman", "test/cov@0.8", "test/token_brier"))
@@ -54,7 +55,9 @@ def test_tiny_training_run_on_the_fixture(tmp_path):
     # 40 requests leave 4 test requests: held-out numbers are noise here (the foreign-dataset test and
     # the benchmark measure generalisation); the exported model must at least have learnt its data
     card = CardPredictor.from_pretrained(tmp_path / "export")
-    dm = TraceDataModule(str(FIXTURE), text_encoder={"kind": "hashing", "dim": 128})
+    dm = TraceDataModule(
+        str(FIXTURE), text_encoder={"kind": "hashing", "dim": 128}, split_fractions=(0.7, 0.1, 0.1, 0.1)
+    )
     dm.setup("fit")
     t = dm.tensors("train")
     probs, tprobs = card.predict_proba(t["x"])
