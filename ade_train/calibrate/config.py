@@ -48,6 +48,7 @@ class CalibrateConfig:
     data: str = ""  # trace dataset directory (the same one CARD and the critique were trained on)
     out: str = ""  # training output directory; predictors are read from and exported to OUT/export
     margin: float = _default("margin")  # risk margin: chosen policy's mean score >= reference's - margin
+    max_margin: float | None = _default("max_margin")  # widest margin declared from the fit part's plan
     target_fraction: float = _default("target_fraction")  # risk relative: mean score >= this x reference's
     reference_policy: str = _default(
         "reference_policy"
@@ -84,6 +85,8 @@ class CalibrateConfig:
         try:
             check_target_fraction(self.target_fraction)
             check_margin(self.margin)
+            if self.max_margin is not None:
+                check_margin(self.max_margin)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         if self.max_reference_n < 1:
@@ -177,6 +180,14 @@ def parser() -> argparse.ArgumentParser:
         help="the declared margin epsilon: mean judge score >= the reference's - epsilon (default 0.02)",
     )
     g.add_argument(
+        "--max-margin",
+        dest="max_margin",
+        type=float,
+        help="when the fit part plans under 80%% power for --margin, declare the smallest margin up to this "
+        "with 80%% planned power (fit part only) and certify that (default 0.05; --max-margin equal to "
+        "--margin never widens)",
+    )
+    g.add_argument(
         "--risk",
         choices=("margin", "relative", "absolute"),
         help="margin: mean score >= reference - --margin (default); relative: >= --target-fraction x "
@@ -196,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--pass-rate", type=float, help="the absolute target, e.g. 0.7")
     g.add_argument("--p-value", choices=("wsr", "hb"), help="wsr (default) or hb")
-    g.add_argument("--certify-fraction", type=float, help="calibration requests kept to certify (0.5)")
+    g.add_argument("--certify-fraction", type=float, help="calibration requests kept to certify (0.7)")
     g.add_argument(
         "--allow-uncertified",
         action="store_true",
@@ -210,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
 FLAGS = (
     "target_fraction",
     "margin",
+    "max_margin",
     "reference_policy",
     "seed",
     "split",

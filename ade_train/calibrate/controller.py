@@ -200,7 +200,12 @@ class PolicyCalibrator:
         cfg = self.config
         spec = cfg.risk_spec
         cert = certify_grid(
-            spec, result.outcomes, result.reference_outcomes, self.certify_ids_, result.compute_key
+            spec,
+            result.outcomes,
+            result.reference_outcomes,
+            self.certify_ids_,
+            result.compute_key,
+            max_margin=cfg.max_margin,
         )
         result.target_curve = certified_curve(result, self.certify_ids_, spec)
         search_choice = next(i for i, r in enumerate(result.candidates) if r["chosen"])
@@ -245,6 +250,9 @@ class PolicyCalibrator:
             "compute_unit": unit,
             "compute_share": round(float(compute) / float(ref_compute), 4) if ref_compute else None,
             "best_of_8_share": self._share_of_best_of_8(compute),
+            # the margin asked for, when the fit part's power plan declared a wider one before testing
+            "requested_target": cert.requested_target,
+            "requested_n_needed": cert.requested_n_needed,
         }
 
     def _share_of_best_of_8(self, compute: float) -> float | None:
@@ -265,7 +273,7 @@ class PolicyCalibrator:
         cfg = self.config
         replay = replayer(test_records, self.cheap_features_, calibrator, card, critique, overhead)
         ref = replay(cfg.policy_base, self.search_.reference["policy"])
-        heldout = held_out_slack(cfg.risk_spec, replay(self.policy_), ref)
+        heldout = held_out_slack(self.certificate_.spec, replay(self.policy_), ref)  # the declared margin
         heldout["split"] = "test"
         return heldout
 

@@ -46,6 +46,7 @@ def certify_grid(
     compute_key: str,
     *,
     diagnostics: bool = True,
+    max_margin: float | None = None,
 ) -> Certificate:
     """Certify the replayed grid (``outcomes[k]``: setting k on every calibration request, same order);
     ``diagnostics``: also plan the power (fit part) and find the strongest passing target."""
@@ -59,6 +60,10 @@ def certify_grid(
         certify_reference=ref[cer],
         search_strongest=diagnostics,
         plan_power=diagnostics,
+        max_margin=max_margin,
+        reference_cost=float(
+            np.mean([_cost(o, compute_key) for o, c in zip(reference, cer, strict=True) if not c])
+        ),
     )
 
 
@@ -257,6 +262,10 @@ def certificate_metrics(decision: ExportDecision, heldout: dict | None, n_certif
         "certificate_power_planned": c.power,
         "strongest_passing_target_diagnostic": c.strongest_target,
         "n_needed_for_80pct_power": c.n_needed,
+        # set when the fit part's plan declared a wider margin than the one asked for (before testing)
+        "requested_margin": c.requested_target,
+        "requested_margin_power_planned": c.requested_power,
+        "requested_margin_n_needed": c.requested_n_needed,
     }
     if heldout is not None:
         m.update(

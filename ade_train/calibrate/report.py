@@ -124,14 +124,27 @@ def claim_sentence(claim: dict | None) -> str:
     )
     if bo8 is not None and claim["reference"] != "best_of_8":
         cost += f" ({bo8:.0%} of Best-of-8's)"
+    asked = claim.get("requested_target")
+    widened = ""
+    if asked is not None:  # the fit part's power plan declared a wider margin before testing
+        need = claim.get("requested_n_needed")
+        more = (
+            f"epsilon = {asked:.3g} needs about {max(0, need - claim['n_certify'])} more"
+            if need is not None
+            else f"epsilon = {asked:.3g} is out of reach of the policies found"
+        )
+        widened = (
+            f" (certified epsilon = {claim['target']:.3g} on {claim['n_certify']} requests; {more}: "
+            "the margin was declared from the fit part's power plan, before the certification requests were read)"
+        )
     if claim["status"] == "certified":
         return (
             f"Certified: mean judge score {claim['claim']} ({claim['reference']}), on {claim['n_certify']} "
-            f"certification requests kept apart, p = {claim['p_value']:.3g}; it spends {cost} on them."
+            f"certification requests kept apart, p = {claim['p_value']:.3g}; it spends {cost} on them.{widened}"
         )
     return (
         f"NOT certified ({claim['status']}): the declared claim {claim['claim']} ({claim['reference']}) "
-        f"could not be certified on {claim['n_certify']} requests; the export spends {cost}."
+        f"could not be certified on {claim['n_certify']} requests; the export spends {cost}.{widened}"
     )
 
 

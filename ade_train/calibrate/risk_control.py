@@ -184,6 +184,10 @@ class Certificate:
     )
     power: float | None = None  # P(certify) at n_certify, planned on the fit part before testing
     observed_loss: list[float] = field(default_factory=list)  # mean loss of each tested candidate
+    # the margin asked for, when the fit part's plan declared a wider one (``spec``) before testing
+    requested_target: float | None = None
+    requested_power: float | None = None  # planned power of the requested margin at n_certify
+    requested_n_needed: int | None = None  # certification requests for 80% power at the requested margin
 
     @property
     def p_value(self) -> float | None:
@@ -199,9 +203,32 @@ class Certificate:
         out["certified_any"] = self.chosen is not None
         return out
 
+    @property
+    def widened(self) -> bool:
+        """Whether the plan declared a wider margin than the one asked for."""
+        return self.requested_target is not None
+
+    def widening_text(self) -> str:
+        """'margin 0.02 asked; ...' when the fit part's plan widened the declared margin, else ''."""
+        if not self.widened:
+            return ""
+        more = (
+            f"; epsilon = {self.requested_target:.3g} needs about {self.requested_n_needed} certification requests "
+            f"({max(0, self.requested_n_needed - self.n_certify)} more)"
+            if self.requested_n_needed is not None
+            else f"; epsilon = {self.requested_target:.3g} is out of reach of the front found on the fit part"
+        )
+        return (
+            f"epsilon = {self.requested_target:.3g} was asked, but the fit part plans power "
+            f"{self.requested_power:.2f} for it on {self.n_certify} requests, so epsilon = {self.spec.target:.3g} "
+            f"was declared before testing{more}"
+        )
+
     def explain(self) -> str:
         """One paragraph for the report and the model card."""
         head = f"target {self.spec.claim}; n = {self.n_certify} certification requests"
+        if self.widened:
+            head += f" ({self.widening_text()})"
         power = f"planned power {self.power:.2f}" if self.power is not None else "power not planned"
         if self.chosen is not None:
             return (
@@ -234,11 +261,17 @@ def certify(
     certify_reference: np.ndarray | None,
     search_strongest: bool = True,
     plan_power: bool = True,
+    max_margin: float | None = None,
+    reference_cost: float | None = None,
 ) -> Certificate:
     """Pareto front on the selection requests, fixed-sequence LTT on the disjoint certification requests.
 
     ``*_scores``: n x K (judge scores, or pass indicators for the absolute form) of K candidate
-    settings; ``select_cost``: K mean compute per request on the selection part.
+    settings; ``select_cost``: K mean compute per request on the selection part. ``max_margin`` (margin
+    form): when the selection part plans under 80% power for ``spec``'s margin on the certification
+    requests for a setting at <= half of ``reference_cost``, the smallest margin up to ``max_margin`` with 80%
+    planned power (else ``max_margin``) is declared instead, before the certification part is read
+    (``declare_margin``).
     """
     sel = np.asarray(select_scores, dtype=np.float64)
     cer = np.asarray(certify_scores, dtype=np.float64)
@@ -250,8 +283,22 @@ def certify(
     if cer.shape[0] == 0:
         raise ValueError("certify: the certification part has no requests")
     order = pareto_order(select_cost, sel.mean(axis=0))
+    requested = None
+    widen = max_margin is not None and max_margin > spec.target and reference_cost is not None
+    if widen and spec.form == "margin" and order:
+        requested = spec
+        cost = np.asarray(select_cost, dtype=np.float64)[order]
+        spec, req_power, req_needed = declare_margin(
+            spec, sel[:, order], select_reference, cost, float(reference_cost), cer.shape[0], max_margin
+        )
     cert = _test(spec, order, cer, certify_reference)
     cert.n_select = int(sel.shape[0])
+    if requested is not None and spec.target != requested.target:
+        cert.requested_target, cert.requested_power, cert.requested_n_needed = (
+            requested.target,
+            req_power,
+            req_needed,
+        )
     if plan_power and order and sel.shape[0] >= 2:  # planned on the fit part alone, as before collection
         from ade_train.calibrate.power import n_for_power, power_at
 
@@ -264,6 +311,41 @@ def certify(
     else:
         cert.strongest_target = spec.target
     return cert
+
+
+MARGIN_STEP = 0.005  # declared margins are rounded up to this step (a claim users read)
+SAVING_SHARE = 0.5  # a margin is planned for a saving: certifying a setting at <= this x the reference's cost
+
+
+def declare_margin(
+    spec: RiskSpec,
+    pilot: np.ndarray,
+    pilot_reference: np.ndarray | None,
+    pilot_cost: Sequence[float],
+    reference_cost: float,
+    n_certify: int,
+    max_margin: float,
+) -> tuple[RiskSpec, float | None, int | None]:
+    """The margin to certify, from the selection (fit) part alone. The plan asks for a *saving*: the power to
+    certify the front (``pilot``: requests x settings, most compute first; ``pilot_cost``: their costs) down
+    to its first setting at <= SAVING_SHARE x ``reference_cost``. ``spec`` is kept when that power is >= 80%
+    on ``n_certify`` requests; else the smallest margin up to ``max_margin`` that gives it (rounded up to
+    MARGIN_STEP), else ``max_margin``. Returns (declared spec, the requested margin's planned power, the
+    certification requests it needs for 80% power; None: out of reach). The certification part is never
+    read, so the declared claim is fixed before testing and the certificate keeps its level."""
+    from ade_train.calibrate.power import POWER, n_for_power, power_at, smallest_margin
+
+    cheap = [i for i, c in enumerate(pilot_cost) if c <= SAVING_SHARE * reference_cost]
+    if pilot.shape[0] < 2 or not cheap:
+        return spec, None, None
+    need = cheap[0] + 1
+    power = power_at(spec, pilot, pilot_reference, n_certify, need=need)
+    if power >= POWER:
+        return spec, power, None
+    eps = smallest_margin(spec, pilot, pilot_reference, n_certify, ceiling=max_margin, need=need)
+    eps = max_margin if eps is None else min(max_margin, math.ceil(eps / MARGIN_STEP - 1e-9) * MARGIN_STEP)
+    needed = n_for_power(spec, pilot, pilot_reference, need=need)
+    return spec.with_target(round(max(eps, spec.target), 4)), power, needed
 
 
 def _test(spec: RiskSpec, order: list[int], scores: np.ndarray, reference: np.ndarray | None) -> Certificate:

@@ -4,6 +4,7 @@ certified setting, the absolute form, the default margin claim against the best 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from helpers.calibration import GRID, N_REQUESTS, RELATIVE, export_tiny_card, write_dataset
@@ -124,3 +125,30 @@ def test_plan_prints_the_power_from_the_fit_part_and_exports_nothing(tmp_path, d
     powers = [r["power"] for r in plan["rows"]]
     assert all(0.0 <= p <= 1.0 for p in powers) and powers[-1] >= powers[0]
     assert not (out / "export" / "calibration.json").exists()  # a plan certifies and exports nothing
+
+
+def test_a_margin_the_data_cannot_carry_is_widened_on_the_fit_part_and_the_card_says_so(tmp_path):
+    """73 certification requests cannot certify a margin of 0 with good power: the fit part's plan declares
+    the smallest margin that it can, which is certified, and the claim names what was asked and its cost."""
+    data = write_dataset(tmp_path / "traces", n=100, seed=5)
+    out = tmp_path / "out"
+    export_tiny_card(out)
+    cfg = CalibrateConfig(
+        data=str(data), out=str(out), grid=GRID, wandb=False, split="all", margin=0.0, max_margin=0.1
+    )
+    metrics = train(cfg)
+    assert metrics["requested_margin"] == 0.0 and metrics["requested_margin_power_planned"] < 0.8
+    assert 0.0 < metrics["margin"] <= 0.1 and metrics["certificate"] == "certified"
+    assert metrics["certified_claim"] == f">= reference mean score - {metrics['margin']:.3g} at delta = 0.1"
+    need = metrics["requested_margin_n_needed"]
+    assert need > metrics["n_certify"]
+    claim = Calibrator.from_pretrained(out / "export").config.claim
+    assert claim["target"] == metrics["margin"] and claim["requested_target"] == 0.0
+    card = (out / "export" / "README.md").read_text()
+    assert f"certified epsilon = {metrics['margin']:.3g} on {metrics['n_certify']} requests" in card
+    assert f"epsilon = 0 needs about {need - metrics['n_certify']} more" in card
+    # max_margin equal to the margin: the asked margin is tested as it is
+    out2 = tmp_path / "out2"
+    export_tiny_card(out2)
+    strict = train(replace(cfg, out=str(out2), max_margin=0.0))
+    assert strict["margin"] == 0.0 and strict["requested_margin"] is None

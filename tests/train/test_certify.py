@@ -214,3 +214,45 @@ def test_spec_checks_its_values():
         RiskSpec("ratio", 1.0)
     with pytest.raises(ValueError, match="pass rate"):
         RiskSpec("absolute", 1.0)
+
+
+def test_too_few_requests_for_the_margin_declare_a_wider_one_from_the_fit_part_alone():
+    """The plan widens the declared margin before the certification part is read, and says by how much."""
+    rng = np.random.default_rng(3)
+    n_fit, n_cer = 300, 250
+    ref = rng.uniform(0.3, 0.9, n_fit + n_cer)
+    level = np.clip(ref + rng.normal(0.0, 0.18, ref.size), 0, 1)  # level with the reference on average
+    scores = np.stack([ref, level], axis=1)
+    kw = dict(
+        select_scores=scores[:n_fit],
+        select_reference=ref[:n_fit],
+        select_cost=[10.0, 3.0],
+        reference_cost=10.0,
+    )
+    asked = RiskSpec("margin", 0.02)
+    cert = certify(asked, **kw, certify_scores=scores[n_fit:], certify_reference=ref[n_fit:], max_margin=0.08)
+    # 250 requests plan well under 80% power at 0.02: a wider margin, on the 0.005 grid, is declared
+    assert cert.requested_target == 0.02 and cert.requested_power < 0.8
+    assert (
+        0.02 < cert.spec.target <= 0.08
+        and abs(cert.spec.target / 0.005 - round(cert.spec.target / 0.005)) < 1e-9
+    )
+    assert cert.power >= 0.8 and cert.requested_n_needed > n_cer
+    assert "0.02 was asked" in cert.explain() and f"{cert.requested_n_needed - n_cer} more" in cert.explain()
+    assert cert.chosen == 1  # the level policy is certified at the declared margin
+    # the declared margin depends on the fit part only: other certification requests, the same margin
+    other = np.clip(ref[n_fit:] - 0.2, 0, 1)
+    cert2 = certify(
+        asked, **kw, certify_scores=np.stack([ref[n_fit:], other], axis=1), certify_reference=ref[n_fit:],
+        max_margin=0.08,
+    )  # fmt: skip
+    assert cert2.spec.target == cert.spec.target and cert2.chosen == 0  # the bad cheap setting fails
+    # enough power for the asked margin: nothing is widened; max_margin = the margin never widens
+    many = certify(asked, **kw, certify_scores=scores[n_fit:], certify_reference=ref[n_fit:], max_margin=0.02)
+    assert many.spec.target == 0.02 and not many.widened and many.requested_target is None
+    big = np.clip(np.tile(scores[:n_fit], (8, 1)) + rng.normal(0, 0.001, (8 * n_fit, 2)), 0, 1)
+    plenty = certify(
+        asked, select_scores=scores[:n_fit], select_reference=ref[:n_fit], select_cost=[10.0, 3.0],
+        certify_scores=big, certify_reference=np.tile(ref[:n_fit], 8), max_margin=0.08, reference_cost=10.0,
+    )  # fmt: skip
+    assert plenty.spec.target == 0.02 and not plenty.widened
