@@ -116,6 +116,7 @@ def draw_coverage(
     truth_scores: np.ndarray | None = None,
     truth_references: np.ndarray | None = None,
     seed: int = 0,
+    max_margin: float | None = None,
 ) -> dict:
     """Coverage on independent calibration draws: can the certificate be wrong, and how often is it?
 
@@ -128,7 +129,9 @@ def draw_coverage(
     the draws) misses the claim against the chosen reference's true mean. The guarantee bounds
     P(certified and wrong) by delta; draws that certify nothing export the reference and are counted as
     such (they are not wrong, and not a saving). ``truth_*``: the same settings on a disjoint sample of
-    the same world, a second, independent verdict.
+    the same world, a second, independent verdict. ``max_margin``: the procedure as shipped, where each
+    draw's fit part may declare a wider margin (``risk_control.declare_margin``); a certified choice is
+    then wrong when it misses the margin that draw declared.
     """
     s, c = np.asarray(scores, dtype=np.float64), np.asarray(cost, dtype=np.float64)
     refs, ref_c = np.asarray(references, dtype=np.float64), np.asarray(reference_cost, dtype=np.float64)
@@ -140,7 +143,7 @@ def draw_coverage(
     n_cer = int(round(certify_fraction * n_calibration))
     rng = np.random.default_rng(seed)
     wrong = wrong_disjoint = certified = 0
-    shares, certified_shares, chosen_refs = [], [], []
+    shares, certified_shares, chosen_refs, declared = [], [], [], []
     for _ in range(draws):
         idx = rng.integers(0, n, n_calibration)
         fit, cer = idx[: n_calibration - n_cer], idx[n_calibration - n_cer :]
@@ -155,7 +158,10 @@ def draw_coverage(
             certify_reference=refs[cer, r],
             search_strongest=False,
             plan_power=False,
+            max_margin=max_margin,
+            reference_cost=float(ref_c[fit, r].mean()),
         )
+        declared.append(cert.spec.target)
         ref_cost = float(ref_c[:, r].mean())
         if cert.chosen is None:
             shares.append(1.0)
@@ -165,9 +171,9 @@ def draw_coverage(
         share = float(c[:, j].mean()) / ref_cost if ref_cost > 0 else float("nan")
         shares.append(share)
         certified_shares.append(share)
-        if not meets(spec, s[:, j], refs[:, r]):
+        if not meets(cert.spec, s[:, j], refs[:, r]):
             wrong += 1
-        if truth_scores is not None and not meets(spec, truth_scores[:, j], truth_references[:, r]):
+        if truth_scores is not None and not meets(cert.spec, truth_scores[:, j], truth_references[:, r]):
             wrong_disjoint += 1
     return {
         "claim": spec.claim,
@@ -183,6 +189,10 @@ def draw_coverage(
         "holds": wrong / draws <= spec.delta,
         "mean_compute_share": float(np.mean(shares)),
         "mean_compute_share_when_certified": float(np.mean(certified_shares)) if certified_shares else None,
+        "max_margin": max_margin,
+        "declared_targets": {
+            float(k): int(v) for k, v in zip(*np.unique(declared, return_counts=True), strict=True)
+        },
         "reference_chosen": {
             int(k): int(v) for k, v in zip(*np.unique(chosen_refs, return_counts=True), strict=True)
         },

@@ -287,9 +287,8 @@ def certify(
     widen = max_margin is not None and max_margin > spec.target and reference_cost is not None
     if widen and spec.form == "margin" and order:
         requested = spec
-        cost = np.asarray(select_cost, dtype=np.float64)[order]
         spec, req_power, req_needed = declare_margin(
-            spec, sel[:, order], select_reference, cost, float(reference_cost), cer.shape[0], max_margin
+            spec, sel, select_reference, select_cost, float(reference_cost), cer.shape[0], max_margin
         )
     cert = _test(spec, order, cer, certify_reference)
     cert.n_select = int(sel.shape[0])
@@ -319,32 +318,45 @@ SAVING_SHARE = 0.5  # a margin is planned for a saving: certifying a setting at 
 
 def declare_margin(
     spec: RiskSpec,
-    pilot: np.ndarray,
-    pilot_reference: np.ndarray | None,
-    pilot_cost: Sequence[float],
+    select_scores: np.ndarray,
+    select_reference: np.ndarray | None,
+    select_cost: Sequence[float],
     reference_cost: float,
     n_certify: int,
     max_margin: float,
+    seed: int = 0,
 ) -> tuple[RiskSpec, float | None, int | None]:
-    """The margin to certify, from the selection (fit) part alone. The plan asks for a *saving*: the power to
-    certify the front (``pilot``: requests x settings, most compute first; ``pilot_cost``: their costs) down
-    to its first setting at <= SAVING_SHARE x ``reference_cost``. ``spec`` is kept when that power is >= 80%
-    on ``n_certify`` requests; else the smallest margin up to ``max_margin`` that gives it (rounded up to
-    MARGIN_STEP), else ``max_margin``. Returns (declared spec, the requested margin's planned power, the
-    certification requests it needs for 80% power; None: out of reach). The certification part is never
-    read, so the declared claim is fixed before testing and the certificate keeps its level."""
+    """The margin to certify, from the selection (fit) part alone (requests x settings: ``select_scores``).
+
+    The plan asks for a *saving*: the power to certify a front down to its first setting at <= SAVING_SHARE
+    x ``reference_cost``. A front found and planned on the same requests is optimistic (the settings that
+    look best there are partly lucky), so the selection part is halved: the front is found on one half and
+    its power planned by resampling the other. ``spec`` is kept when that power is >= 80% on ``n_certify``
+    requests; else the smallest margin up to ``max_margin`` that gives it (rounded up to MARGIN_STEP), else
+    ``max_margin``. Returns (declared spec, the requested margin's planned power, the certification
+    requests it needs for 80% power; None: out of reach). The certification part is never read, so the
+    declared claim is fixed before testing and the certificate keeps its level."""
     from ade_train.calibrate.power import POWER, n_for_power, power_at, smallest_margin
 
-    cheap = [i for i, c in enumerate(pilot_cost) if c <= SAVING_SHARE * reference_cost]
-    if pilot.shape[0] < 2 or not cheap:
+    sel = np.asarray(select_scores, dtype=np.float64)
+    if sel.shape[0] < 4:
+        return spec, None, None
+    perm = np.random.default_rng([seed, sel.shape[0]]).permutation(sel.shape[0])
+    a, b = perm[: sel.shape[0] // 2], perm[sel.shape[0] // 2 :]
+    cost = np.asarray(select_cost, dtype=np.float64)
+    order = pareto_order(cost, sel[a].mean(axis=0))
+    cheap = [i for i, k in enumerate(order) if cost[k] <= SAVING_SHARE * reference_cost]
+    if not cheap:
         return spec, None, None
     need = cheap[0] + 1
-    power = power_at(spec, pilot, pilot_reference, n_certify, need=need)
+    pilot = sel[b][:, order]
+    pilot_ref = None if select_reference is None else np.asarray(select_reference, dtype=np.float64)[b]
+    power = power_at(spec, pilot, pilot_ref, n_certify, need=need)
     if power >= POWER:
         return spec, power, None
-    eps = smallest_margin(spec, pilot, pilot_reference, n_certify, ceiling=max_margin, need=need)
+    eps = smallest_margin(spec, pilot, pilot_ref, n_certify, ceiling=max_margin, need=need)
     eps = max_margin if eps is None else min(max_margin, math.ceil(eps / MARGIN_STEP - 1e-9) * MARGIN_STEP)
-    needed = n_for_power(spec, pilot, pilot_reference, need=need)
+    needed = n_for_power(spec, pilot, pilot_ref, need=need)
     return spec.with_target(round(max(eps, spec.target), 4)), power, needed
 
 

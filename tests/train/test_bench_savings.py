@@ -9,7 +9,9 @@ def _ci(diff, lo, hi):
     return {"diff": diff, "lo": lo, "hi": hi, "n": 500}
 
 
-def _fig(ade_share=0.2, lo=-0.005, status="certified", wrong=0.02, step_hi=0.01, calls=2.0):
+def _fig(
+    ade_share=0.2, lo=-0.005, status="certified", wrong=0.02, step_hi=0.01, calls=2.0, target=0.02, asked=None
+):
     row = lambda m, share, calls: {  # noqa: E731
         "mean_score": m, "gpu_seconds_per_request": 72 * share, "nfe_per_request": 1200 * share,
         "verifier_calls_per_request": calls, "vs_reference": _ci(m - 0.85, m - 0.86 + lo, m - 0.84),
@@ -22,7 +24,8 @@ def _fig(ade_share=0.2, lo=-0.005, status="certified", wrong=0.02, step_hi=0.01,
     policies["ade"]["vs_reference"] = _ci(0.0, lo, 0.01)
     steps = {"2-1": _ci(0.08, 0.06, 0.1), "4-2": _ci(0.04, 0.02, 0.06), "8-4": _ci(0.0, -0.02, step_hi)}
     return {
-        "certificate": {"status": status, "claim": ">= reference mean score - 0.02 at delta = 0.1",
+        "certificate": {"status": status, "claim": f">= reference mean score - {target:g} at delta = 0.1",
+                        "target": target, "requested_target": asked, "requested_n_needed": 1500,
                         "n_certify": 829, "n_fit": 355, "power_planned": 0.86,
                         "reference_chosen_from": {"best_of_8": 0.85}},
         "live": {"requests": 500, "world": "shifted", "policies": policies, "reference": "best_of_8",
@@ -46,3 +49,12 @@ def test_each_miss_is_reported():
     )
     assert not any(t["met"] for t in targets) and len(misses) == 6  # every target named
     assert any("conservative" in m for m in misses) and any("100.0%" in m for m in misses)
+
+
+def test_a_margin_widened_by_the_plan_is_said_and_misses_the_default_margin_target():
+    md, targets, misses = render(_fig(target=0.03, asked=0.02))
+    text = "\n".join(md)
+    assert "epsilon = 0.02 was asked" in text and "declared epsilon = 0.03" in text and "about 1500" in text
+    first = targets[0]
+    assert not first["met"] and "0.02" in first["target"] and "epsilon = 0.03" in first["value"]
+    assert len(misses) == 1

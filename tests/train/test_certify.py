@@ -187,6 +187,21 @@ def test_draw_coverage_bounds_certified_and_wrong_and_can_fail():
     assert broken["certified_and_wrong"] > 0.1 and not broken["holds"]
 
 
+def test_draw_coverage_of_the_shipped_procedure_judges_each_draw_at_the_margin_it_declared():
+    """With widening, each draw's fit part may declare a wider margin; wrong = missing the declared one."""
+    scores, ref, cost = _pool(n=3000, seed=12)
+    refs, ref_cost = ref[:, None], np.full((3000, 1), 60.0)
+    spec = RiskSpec("margin", 0.0, delta=0.1)
+    fixed = draw_coverage(spec, scores, refs, cost, ref_cost, n_calibration=300, draws=20, seed=1)
+    out = draw_coverage(
+        spec, scores, refs, cost, ref_cost, n_calibration=300, draws=20, seed=1, max_margin=0.05
+    )
+    assert fixed["declared_targets"] == {0.0: 20} and fixed["max_margin"] is None
+    assert sum(out["declared_targets"].values()) == 20 and max(out["declared_targets"]) > 0.0
+    assert all(0.0 <= t <= 0.05 for t in out["declared_targets"])
+    assert out["holds"] and out["certified_share"] >= fixed["certified_share"]
+
+
 def test_wsr_is_valid_under_the_null_and_sharper_than_hoeffding_bentkus():
     rng = np.random.default_rng(4)
     alpha, delta = 0.5, 0.1
