@@ -85,6 +85,21 @@ bench-savings: install
 	$(PY) -m ade_train.bench.savings --out $(BENCH_OUT)
 	$(MAKE) bench-report
 
+# A bench on your own traces (ade_train/bench/domain.py, docs/calibration.md): `make bench-domain DATA=DIR`
+# holds a quarter of DIR's requests out, runs make train on the rest (into checkpoints/domain-<name>) and
+# reports the certificate and the replay against Best-of-N there (WORK/report). Without DATA it benches
+# the testbed's world B, a stand-in for a user's new domain with other settings (about 25 minutes), into
+# the bench report.
+BENCH_PARTS += domain
+.PHONY: bench-domain
+bench-domain: install
+ifeq ($(DATA),data/sample)
+	$(PY) -m ade_train.bench.domain --out $(BENCH_OUT)
+	$(MAKE) bench-report
+else
+	$(PY) -m ade_train.bench.domain --data $(DATA)
+endif
+
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
 # Ray part (docs/scaling.md): ade-collect without Ray, --ray on 1 and 2 workers, the same requests side by side.
 BENCH_PARTS += ray_collect

@@ -121,11 +121,13 @@ def evaluate(
     ci: float | None = None,
     ade_policies: dict | None = None,
     max_seconds: float | None = None,
+    pair_with: tuple[str, ...] = (),
 ) -> dict:
     """Replay ``policies`` over ``records``; returns ``{"policies": {name: summary}, ...}``.
 
     With ``ci`` (a level such as 0.9) every policy carries the paired bootstrap interval of its mean
-    score minus Best-of-8's on the same requests, and ``"curves"`` holds the compute-quality curves
+    score minus Best-of-8's on the same requests (and ``vs_<name>`` against each replayed policy named in
+    ``pair_with``, e.g. a certificate's reference), and ``"curves"`` holds the compute-quality curves
     (``ade_runtime.offline.curves``): Best-of-N per selector and reasoning level, and the sweeps.
     """
     base = predictors.policy or PolicyConfig()
@@ -158,6 +160,12 @@ def evaluate(
                 summaries[name]["vs_best_of_8"] = paired_by_id(
                     scores, per_request[REFERENCE], level=ci
                 ).to_dict()
+        for other in pair_with:
+            if other in per_request:
+                for name, scores in per_request.items():
+                    summaries[name][f"vs_{other}"] = paired_by_id(
+                        scores, per_request[other], level=ci
+                    ).to_dict()
         out["curves"] = compute_curves(
             records,
             base,

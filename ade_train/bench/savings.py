@@ -64,8 +64,10 @@ def certificate(pred_dir: Path) -> dict:
     }
 
 
-def live(predictors: Predictors, reference: str, n: int, seed: int) -> dict:
-    """The export, its reference and Best-of-N live on the same ``n`` fresh shifted requests (paired)."""
+def live(predictors: Predictors, reference: str, n: int, seed: int, *, world=None, categories=None,
+         backbone: str = "bagel") -> dict:  # fmt: skip
+    """The export, its reference and Best-of-N live on the same ``n`` fresh requests (paired): of a shifted
+    world by default, or of ``world`` (a testbed ``World``) with ``categories`` and ``backbone``'s costs."""
     from ade_runtime.backbones.base import EditRequest
     from ade_runtime.loop import AdaptiveEditor
     from ade_runtime.overhead import overhead_for
@@ -75,17 +77,21 @@ def live(predictors: Predictors, reference: str, n: int, seed: int) -> dict:
     from ade_runtime.testbed.imageio import make_image
     from ade_runtime.testbed.reward import EmulatedRewardModel
 
-    world = World(seed=seed, clutter=(2, 8))
+    label = f"testbed seed {seed}, clutter 2-8 (shifted)"
+    if world is None:
+        world = World(seed=seed, clutter=(2, 8))
+    else:
+        label = f"testbed seed {world.seed}, clutter {world.clutter[0]}-{world.clutter[1]}, {backbone} costs"
     rng = np.random.default_rng(seed)
-    reqs = [world.sample_request(rng) for _ in range(n)]
-    cost = get_cost("bagel")
-    ov = overhead_for("bagel", critique=predictors.critique is not None, seconds_per_nfe=cost.s_per_nfe)
+    reqs = [world.sample_request(rng, categories) for _ in range(n)]
+    cost = get_cost(backbone)
+    ov = overhead_for(backbone, critique=predictors.critique is not None, seconds_per_nfe=cost.s_per_nfe)
     names = ["ade", *(f"best_of_{k}" for k in SIZES)]
-    out: dict = {"requests": n, "world": f"testbed seed {seed}, clutter 2-8 (shifted)", "policies": {}}
+    out: dict = {"requests": n, "world": label, "policies": {}}
     scores: dict[str, list[float]] = {}
     for name in names:
         editor = AdaptiveEditor(
-            SyntheticBackbone(), predictors, policy=name, scorer=online_scores, seed=seed,
+            SyntheticBackbone(backbone), predictors, policy=name, scorer=online_scores, seed=seed,
             verifier=EmulatedRewardModel(),
         )  # fmt: skip
         s, secs, calls, nfe = [], [], [], []

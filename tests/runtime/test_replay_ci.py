@@ -29,6 +29,17 @@ def test_evaluate_with_ci_pairs_every_policy_with_the_reference_and_adds_curves(
     assert "curves" not in evaluate(records, preds, ["single"])  # only when asked
 
 
+def test_evaluate_pairs_with_another_reference_on_request():
+    records, _ = load_records(FIXTURE, images="none")
+    preds = Predictors(card=card(), calibrator=calibrator(bias=-4.0, weight=12.0))
+    out = evaluate(records, preds, ["best_of_2", "best_of_8", "ade"], ci=0.9, pair_with=("best_of_2",))
+    pol = out["policies"]
+    assert pol["best_of_2"]["vs_best_of_2"]["diff"] == 0.0
+    want = pol["ade"]["mean_score"] - pol["best_of_2"]["mean_score"]
+    assert abs(pol["ade"]["vs_best_of_2"]["diff"] - want) < 1e-9  # paired on the same requests
+    assert "vs_best_of_2" not in evaluate(records, preds, ["best_of_2", "ade"], ci=0.9)["policies"]["ade"]
+
+
 def test_cli_prints_intervals_and_curves(tmp_path, capsys, monkeypatch):
     preds = Predictors(card=card(), calibrator=calibrator(bias=-4.0, weight=12.0))
     monkeypatch.setattr("ade_runtime.cli.replay.load_predictors", lambda args, prog: preds)
