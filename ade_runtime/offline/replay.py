@@ -51,6 +51,29 @@ class Outcome:
     verifier_calls: int = 0  # calls of the expensive verifier (charged overhead.verify_s each)
 
 
+REFINEMENT_FEEDBACK = "refinement_feedback"  # record meta: who wrote the refinement rounds' prompts
+
+
+def refinement_feedback(record: EditRecord) -> str:
+    """Who wrote the prompts of ``record``'s refinement rounds: ``meta.refinement_feedback`` when the
+    record says (the testbed generator writes ``"judge"``: the exact judge's flaws, an oracle no
+    deployment has), ``"judge"`` for older testbed records that do not say, else ``"logged"`` (the
+    prompts a deployment actually sent, e.g. ADE's critique in ``ade-collect`` traces)."""
+    meta = record.meta or {}
+    said = meta.get(REFINEMENT_FEEDBACK)
+    if isinstance(said, str) and said:
+        return said
+    return "judge" if meta.get("testbed") is True else "logged"
+
+
+def oracle_refinements(records: Iterable[EditRecord]) -> list[str]:
+    """Ids of the records whose refinement rounds (round > 0) follow judge-written prompts: replaying a
+    refinement on them credits feedback production cannot write (an upper bound, not a policy's value)."""
+    return [
+        r.id for r in records if refinement_feedback(r) == "judge" and any(a.round > 0 for a in r.attempts)
+    ]
+
+
 class ReplayError(ValueError):
     """A policy needs something the dataset does not have (judge labels, preview scores, attempts)."""
 

@@ -219,6 +219,8 @@ def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecor
     cost = get_cost(cfg.backbone)
     meta = {
         "testbed": True,
+        # refinement rounds follow the exact judge's flaws: an oracle (ade_runtime.offline.refinement_feedback)
+        "refinement_feedback": "judge",
         "seed": cfg.seed,
         "index": index,
         "image_size": cfg.image_size,

@@ -15,11 +15,12 @@ slack of the exported policy on the test split, which no choice saw.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ade_runtime.offline import Overhead
+from ade_runtime.offline import Overhead, oracle_refinements
 from ade_runtime.overhead import verifier_seconds
 from ade_runtime.policy import PolicyConfig, cost_unit
 from ade_runtime.policy.signals import CRITIQUE_FEATURE, VLM_FEATURE
@@ -86,6 +87,7 @@ class PolicyCalibrator:
         self.warnings_: list[str] = []
         self.table_ = table = build_signal_table(records, cfg.score_names, critique)
         self.notes_ += table.notes
+        self.base_ = self._policy_base(records)
         base_config, tensors, used_critique = self._fit_maps(records, table, critique)
         calibrator = Calibrator(base_config, *tensors)
         overhead = self._overhead(used_critique, records)
@@ -109,10 +111,29 @@ class PolicyCalibrator:
         records = list(records)
         self.notes_, self.warnings_ = [], []
         self.table_ = table = build_signal_table(records, cfg.score_names, critique)
+        self.base_ = self._policy_base(records)
         base_config, tensors, used_critique = self._fit_maps(records, table, critique)
         calibrator = Calibrator(base_config, *tensors)
         self.search_ = self._search(records, table, calibrator, card, used_critique)
         return plan_grid(cfg.risk_spec, self.search_, self.certify_ids_)
+
+    def _policy_base(self, records: Sequence[EditRecord]) -> PolicyConfig:
+        """The fixed part of every searched setting: ``base_policy``, with refinement switched off when
+        the traces' refinement rounds follow judge-written prompts (the testbed's oracle). Replaying such
+        a chain credits feedback the live loop cannot write (on the testbed the export of such a search
+        replayed level with Best-of-8 and scored 0.10 below it live), so only fresh samples are
+        searched; traces the live loop collected (``ade-collect``) carry the critique's own prompts."""
+        base = self.config.policy_base
+        oracle = oracle_refinements(records)
+        if oracle and base.refine:
+            self.notes_.append(
+                f"the refinement rounds of {len(oracle)} of {len(records)} calibration records follow "
+                "judge-written prompts (meta.refinement_feedback = 'judge'): replaying them would credit "
+                "feedback production cannot write, so refinement is not searched (refine = false: fresh "
+                "samples only); calibrate on traces the live loop collected (ade-collect) to certify it"
+            )
+            base = replace(base, refine=False, use_mask=False)
+        return base
 
     def _fit_maps(
         self, records: list[EditRecord], table: SignalTable, critique: Any
@@ -178,7 +199,7 @@ class PolicyCalibrator:
         result = search_thresholds(
             records,
             table.signals(calibrator),
-            base=cfg.policy_base,
+            base=self.base_,
             grid=cfg.search_grid,
             card=table.card_fn(card) if card is not None else None,
             overhead=self._overhead(critique, records),
@@ -213,7 +234,7 @@ class PolicyCalibrator:
             cert,
             configs=result.configs,
             search_choice=search_choice,
-            base=cfg.policy_base,
+            base=self.base_,
             reference_policy=result.reference["policy"],
             allow_uncertified=cfg.allow_uncertified,
         )
@@ -270,9 +291,8 @@ class PolicyCalibrator:
         """The paired slack of the exported policy against the reference on the test split."""
         if not test_records:
             return None
-        cfg = self.config
         replay = replayer(test_records, self.cheap_features_, calibrator, card, critique, overhead)
-        ref = replay(cfg.policy_base, self.search_.reference["policy"])
+        ref = replay(self.base_, self.search_.reference["policy"])
         heldout = held_out_slack(self.certificate_.spec, replay(self.policy_), ref)  # the declared margin
         heldout["split"] = "test"
         return heldout

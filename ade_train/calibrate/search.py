@@ -113,7 +113,11 @@ class SearchGrid:
         prunes = self.prune_threshold if use_prune else [None]
         bands = self.verify_band if use_verifier else [None]
         out = []
-        axes = itertools.product(self.tau_high, self.tau_low, self.s_max, quantiles, budgets, prunes, bands)
+        # without refinement tau_low and s_max change nothing (every unconfident attempt gives way to a
+        # fresh candidate): one value each, not copies of the same setting
+        tau_lows = self.tau_low if base.refine else [min(self.tau_low)]
+        s_maxes = self.s_max if (base.refine or base.fixed_rounds) else [1]
+        axes = itertools.product(self.tau_high, tau_lows, s_maxes, quantiles, budgets, prunes, bands)
         for th, tl, s, q, b, pr, vb in axes:
             if tl > th:
                 continue
