@@ -33,6 +33,7 @@ def write_part(
     markdown: list[str],
     targets: list[dict] | None = None,
     misses: list[str] | None = None,
+    meta: dict | None = None,
 ) -> Path:
     """Atomically write ``OUT/parts/<name>.json`` and ``<name>.md``; returns the markdown path.
 
@@ -43,7 +44,7 @@ def write_part(
         raise ValueError(f"bench part name {name!r} must be an identifier (it names files)")
     d = Path(out_dir) / PARTS_DIR
     d.mkdir(parents=True, exist_ok=True)
-    meta = {
+    meta = meta or {  # a part re-rendered from its figures keeps the date they were measured on
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {platform.python_version()}, CPU only",
     }

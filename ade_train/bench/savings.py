@@ -183,6 +183,20 @@ def _ci(d: dict) -> str:
     return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
 
+def _setting(policy: dict | None) -> str:
+    """The exported setting in one sentence, saying whether it refines and why not."""
+    if not policy:
+        return "The export is the reference policy."
+    keys = ("tau_high", "tau_low", "s_max", "card_quantile", "prune_threshold", "verify_band")
+    text = "The exported setting: " + ", ".join(f"{k} {policy.get(k)}" for k in keys if k in policy)
+    if policy.get("refine"):
+        return text + "; refinement rounds with the critique's feedback."
+    return text + (
+        "; fresh samples only, no refinement: the default data's refinement rounds follow judge-written "
+        "prompts, which the search does not credit (docs/calibration.md)."
+    )
+
+
 def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
     cert, lv, cov = fig["certificate"], fig["live"], fig.get("coverage")
     ade, ref = lv["policies"]["ade"], lv["reference"]
@@ -199,6 +213,8 @@ def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
             if cert.get("requested_target") is not None
             else ""
         ),
+        "",
+        _setting(cert.get("policy")),
         "",
         f"Live on {lv['requests']} fresh requests of a shifted world ({lv['world']}), no category given, the "
         "emulated VLM reward model in every stack; judged exactly; paired 90% bootstrap intervals.",
@@ -234,7 +250,7 @@ def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
             if r.get("max_margin") is not None:
                 label += (
                     f", widened per draw up to {r['max_margin']:g} (declared: "
-                    + ", ".join(f"{k:g} x{v}" for k, v in r["declared_targets"].items())
+                    + ", ".join(f"{float(k):g} x{v}" for k, v in r["declared_targets"].items())
                     + ")"
                 )
             md.append(
@@ -301,7 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-coverage", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="rewrite the part from its saved figures")
     args = p.parse_args(argv)
+    if args.render_only:
+        doc = json.loads((Path(args.out) / "parts" / "savings.json").read_text())
+        md, targets, misses = render(doc["figures"])
+        path = write_part(args.out, "savings", doc["figures"], md, targets, misses, meta=doc["meta"])
+        print(json.dumps({"part": str(path)}))
+        return 0
     data, pred_dir = Path(args.data), Path(args.predictors)
     ensure_data(data, ["--seed", str(args.seed)])
     ensure_trained(data, pred_dir)

@@ -58,3 +58,26 @@ def test_a_margin_widened_by_the_plan_is_said_and_misses_the_default_margin_targ
     first = targets[0]
     assert not first["met"] and "0.02" in first["target"] and "epsilon = 0.03" in first["value"]
     assert len(misses) == 1
+
+
+def test_the_part_renders_again_from_its_saved_figures_and_says_whether_the_export_refines(tmp_path):
+    import json
+
+    from ade_train.bench.parts import write_part
+    from ade_train.bench.savings import main
+
+    fig = _fig()
+    fig["certificate"]["policy"] = {"tau_high": 0.9, "tau_low": 0.0, "s_max": 1, "refine": False}
+    fig["coverage"]["rows"] = [
+        {**fig["coverage"], "declared": True, "max_margin": 0.05, "declared_targets": {0.02: 150, 0.03: 50}}
+    ]
+    md, targets, misses = render(fig)
+    meta = {"date": "2026-01-01 00:00 UTC", "machine": "m"}
+    write_part(tmp_path, "savings", fig, md, targets, misses, meta=meta)
+    assert main(["--out", str(tmp_path), "--render-only"]) == 0  # JSON made the declared margins strings
+    text = (tmp_path / "parts" / "savings.md").read_text()
+    assert "2026-01-01 00:00 UTC" in text  # the date the figures were measured on, not the re-render's
+    assert "fresh samples only, no refinement" in text and "declared: 0.02 x150, 0.03 x50" in text
+    assert json.loads((tmp_path / "parts" / "savings.json").read_text())["meta"] == meta
+    fig["certificate"]["policy"]["refine"] = True
+    assert "critique's feedback" in "\n".join(render(fig)[0])
