@@ -185,7 +185,9 @@ def critique_vs_trees(model: Path) -> dict:
 
 
 def run(data: Path, work: Path, fraction: float, seed: int, live_requests: int) -> dict:
+    from ade_runtime.offline import oracle_refinements
     from ade_runtime.offline.evaluate import evaluate
+    from ade_runtime.policy import PolicyConfig, preset
     from ade_train.bench.run import ensure_trained
 
     split = split_dataset(data, work, fraction, seed)
@@ -202,6 +204,12 @@ def run(data: Path, work: Path, fraction: float, seed: int, live_requests: int) 
     )
     replay.pop("curves", None)
     b8 = replay["policies"]["best_of_8"]
+    # a replayed refinement on judge-written prompts is an upper bound (docs/calibration.md): say so per row
+    judge_written = bool(oracle_refinements(records))
+    base = predictors.policy or PolicyConfig()
+    for name, row in replay["policies"].items():
+        cfg = base if name == "ade" else preset(name, base)
+        row["refinement_upper_bound"] = judge_written and cfg.refine and cfg.s_max > 1
     for row in replay["policies"].values():
         if "nfe_per_request" in row:
             row["nfe_share_of_best_of_8"] = row["nfe_per_request"] / b8["nfe_per_request"]
@@ -265,6 +273,9 @@ def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
             continue
         label = f"`{name}`" + (" (export)" if name == "ade" else " (reference)" if name == ref else "")
         label += " (oracle: judge-selected)" if "oracle" in name else ""
+        label += (
+            " (upper bound: follows judge-written refinements)" if row.get("refinement_upper_bound") else ""
+        )
         md.append(
             f"| {label} | {row['mean_score']:.3f} | {_ci(row.get(f'vs_{ref}'))} | {_ci(row.get('vs_best_of_8'))} | "
             f"{row['nfe_share_of_best_of_8']:.0%} | {row['gpu_share_of_best_of_8']:.0%} | "

@@ -85,7 +85,16 @@ def test_domain_targets_met_when_the_figures_meet_them():
     text = "\n".join(md)
     assert "1500 requests to train on" in text and "epsilon = 0.02 was asked" in text
     assert "| `oracle` | needs judge labels" in text  # a policy that could not run is shown, not dropped
+    assert not any("upper bound" in line for line in md if line.startswith("| `"))
     assert len(targets) == 4 and all(t["met"] for t in targets) and misses == []
+
+
+def test_a_row_that_follows_judge_written_refinements_says_it_is_an_upper_bound():
+    fig = _fig()
+    pol = fig["replay"]["policies"]
+    pol["card_only"] = {**pol["ade"], "refinement_upper_bound": True}
+    rows = [line for line in render(fig)[0] if line.startswith("| `")]
+    assert [r for r in rows if "upper bound" in r] == [r for r in rows if r.startswith("| `card_only`")]
 
 
 def test_domain_misses_are_reported():
