@@ -23,6 +23,7 @@ from ade_runtime.offline import replay_record, replay_signals
 from ade_runtime.offline.signals import card_prediction, critique_signals, record_signals
 from ade_runtime.overhead import overhead_for, seconds_per_nfe, verifier_seconds
 from ade_runtime.policy import PolicyConfig, budget_levels, preset
+from ade_runtime.policy.signals import VLM_FEATURE
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
@@ -79,13 +80,18 @@ def policy_matrix(
 
 def grid_configs(records: Sequence[EditRecord], predictors: Predictors) -> list[PolicyConfig]:
     """The settings ``ade-train calibrate`` searches, for the export at hand (CARD quantiles or fixed budgets)."""
-    from ade_train.calibrate.search import SearchGrid
+    from ade_train.calibrate.config import load_config
+    from ade_train.calibrate.search import SearchGrid, searched_base
 
-    base = predictors.policy or PolicyConfig()
-    has_previews = any(k.startswith("preview_") for r in records[:50] for a in r.attempts for k in a.scores)
+    # the base calibration searches from (not the export's own policy, which may be the reference's)
+    base, _ = searched_base(load_config().policy_base, records)
+    sample = records[:50]
+    has_previews = any(k.startswith("preview_") for r in sample for a in r.attempts for k in a.scores)
+    has_verifier = any(VLM_FEATURE in a.scores for r in sample for a in r.attempts)
     return SearchGrid().configs(
-        base, use_card=predictors.card is not None, use_prune=has_previews, levels=budget_levels(records)
-    )
+        base, use_card=predictors.card is not None, use_prune=has_previews, levels=budget_levels(records),
+        use_verifier=has_verifier,
+    )  # fmt: skip
 
 
 def run(

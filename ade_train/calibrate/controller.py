@@ -15,12 +15,11 @@ slack of the exported policy on the test split, which no choice saw.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ade_runtime.offline import Overhead, oracle_refinements
+from ade_runtime.offline import Overhead
 from ade_runtime.overhead import verifier_seconds
 from ade_runtime.policy import PolicyConfig, cost_unit
 from ade_runtime.policy.signals import CRITIQUE_FEATURE, VLM_FEATURE
@@ -46,7 +45,7 @@ from ade_train.calibrate.fit import (
     to_tensors,
 )
 from ade_train.calibrate.risk_control import Certificate
-from ade_train.calibrate.search import SearchResult, search_thresholds
+from ade_train.calibrate.search import SearchResult, search_thresholds, searched_base
 from ade_train.quality import calibration_warning
 
 
@@ -118,21 +117,11 @@ class PolicyCalibrator:
         return plan_grid(cfg.risk_spec, self.search_, self.certify_ids_)
 
     def _policy_base(self, records: Sequence[EditRecord]) -> PolicyConfig:
-        """The fixed part of every searched setting: ``base_policy``, with refinement switched off when
-        the traces' refinement rounds follow judge-written prompts (the testbed's oracle). Replaying such
-        a chain credits feedback the live loop cannot write (on the testbed the export of such a search
-        replayed level with Best-of-8 and scored 0.10 below it live), so only fresh samples are
-        searched; traces the live loop collected (``ade-collect``) carry the critique's own prompts."""
-        base = self.config.policy_base
-        oracle = oracle_refinements(records)
-        if oracle and base.refine:
-            self.notes_.append(
-                f"the refinement rounds of {len(oracle)} of {len(records)} calibration records follow "
-                "judge-written prompts (meta.refinement_feedback = 'judge'): replaying them would credit "
-                "feedback production cannot write, so refinement is not searched (refine = false: fresh "
-                "samples only); calibrate on traces the live loop collected (ade-collect) to certify it"
-            )
-            base = replace(base, refine=False, use_mask=False)
+        """``base_policy`` as the search holds it (``search.searched_base``: no refinement on judge-written
+        refinement prompts), the reason in the notes."""
+        base, note = searched_base(self.config.policy_base, records)
+        if note:
+            self.notes_.append(note)
         return base
 
     def _fit_maps(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ade_runtime.offline import Outcome, Overhead, replay_policy, summarize
+from ade_runtime.offline import Outcome, Overhead, oracle_refinements, replay_policy, summarize
 from ade_runtime.policy import PolicyConfig, budget_levels
 from ade_runtime.progress import progress
 from ade_runtime.traces.records import EditRecord
@@ -104,37 +104,61 @@ class SearchGrid:
         """Every valid candidate. Without CARD the fixed attempt budget (``default_budget``: these values,
         else the budget ``levels`` the traces offer) is searched instead of the quantile; without
         previews pruning stays off; without an expensive verifier the cascade band is not searched."""
-        quantiles = self.card_quantile if use_card else [base.card_quantile]
-        budgets = (
-            [base.default_budget]
-            if use_card
-            else list(self.default_budget or levels or [base.default_budget])
-        )
+        chains = base.refine or base.fixed_rounds
+        fixed = list(self.default_budget or levels or [base.default_budget])
+        modes = [(True, self.card_quantile, [base.default_budget])] if use_card else []
+        if not chains:  # fresh samples only: a budget above max_candidates buys nothing more
+            fixed = sorted({min(int(b), base.max_candidates) for b in fixed})
+        if not use_card or not chains:
+            # without CARD, the fixed attempt budget; without refinement, beside CARD too: CARD's labels
+            # count attempts of the loop with refinement chains, so its budgets may be too small for a
+            # loop that only samples afresh
+            modes.append((False, [base.card_quantile], fixed))
         prunes = self.prune_threshold if use_prune else [None]
         bands = self.verify_band if use_verifier else [None]
         out = []
         # without refinement tau_low and s_max change nothing (every unconfident attempt gives way to a
         # fresh candidate): one value each, not copies of the same setting
         tau_lows = self.tau_low if base.refine else [min(self.tau_low)]
-        s_maxes = self.s_max if (base.refine or base.fixed_rounds) else [1]
-        axes = itertools.product(self.tau_high, tau_lows, s_maxes, quantiles, budgets, prunes, bands)
-        for th, tl, s, q, b, pr, vb in axes:
-            if tl > th:
-                continue
-            out.append(
-                replace(
-                    base,
-                    tau_high=float(th),
-                    tau_low=float(tl),
-                    s_max=int(s),
-                    card_quantile=float(q),
-                    default_budget=int(b),
-                    prune_threshold=None if pr is None else float(pr),
-                    use_card=use_card,
-                    verify_band=vb,
+        s_maxes = self.s_max if chains else [1]
+        for card_on, quantiles, budgets in modes:
+            axes = itertools.product(self.tau_high, tau_lows, s_maxes, quantiles, budgets, prunes, bands)
+            for th, tl, s, q, b, pr, vb in axes:
+                if tl > th:
+                    continue
+                out.append(
+                    replace(
+                        base,
+                        tau_high=float(th),
+                        tau_low=float(tl),
+                        s_max=int(s),
+                        card_quantile=float(q),
+                        default_budget=int(b),
+                        prune_threshold=None if pr is None else float(pr),
+                        use_card=card_on,
+                        verify_band=vb,
+                    )
                 )
-            )
         return out
+
+
+def searched_base(base: PolicyConfig, records: Sequence[EditRecord]) -> tuple[PolicyConfig, str | None]:
+    """The fixed part of every searched setting, and why it differs from ``base`` (None: it does not):
+    refinement is switched off when the traces' refinement rounds follow judge-written prompts (the
+    testbed's oracle). Replaying such a chain credits feedback the live loop cannot write (on the testbed
+    the export of such a search replayed level with Best-of-8 and scored 0.10 below it live), so only
+    fresh samples are searched; traces the live loop collected (``ade-collect``) carry its own prompts."""
+    oracle = oracle_refinements(records)
+    if not oracle or not base.refine:
+        return base, None
+    note = (
+        f"the refinement rounds of {len(oracle)} of {len(records)} calibration records follow "
+        "judge-written prompts (meta.refinement_feedback = 'judge'): replaying them would credit feedback "
+        "production cannot write, so refinement is not searched (refine = false: fresh samples only, "
+        "fixed budgets searched beside CARD's); calibrate on traces the live loop collected (ade-collect) "
+        "to certify it"
+    )
+    return replace(base, refine=False, use_mask=False), note
 
 
 @dataclass

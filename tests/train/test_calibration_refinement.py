@@ -86,3 +86,20 @@ def test_the_exported_policy_of_a_testbed_run_does_not_refine(tmp_path):
     assert policy["refine"] is False
     report = json.loads((out / "calibration_report.json").read_text())
     assert "judge-written" in json.dumps(report)
+
+
+def test_without_refinement_fixed_budgets_are_searched_beside_card():
+    from ade_runtime.policy import PolicyConfig
+    from ade_train.calibrate.search import SearchGrid
+
+    grid = SearchGrid(tau_high=[0.9], tau_low=[0.0, 0.2], s_max=[1, 3], card_quantile=[0.5, 0.9])
+    levels = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+    chains = grid.configs(PolicyConfig(max_candidates=8), use_card=True, use_prune=False, levels=levels)
+    assert all(c.use_card for c in chains) and len(chains) == 2 * 2 * 2  # tau_low x s_max x quantile
+    fresh = grid.configs(
+        PolicyConfig(max_candidates=8, refine=False), use_card=True, use_prune=False, levels=levels
+    )
+    assert sorted(c.card_quantile for c in fresh if c.use_card) == [0.5, 0.9]
+    # CARD's labels count attempts of chains: fixed budgets beside it, none above max_candidates
+    assert sorted(c.default_budget for c in fresh if not c.use_card) == [1, 2, 3, 4, 6, 8]
+    assert {(c.tau_low, c.s_max) for c in fresh} == {(0.0, 1)}
