@@ -187,7 +187,6 @@ def critique_vs_trees(model: Path) -> dict:
 def run(data: Path, work: Path, fraction: float, seed: int, live_requests: int) -> dict:
     from ade_runtime.offline import oracle_refinements
     from ade_runtime.offline.evaluate import evaluate
-    from ade_runtime.policy import PolicyConfig, preset
     from ade_train.bench.run import ensure_trained
 
     split = split_dataset(data, work, fraction, seed)
@@ -204,12 +203,7 @@ def run(data: Path, work: Path, fraction: float, seed: int, live_requests: int) 
     )
     replay.pop("curves", None)
     b8 = replay["policies"]["best_of_8"]
-    # a replayed refinement on judge-written prompts is an upper bound (docs/calibration.md): say so per row
-    judge_written = bool(oracle_refinements(records))
-    base = predictors.policy or PolicyConfig()
-    for name, row in replay["policies"].items():
-        cfg = base if name == "ade" else preset(name, base)
-        row["refinement_upper_bound"] = judge_written and cfg.refine and cfg.s_max > 1
+    mark_upper_bounds(replay["policies"], predictors.policy, bool(oracle_refinements(records)))
     for row in replay["policies"].values():
         if "nfe_per_request" in row:
             row["nfe_share_of_best_of_8"] = row["nfe_per_request"] / b8["nfe_per_request"]
@@ -231,6 +225,20 @@ def run(data: Path, work: Path, fraction: float, seed: int, live_requests: int) 
             predictors, ref, live_requests, w.seed, world=w, categories=cats, backbone=backbone
         )
     return fig
+
+
+def mark_upper_bounds(policies: dict[str, dict], base, judge_written: bool) -> None:
+    """Mark each replayed row whose policy refines as an upper bound when the traces' refinement prompts
+    were judge-written (docs/calibration.md); ``base`` is the export's policy (None: the defaults)."""
+    from ade_runtime.policy import PolicyConfig, preset
+
+    base = base or PolicyConfig()
+    for name, row in policies.items():
+        try:
+            cfg = base if name == "ade" else preset(name, base)
+        except ValueError:  # the replay-only oracles, labelled as such already
+            continue
+        row["refinement_upper_bound"] = bool(judge_written and cfg.refine and cfg.s_max > 1)
 
 
 def _ci(d: dict | None) -> str:

@@ -101,3 +101,18 @@ def test_domain_misses_are_reported():
     _, targets, misses = render(_fig(status="conservative", share=1.0, diff=-0.05, head=0.80, trees=0.85))
     assert not any(t["met"] for t in targets) and len(misses) == 4
     assert any("conservative" in m for m in misses) and any("100%" in m for m in misses)
+
+
+def test_rows_that_refine_on_judge_written_traces_are_marked_and_the_oracles_left_alone():
+    from ade_runtime.policy import PolicyConfig
+    from ade_train.bench.domain import POLICIES, mark_upper_bounds
+
+    rows = {name: {} for name in ("ade", *POLICIES)}
+    mark_upper_bounds(rows, PolicyConfig(refine=False, s_max=3), judge_written=True)
+    marked = {name for name, row in rows.items() if row.get("refinement_upper_bound")}
+    assert marked == {"confidence_stop", "card_only"}  # the chains; the export samples afresh
+    mark_upper_bounds(rows, PolicyConfig(refine=False, s_max=1), judge_written=True)
+    assert not any(row.get("refinement_upper_bound") for row in rows.values())  # S_max 1: no chains
+    assert "refinement_upper_bound" not in rows["oracle"]
+    mark_upper_bounds(rows, None, judge_written=False)  # logged prompts: nothing is an upper bound
+    assert not any(row.get("refinement_upper_bound") for row in rows.values())
