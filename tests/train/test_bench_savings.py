@@ -81,3 +81,12 @@ def test_the_part_renders_again_from_its_saved_figures_and_says_whether_the_expo
     assert json.loads((tmp_path / "parts" / "savings.json").read_text())["meta"] == meta
     fig["certificate"]["policy"]["refine"] = True
     assert "critique's feedback" in "\n".join(render(fig)[0])
+
+
+def test_an_export_that_never_calls_the_verifier_renders_without_a_verifier_share():
+    fig = _fig(calls=0.0)
+    for row in fig["live"]["policies"].values():
+        row["verifier_calls_per_request"], row["verifier_share_of_best_of_8"] = 0.0, None
+    md, targets, _ = render(fig)
+    assert "| 0.00 (-) |" in "\n".join(md)
+    assert len(targets) == 5 and not any("verifier" in t["target"] for t in targets)
