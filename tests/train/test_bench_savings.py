@@ -89,4 +89,4 @@ def test_an_export_that_never_calls_the_verifier_renders_without_a_verifier_shar
         row["verifier_calls_per_request"], row["verifier_share_of_best_of_8"] = 0.0, None
     md, targets, _ = render(fig)
     assert "| 0.00 (-) |" in "\n".join(md)
-    assert len(targets) == 5 and not any("verifier" in t["target"] for t in targets)
+    assert len(targets) == 5 and not any("verifier calls" in t["target"] for t in targets)
