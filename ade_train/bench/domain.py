@@ -241,6 +241,25 @@ def mark_upper_bounds(policies: dict[str, dict], base, judge_written: bool) -> N
         row["refinement_upper_bound"] = bool(judge_written and cfg.refine and cfg.s_max > 1)
 
 
+def _training_time(tr: dict) -> str:
+    """How long ``make train`` took on the training part: this run, or when the export was reused, the
+    time each step took when it ran (``ensure_trained``'s ``measured_steps``)."""
+    steps = tr.get("steps") or {}
+    if steps:
+        return (
+            f"`make train` on the training part took {tr['wall_s'] / 60:.1f} min ("
+            + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
+            + ")"
+        )
+    measured = tr.get("measured_steps") or {}
+    if measured:
+        return (
+            f"`make train` on the training part was reused; it took {sum(measured.values()) / 60:.1f} min "
+            "when it ran (" + ", ".join(f"{k} {v:.0f} s" for k, v in measured.items()) + ")"
+        )
+    return "`make train` on the training part was reused (its time was not recorded)"
+
+
 def _ci(d: dict | None) -> str:
     return "-" if not d else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
@@ -254,15 +273,19 @@ def render(fig: dict) -> tuple[list[str], list[dict], list[str]]:
         f"## A user's new domain: `make bench-domain` on {fig['data']}",
         "",
         f"{split['train_requests']} requests to train on, {split['held_out_requests']} held out (by request id, "
-        f"within each category); `make train` on the training part took {tr['wall_s'] / 60:.1f} min "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in tr['steps'].items()) or 'reused'}).",
+        f"within each category); {_training_time(tr)}.",
         "",
         f"Certificate: **{cert['status']}**, {cert['claim']} against {ref} (chosen on the fit part from "
         f"{cert['reference_chosen_from']}), {cert['n_certify']} certification requests, {cert['n_fit']} to fit"
         + (
             f"; epsilon = {cert['requested_target']:g} was asked, the fit part's plan declared "
-            f"epsilon = {cert['target']:g} (epsilon = {cert['requested_target']:g} needs about "
-            f"{cert['requested_n_needed']} certification requests)"
+            f"epsilon = {cert['target']:g} ("
+            + (
+                f"epsilon = {cert['requested_target']:g} needs about {cert['requested_n_needed']} "
+                "certification requests)"
+                if cert.get("requested_n_needed")
+                else f"epsilon = {cert['requested_target']:g} is out of reach of the front found on the fit part)"
+            )
             if cert.get("requested_target") is not None
             else ""
         )

@@ -116,3 +116,36 @@ def test_rows_that_refine_on_judge_written_traces_are_marked_and_the_oracles_lef
     assert "refinement_upper_bound" not in rows["oracle"]
     mark_upper_bounds(rows, None, judge_written=False)  # logged prompts: nothing is an upper bound
     assert not any(row.get("refinement_upper_bound") for row in rows.values())
+
+
+def test_training_time_is_reported_when_run_reused_or_unknown_and_an_unreachable_margin_is_said():
+    fig = _fig()
+    assert "took 10.0 min (card 100 s)" in "\n".join(render(fig)[0])
+    fig["training"] = {"wall_s": 0.5, "steps": {}, "measured_steps": {"card": 60.0, "calibrate": 120.0}}
+    assert "was reused; it took 3.0 min when it ran (card 60 s, calibrate 120 s)" in "\n".join(render(fig)[0])
+    fig["training"] = {"wall_s": 0.5, "steps": {}}
+    fig["certificate"]["requested_n_needed"] = None
+    text = "\n".join(render(fig)[0])
+    assert (
+        "its time was not recorded" in text
+        and "epsilon = 0.02 is out of reach" in text
+        and "None" not in text
+    )
+
+
+def test_ensure_trained_keeps_each_steps_time_for_a_rerun(tmp_path, monkeypatch):
+    from ade_train.bench import run as bench_run
+
+    out = tmp_path / "model"
+
+    def fake_run(cmd):
+        step = cmd[1]
+        (out / "export").mkdir(parents=True, exist_ok=True)
+        name = {"calibrate": "calibration"}.get(step, step)
+        (out / "export" / f"{name}.json").write_text("{}")
+
+    monkeypatch.setattr(bench_run, "_run", fake_run)
+    first = bench_run.ensure_trained(tmp_path / "data", out)
+    assert set(first["steps"]) == {"card", "critique", "calibrate"}
+    again = bench_run.ensure_trained(tmp_path / "data", out)
+    assert again["steps"] == {} and again["measured_steps"] == first["steps"]
