@@ -36,6 +36,7 @@ from ade_runtime.backbones.base import AttemptSpec
 from ade_runtime.errors import InputError
 from ade_runtime.feedback import feedback_prompt
 from ade_runtime.files import atomic_write_bytes
+from ade_runtime.offline.replay import REFINEMENT_FEEDBACK
 from ade_runtime.policy.driver import Generated, GridSession, Judged, drive
 from ade_runtime.testbed.backbone import SyntheticBackbone
 from ade_runtime.testbed.costs import get_cost
@@ -219,8 +220,7 @@ def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecor
     cost = get_cost(cfg.backbone)
     meta = {
         "testbed": True,
-        # refinement rounds follow the exact judge's flaws: an oracle (ade_runtime.offline.refinement_feedback)
-        "refinement_feedback": "judge",
+        REFINEMENT_FEEDBACK: "judge",  # refinement follows the exact judge's flaws: an oracle
         "seed": cfg.seed,
         "index": index,
         "image_size": cfg.image_size,

@@ -30,7 +30,7 @@ import numpy as np
 from ade_runtime.offline.intervals import paired_difference
 from ade_runtime.predictors.bundle import Predictors
 from ade_runtime.traces import load_records
-from ade_train.bench.parts import part_target, write_part
+from ade_train.bench.parts import PARTS_DIR, part_target, write_part
 
 EPS_LIVE = 0.01  # the live target: the interval's lower end above -0.01 against the reference
 SHARE = 0.25  # of Best-of-8's GPU-seconds
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-only", action="store_true", help="rewrite the part from its saved figures")
     args = p.parse_args(argv)
     if args.render_only:
-        doc = json.loads((Path(args.out) / "parts" / "savings.json").read_text())
+        doc = json.loads((Path(args.out) / PARTS_DIR / "savings.json").read_text())
         md, targets, misses = render(doc["figures"])
         path = write_part(args.out, "savings", doc["figures"], md, targets, misses, meta=doc["meta"])
         print(json.dumps({"part": str(path)}))
