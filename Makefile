@@ -48,9 +48,12 @@ clean:
 # 8000 distinct training images (SAMPLE_IMAGE_EVERY=1: all, about twice the disk and 20% more time).
 SAMPLE_REQUESTS ?= 3000
 SAMPLE_IMAGE_EVERY ?= 2
+# Phrasing families of the sample's instructions (ade_runtime/testbed/phrasing.py); the held-out family
+# (wish) stays out so `make bench-card-phrasing` can measure CARD on phrasing it never saw.
+SAMPLE_PHRASING ?= grammar,polite,casual
 sample-data: install
 	@test -f $(DATA)/.complete || $(VENV)/bin/ade-testbed generate --out $(DATA) --seed $(SEED) \
-		--requests $(SAMPLE_REQUESTS) --image-every $(SAMPLE_IMAGE_EVERY)
+		--requests $(SAMPLE_REQUESTS) --image-every $(SAMPLE_IMAGE_EVERY) --phrasing $(SAMPLE_PHRASING)
 
 # Testbed benchmark: trains into checkpoints/bench if needed, replays every policy on a shifted
 # held-out set, runs the live loop and writes docs/results/ (report.md, report.json, plots).
@@ -99,6 +102,14 @@ ifeq ($(DATA),data/sample)
 else
 	$(PY) -m ade_train.bench.domain --data $(DATA)
 endif
+
+# CARD on phrasing it never saw (ade_train/bench/card_phrasing.py, docs/training.md): 1,000 fresh requests in
+# their own words and rewritten in the held-out family; CARD vs the inferred prior vs a constant budget.
+BENCH_PARTS += card_phrasing
+.PHONY: bench-card-phrasing
+bench-card-phrasing: install
+	$(PY) -m ade_train.bench.card_phrasing --out $(BENCH_OUT)
+	$(MAKE) bench-report
 
 # Re-render report.md from report.json and the parts (after re-measuring one part alone).
 # Ray part (docs/scaling.md): ade-collect without Ray, --ray on 1 and 2 workers, the same requests side by side.

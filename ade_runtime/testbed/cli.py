@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="store attempt images for every n-th request (default 1: all; raise it for small disks)",
     )
     g.add_argument("--ambiguity", type=float, default=0.1, help="share of ambiguous references (default 0.1)")
+    g.add_argument(
+        "--phrasing",
+        default="grammar",
+        help="comma-separated phrasing families drawn uniformly: grammar, polite, casual, wish (the "
+        "held-out family; keep it out of training data) (default: grammar)",
+    )
     g.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     r = sub.add_parser("request", help="write one testbed source PNG and print its instruction")
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 image_size=args.image_size,
                 image_every=args.image_every,
                 ambiguity=args.ambiguity,
+                phrasing=tuple(f.strip() for f in args.phrasing.split(",") if f.strip()),
                 workers=args.workers,
             )
             print(json.dumps(summary, sort_keys=True))

@@ -43,6 +43,7 @@ from ade_runtime.testbed.costs import get_cost
 from ade_runtime.testbed.imageio import CHUNK_KEY, make_image, parse_chunk
 from ade_runtime.testbed.instructions import CATEGORIES
 from ade_runtime.testbed.judge import judge_scenes, online_scores
+from ade_runtime.testbed.phrasing import FAMILIES
 from ade_runtime.testbed.reward import EmulatedRewardModel
 from ade_runtime.testbed.world import Request, World
 from ade_runtime.traces.records import Attempt, Cost, EditRecord
@@ -68,6 +69,7 @@ class GenConfig:
     ambiguity: float = 0.1  # share of references that are ambiguous when possible
     workers: int = 2
     reward_model: bool = True  # log the emulated VLM reward model's score (``vlm``) on every attempt
+    phrasing: tuple[str, ...] = ("grammar",)  # phrasing families drawn uniformly (testbed.phrasing)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,10 @@ class GenConfig:
             raise InputError("image_every must be >= 1")
         if not 0 <= self.ambiguity <= 1:
             raise InputError("ambiguity must be in [0, 1]")
+        self.phrasing = tuple(self.phrasing)
+        bad = [f for f in self.phrasing if f not in FAMILIES]
+        if bad or not self.phrasing:
+            raise InputError(f"phrasing {bad or '[]'} invalid; choose from {', '.join(FAMILIES)}")
         if self.workers < 1:
             raise InputError("workers must be >= 1")
 
@@ -230,6 +236,7 @@ def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecor
         "s_per_nfe": cost.s_per_nfe,
         "s_per_reasoning_token": cost.s_per_reasoning_token,
         "n_objects": len(req.source.objects),
+        "phrasing": req.phrasing,
         **({"reward_model": REWARD_META} if cfg.reward_model else {}),
         **{k: (int(v) if k != "min_target_size" else v) for k, v in req.features.items()},
     }
@@ -246,7 +253,7 @@ def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecor
 
 def simulate_request(cfg: GenConfig, index: int, keep_images: bool = False):
     """One request end to end in memory: (EditRecord, images). Deterministic in (cfg, index)."""
-    world = World(cfg.seed, cfg.image_size, cfg.clutter, cfg.ambiguity)
+    world = World(cfg.seed, cfg.image_size, cfg.clutter, cfg.ambiguity, cfg.phrasing)
     req = world.sample_request(request_rng(cfg.seed, index), cfg.categories)
     backbone = SyntheticBackbone(cfg.backbone)
     attempts, images = run_grid(req, backbone, cfg, index, keep_images)
@@ -313,6 +320,8 @@ def generate_dataset(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     cfg_json = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    if cfg.phrasing == ("grammar",):  # datasets written before phrasing families resume as they were
+        del cfg_json["phrasing"]
     cfg_json.update({"testbed": True, "format": "ade-testbed-generation/1"})
     gen_path = root / "generation.json"
     if gen_path.exists():

@@ -309,25 +309,41 @@ def _edit_from(op: str, m: re.Match[str]) -> Edit:
     return Edit(op, ref, value)
 
 
-def parse(text: str) -> tuple[Edit, ...]:
-    """Parse an instruction written by ``phrase`` back into its edits; InputError otherwise."""
-    body = text.strip().rstrip(".!").strip().lower()
-    if not body:
-        raise InputError("testbed instruction is empty")
-    clauses = re.split("|".join(re.escape(s) for s in _SEPARATORS), body)
+def _parse_grammar(body: str) -> tuple[tuple[Edit, ...], str | None]:
+    """The edits of a text in the grammar's words, or the first clause it does not understand."""
     edits = []
-    for clause in clauses:
+    for clause in re.split("|".join(re.escape(s) for s in _SEPARATORS), body):
         for op, rx in _PARSERS:
             m = rx.fullmatch(clause.strip())
             if m is not None:
                 edits.append(_edit_from(op, m))
                 break
         else:
-            raise InputError(
-                f"the testbed backbone does not understand {clause!r}: it reads only the synthetic world's "
-                "grammar (e.g. 'Turn the red star blue.'); use `ade-testbed request` to get an instruction"
-            )
-    return tuple(edits)
+            return (), clause
+    return tuple(edits), None
+
+
+def parse(text: str) -> tuple[Edit, ...]:
+    """Parse an instruction into its edits; InputError otherwise.
+
+    Reads the grammar ``phrase`` writes and, through ``phrasing.normalize``, every phrasing family
+    (polite, casual, wishes; synonyms and typos), as a real backbone understands paraphrases."""
+    from ade_runtime.testbed.phrasing import normalize
+
+    body = text.strip().rstrip(".!").strip().lower()
+    if not body:
+        raise InputError("testbed instruction is empty")
+    edits, bad = _parse_grammar(body)
+    if bad is None:
+        return edits
+    edits, _ = _parse_grammar(normalize(text))
+    if edits:
+        return edits
+    raise InputError(
+        f"the testbed backbone does not understand {bad!r}: it reads only the synthetic world's "
+        "grammar and its phrasing families (e.g. 'Turn the red star blue.', 'Can you make the star "
+        "blue?'); use `ade-testbed request` to get an instruction"
+    )
 
 
 def category_of(edits: tuple[Edit, ...]) -> str:

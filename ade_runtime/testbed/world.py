@@ -25,6 +25,7 @@ from ade_runtime.testbed.instructions import (
     phrase,
     resolve,
 )
+from ade_runtime.testbed.phrasing import FAMILIES, rephrase
 from ade_runtime.testbed.scene import (
     BACKGROUNDS,
     COLORS,
@@ -50,6 +51,7 @@ class Request:
     category: str
     target: Scene
     features: dict[str, float]
+    phrasing: str = "grammar"  # the phrasing family of ``instruction`` (testbed.phrasing)
 
 
 def target_oids(edits: tuple[Edit, ...], source: Scene) -> list[int | None]:
@@ -132,13 +134,34 @@ class World:
     """Samples scenes and requests; ``seed`` and ``size`` fix the world (image side in pixels)."""
 
     def __init__(
-        self, seed: int = 0, size: int = 96, clutter: tuple[int, int] = (1, 8), ambiguity: float = 0.1
+        self,
+        seed: int = 0,
+        size: int = 96,
+        clutter: tuple[int, int] = (1, 8),
+        ambiguity: float = 0.1,
+        phrasing: tuple[str, ...] = ("grammar",),
     ):
         if not 32 <= size <= 512:
             raise InputError(f"World size {size} must be in [32, 512] pixels (default 96)")
         if not 1 <= clutter[0] <= clutter[1] <= 12:
             raise InputError(f"World clutter {clutter} must satisfy 1 <= lo <= hi <= 12")
+        bad = [f for f in phrasing if f not in FAMILIES]
+        if bad or not phrasing:
+            raise InputError(f"World phrasing {list(phrasing)} must name families from {', '.join(FAMILIES)}")
         self.seed, self.size, self.clutter, self.ambiguity = seed, size, clutter, ambiguity
+        self.phrasing = tuple(phrasing)
+
+    def _phrase(self, scene: Scene, edits: tuple[Edit, ...], rng: np.random.Generator) -> tuple[str, str]:
+        """(instruction, family). The grammar's draws come from ``rng`` as before phrasing families
+        existed (a grammar-only world is unchanged); a family is drawn from its own stream."""
+        text = phrase(edits, rng)
+        if self.phrasing == ("grammar",):
+            return text, "grammar"
+        from ade_runtime.testbed.outcomes import hash_u64  # outcomes imports this module
+
+        prng = np.random.default_rng(hash_u64(scene.key(), repr(edits), "phrasing", str(self.seed)))
+        family = self.phrasing[int(prng.integers(len(self.phrasing)))]
+        return (text, family) if family == "grammar" else (rephrase(edits, family, prng), family)
 
     def sample_scene(self, rng: np.random.Generator) -> Scene:
         n = int(rng.integers(self.clutter[0], self.clutter[1] + 1))
@@ -237,13 +260,15 @@ class World:
             if any(e is None for e in edits):
                 continue
             edits_t = tuple(edits)
+            text, family = self._phrase(scene, edits_t, rng)
             return Request(
                 source=scene,
-                instruction=phrase(edits_t, rng),
+                instruction=text,
                 edits=edits_t,
                 category=category_of(edits_t),
                 target=apply_edits(scene, edits_t),
                 features=difficulty_features(scene, edits_t),
+                phrasing=family,
             )
 
 

@@ -56,6 +56,11 @@ def _run_shards(cmd: list[str], shards: int) -> None:
 
 
 def ensure_data(path: Path, args: list[str]) -> None:
+    """Generate a testbed dataset unless complete; phrased like ``make sample-data`` unless ``args`` say."""
+    from ade_runtime.testbed.phrasing import TRAINING_FAMILIES
+
+    if "--phrasing" not in args:
+        args = [*args, "--phrasing", ",".join(TRAINING_FAMILIES)]
     if not (path / ".complete").exists():
         _run([str(BIN / "ade-testbed"), "generate", "--out", str(path), *args])
 
