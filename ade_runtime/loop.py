@@ -183,9 +183,11 @@ class AdaptiveEditor:
             return cfg.default_budget, fixed_tokens
         try:
             pred = card.predict(request.instruction, request.image, category=request.category)
-            budget, tokens = pred.plan(cfg.card_quantile, self.backbone.supports_reasoning)
+            budget, tokens = pred.plan(
+                cfg.card_quantile, self.backbone.supports_reasoning, cfg.hopeless_budget
+            )
             if card_log is not None:
-                card_log.update(pred.explain(cfg.card_quantile))
+                card_log.update(pred.explain(cfg.card_quantile, cfg.hopeless_budget))
                 card_log.update(
                     source="category_prior" if card.config.is_prior else "card",
                     reasoning_tokens=tokens,

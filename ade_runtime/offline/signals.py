@@ -161,7 +161,12 @@ def card_prediction(record: EditRecord, card: Any, image: Image.Image | None = N
 
 
 def card_budget(
-    record: EditRecord, card: Any, quantile: float, image: Image.Image | None = None
+    record: EditRecord,
+    card: Any,
+    quantile: float,
+    image: Image.Image | None = None,
+    hopeless_budget: int | None = None,
 ) -> tuple[int, int]:
-    """CARD's attempt budget (at ``quantile``) and reasoning tokens for a logged request."""
-    return card_prediction(record, card, image).plan(quantile)
+    """CARD's attempt budget (at ``quantile``; a hopeless request gets ``hopeless_budget`` when set)
+    and reasoning tokens for a logged request."""
+    return card_prediction(record, card, image).plan(quantile, hopeless_budget=hopeless_budget)

@@ -9,10 +9,25 @@ levels"; the model and the predictor are in ``card.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from ade_runtime.policy.budget import quantile_level
+
+# where a compound instruction's clauses meet: commas, semicolons and the plain coordinators "and" / "then"
+_CLAUSE_BREAK = re.compile(r"\s*(?:[,;]|\band\b|\bthen\b)\s*", re.IGNORECASE)
+MIN_CLAUSE_WORDS = 3  # shorter pieces ("please", "thanks") are not edits
+
+
+def clauses(instruction: str) -> list[str]:
+    """The clauses of a compound instruction ("make the mug blue and remove the spoon" -> two), split
+    at commas, semicolons, "and" and "then"; pieces under ``MIN_CLAUSE_WORDS`` words are dropped.
+    Fewer than two clauses: ``[]`` (the instruction is one edit). A split inside one edit ("the black
+    and white cat") only adds a piece whose budget is a floor: never fewer attempts than without it."""
+    pieces = [p.strip(" .!?") for p in _CLAUSE_BREAK.split(instruction)]
+    pieces = [p for p in pieces if len(p.split()) >= MIN_CLAUSE_WORDS]
+    return pieces if len(pieces) >= 2 else []
 
 
 def choose_tokens(
@@ -49,18 +64,23 @@ class BudgetPrediction:
     source: str = "card"
     category: str | None = None  # the category used (given, or the classifier's most probable one)
     category_confidence: float | None = None  # the classifier's probability of ``category``
+    # a compound instruction's clauses, each predicted alone: the budget is at least each one's
+    parts: list[BudgetPrediction] = field(default_factory=list)
 
     def hopeless(self, q: float) -> bool:
         """True when the q-quantile of the need falls in the beyond mass (no level reaches q)."""
         return sum(self.probs[:-1]) / sum(self.probs) < q - 1e-12
 
-    def quantile(self, q: float) -> int:
-        """Attempt budget: smallest level whose CDF >= q; a hopeless request gets ``beyond_budget``."""
+    def quantile(self, q: float, hopeless_budget: int | None = None) -> int:
+        """Attempt budget: smallest level whose CDF >= q; a hopeless request gets ``hopeless_budget``
+        (a policy's, ``PolicyConfig.hopeless_budget``), else the artifact's calibrated ``beyond_budget``.
+        A compound instruction gets at least the budget of each of its ``parts``."""
         level = quantile_level(self.levels, self.probs, q)  # checks q and the probabilities
         if self.hopeless(q):
             # spending most where it helps least is what this avoids: the calibrated give-up budget
-            return int(self.beyond_budget) if self.beyond_budget is not None else self.levels[0]
-        return level
+            give_up = hopeless_budget if hopeless_budget is not None else self.beyond_budget
+            level = int(give_up) if give_up is not None else self.levels[0]
+        return max([level, *(p.quantile(q, hopeless_budget) for p in self.parts)])
 
     @property
     def reasoning_tokens(self) -> int:
@@ -70,11 +90,14 @@ class BudgetPrediction:
             return choose_tokens(self.token_levels, self.token_pass, self.token_seconds, lam)
         return self.token_levels[max(range(len(self.token_probs)), key=self.token_probs.__getitem__)]
 
-    def plan(self, q: float, supports_reasoning: bool = True) -> tuple[int, int]:
+    def plan(
+        self, q: float, supports_reasoning: bool = True, hopeless_budget: int | None = None
+    ) -> tuple[int, int]:
         """(attempt budget at quantile ``q``, reasoning tokens): what the loop, replay and calibration
-        run. A backbone without reasoning gets no tokens, whatever CARD would choose."""
+        run. A backbone without reasoning gets no tokens, whatever CARD would choose; a hopeless request
+        gets ``hopeless_budget`` when the policy sets one (see ``quantile``)."""
         tokens = max(0, int(self.reasoning_tokens)) if supports_reasoning else 0
-        return max(1, int(self.quantile(q))), tokens
+        return max(1, int(self.quantile(q, hopeless_budget))), tokens
 
     @property
     def expected_level(self) -> float:
@@ -85,11 +108,11 @@ class BudgetPrediction:
     def p_beyond(self) -> float:
         return float(self.probs[-1])
 
-    def explain(self, q: float) -> dict[str, Any]:
+    def explain(self, q: float, hopeless_budget: int | None = None) -> dict[str, Any]:
         """The budget and token choice with their reasons (the loop's decision log)."""
         out: dict[str, Any] = {
             "quantile": q,
-            "budget": self.quantile(q),
+            "budget": self.quantile(q, hopeless_budget),
             "p_beyond": round(self.p_beyond, 4),
             "hopeless": self.hopeless(q),
             "reasoning_tokens": self.reasoning_tokens,
@@ -99,6 +122,8 @@ class BudgetPrediction:
             out["category"] = self.category
         if self.category_confidence is not None:
             out["category_confidence"] = round(self.category_confidence, 4)
+        if self.parts:  # the compound rule: the budget of the whole and of each clause alone
+            out["compound_parts"] = [p.quantile(q, hopeless_budget) for p in self.parts]
         if self.token_pass is not None:
             out["token_pass"] = {
                 str(t): round(p, 4) for t, p in zip(self.token_levels, self.token_pass, strict=True)

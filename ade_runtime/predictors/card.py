@@ -35,7 +35,7 @@ from torch import nn
 
 from ade_runtime.artifacts import CARD_KIND, CARD_NAME, load_artifact, save_artifact
 from ade_runtime.errors import ArtifactError, InputError
-from ade_runtime.predictors.budget_prediction import BudgetPrediction
+from ade_runtime.predictors.budget_prediction import BudgetPrediction, clauses
 from ade_runtime.predictors.config_base import ArtifactConfig
 from ade_runtime.predictors.features import RequestFeaturizer
 
@@ -77,6 +77,20 @@ class CardConfig(ArtifactConfig):
     )
     label_s_max: int | None = field(
         default=None, metadata={"help": "rounds per chain of the loop-order labels (None: rectangle labels)"}
+    )
+    compound_parts: bool = field(
+        default=False,
+        metadata={
+            "help": "a compound instruction (clauses joined by commas, 'and', 'then') gets at least the "
+            "budget of each clause predicted alone (False in artifacts written before the rule)"
+        },
+    )
+    offset_probs: dict[str, list[float]] | None = field(
+        default=None,
+        metadata={
+            "help": "CARD as a residual over the label-free per-category prior: budget logits = "
+            "log(sum_c P(c | request) offset_probs[c]) + the MLP's (needs categories; '*': all)"
+        },
     )
     categories: list[str] | None = field(
         default=None,
@@ -128,6 +142,7 @@ class CardConfig(ArtifactConfig):
         for name, width in (
             ("category_probs", self.n_budget_classes),
             ("category_token_pass", len(self.token_levels)),
+            ("offset_probs", self.n_budget_classes),
         ):
             table = getattr(self, name)
             if table is None:
@@ -144,11 +159,16 @@ class CardConfig(ArtifactConfig):
             self.categories = [str(c) for c in self.categories]
             if len(set(self.categories)) != len(self.categories):
                 raise ValueError(f"CardConfig.categories must be distinct, got {self.categories}")
-            if self.category_probs is None:
-                raise ValueError("CardConfig.categories needs category_probs (the prior it feeds)")
-            missing = [c for c in self.categories if c not in self.category_probs]
+            table = self.category_probs if self.category_probs is not None else self.offset_probs
+            if table is None:
+                raise ValueError(
+                    "CardConfig.categories needs category_probs (the prior it feeds) or offset_probs"
+                )
+            missing = [c for c in self.categories if c not in table]
             if missing:
-                raise ValueError(f"CardConfig.categories {missing} have no row in category_probs")
+                raise ValueError(f"CardConfig.categories {missing} have no row in the category table")
+        if self.offset_probs is not None and not self.categories:
+            raise ValueError("CardConfig.offset_probs needs categories (the classifier that weighs its rows)")
 
     @property
     def is_prior(self) -> bool:
@@ -182,6 +202,12 @@ class CardModel(nn.Module):
         self.category_head = (
             nn.Linear(config.input_dim, len(config.categories)) if config.categories else None
         )
+        # residual CARD: the prior's rows it starts from (from the config, so not saved with the weights)
+        offset = config.offset_probs
+        rows = [offset[c] for c in config.categories] if offset is not None and config.categories else []
+        self.register_buffer(
+            "offset_table", torch.tensor(rows).reshape(len(rows), config.n_budget_classes), persistent=False
+        )
 
     @torch.no_grad()
     def set_feature_stats(self, x: torch.Tensor) -> None:
@@ -195,8 +221,13 @@ class CardModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(budget logits [N, levels+1], token logits [N, token levels])."""
-        h = self.trunk((x - self.feature_mean) / self.feature_std)
-        return self.budget_head(h), self.token_head(h)
+        z = (x - self.feature_mean) / self.feature_std
+        h = self.trunk(z)
+        logits = self.budget_head(h)
+        if len(self.offset_table):  # log of the label-free prior's mixture, then the learned residual
+            w = self.category_head(z).softmax(-1)
+            logits = logits + (w @ self.offset_table.to(w.dtype)).clamp_min(1e-9).log()
+        return logits, self.token_head(h)
 
     def category_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over ``config.categories`` [N, C] (the prior's classifier; needs ``config.categories``)."""
@@ -326,10 +357,18 @@ class CardPredictor:
         return [self._prediction(p.tolist(), tp.tolist()) for p, tp in zip(probs, tprobs, strict=True)]
 
     def predict(self, instruction: str, image: Any, category: str | None = None) -> BudgetPrediction:
-        """Budget for one request; ``image`` is a PIL image or a path. ``category`` is read by the prior only."""
+        """Budget for one request; ``image`` is a PIL image or a path. ``category`` is read by the prior only.
+
+        With ``config.compound_parts`` a compound instruction's clauses are predicted too (same image)
+        and its budget is at least each clause's (``BudgetPrediction.parts``)."""
         if not self._needs_features([category], 1):  # the table's row needs no features
             return self.predict_features(torch.zeros(1, self.config.input_dim), [category])[0]
-        return self.predict_features(self.featurizer.featurize([instruction], [image]), [category])[0]
+        parts = clauses(instruction) if self.config.compound_parts else []
+        texts = [instruction, *parts]
+        x = self.featurizer.featurize(texts, [image] * len(texts))
+        whole, *alone = self.predict_features(x, [category] * len(texts))
+        whole.parts = alone
+        return whole
 
     def predict_many(
         self, instructions: list[str], images: list[Any], categories: list[str | None] | None = None
@@ -337,6 +376,9 @@ class CardPredictor:
         """Budgets for a batch of requests (one image per instruction)."""
         if not self._needs_features(categories, len(instructions)):
             return self.predict_features(torch.zeros(len(instructions), self.config.input_dim), categories)
+        if self.config.compound_parts:
+            cats = list(categories) if categories is not None else [None] * len(instructions)
+            return [self.predict(t, im, c) for t, im, c in zip(instructions, images, cats, strict=True)]
         return self.predict_features(self.featurizer.featurize(list(instructions), list(images)), categories)
 
     def save_pretrained(

@@ -53,7 +53,11 @@ def policy_matrix(
     scores, passed, seconds = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     for j, cfg in enumerate(progress(configs, desc="certification: replay grid")):
         for i, rec in enumerate(records):
-            plan = cards[rec.id].plan(cfg.card_quantile) if cfg.use_card and rec.id in cards else None
+            plan = (
+                cards[rec.id].plan(cfg.card_quantile, hopeless_budget=cfg.hopeless_budget)
+                if cfg.use_card and rec.id in cards
+                else None
+            )
             o = replay_signals(rec, cfg, signals[rec.id], plan, overhead=overhead)
             scores[i, j], passed[i, j], seconds[i, j] = o.score, float(o.passed), o.seconds
     ref_cfg = preset(reference, base)

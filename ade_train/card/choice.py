@@ -250,14 +250,22 @@ def choose_export(module: Any, dm: Any, quantile: float | None = None) -> Export
         nll.update({f"test/{k}_nll": v for k, v in split_nll(module, dm, "test").items()})
     q = PolicyConfig().card_quantile if quantile is None else quantile
     base = replace(
-        module.config, token_seconds=list(dm.token_seconds), label_s_max=dm.s_max, token_target="pass"
+        module.config,
+        token_seconds=list(dm.token_seconds),
+        label_s_max=dm.s_max,
+        token_target="pass",
+        compound_parts=True,  # a compound instruction gets at least each clause's budget
     )
     table, tokens = category_tables(dm, base.n_budget_classes)
     clf, inferred_nll = inferred_prior(module, dm, table)
     nll.update(inferred_nll)
     card, card_th = _calibrated(base, module, dm, q)
     prior_cfg = replace(
-        base, category_probs=table, category_token_pass=tokens, categories=clf.names if clf else None
+        base,
+        category_probs=table,
+        category_token_pass=tokens,
+        categories=clf.names if clf else None,
+        offset_probs=None,
     )
     prior, prior_th = _calibrated(prior_cfg, module, dm, q, clf)
     if clf is not None:

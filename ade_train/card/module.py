@@ -9,6 +9,7 @@ lightning-hydra-template's ``src/models/*_module.py``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -16,7 +17,14 @@ import torch
 from ade_runtime.errors import InputError
 from ade_runtime.predictors.card import CardConfig, CardModel
 from ade_train.card.data import TraceDataModule
-from ade_train.card.metrics import card_loss, card_metrics, censored_nll, prior_probs, token_pass_prior
+from ade_train.card.metrics import (
+    card_loss,
+    card_metrics,
+    category_prior_probs,
+    censored_nll,
+    prior_probs,
+    token_pass_prior,
+)
 
 
 class CardModule(L.LightningModule):
@@ -33,6 +41,7 @@ class CardModule(L.LightningModule):
         weight_decay: float = 1e-4,
         token_weight: float = 0.5,
         quantiles: list[float] | None = None,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -58,6 +67,8 @@ class CardModule(L.LightningModule):
             self._prior = prior_probs(train["level"], train["censored"], self.config.n_budget_classes, 1)[0]
             if stage == "fit":
                 self.model.set_feature_stats(train["x"])
+                if self.hparams.residual and self._start_from_prior(dm):
+                    return
                 # Start near the constant prior (output bias = log prior): the need is noisy per request,
                 # so the head should learn departures from it (a resume loads the checkpoint over this).
                 with torch.no_grad():
@@ -65,6 +76,52 @@ class CardModule(L.LightningModule):
                     self.model.token_head.bias.copy_(
                         token_pass_prior(train["token_pass"]).clamp(1e-3, 1 - 1e-3).logit()
                     )
+
+    def _start_from_prior(self, dm: TraceDataModule) -> bool:
+        """Residual CARD: the model starts as the label-free per-category prior (the category classifier
+        fit on the train split, L2 by validation, frozen; the train split's rows) and learns only where
+        a request departs from its category's need. A plain MLP has to relearn the categories from the
+        train split and overfits within them (its best epoch was the first). False: fewer than two
+        categories, nothing to start from."""
+        from ade_train.card.category import fit_category_classifier
+
+        cats = {s: [str(r.category) for r in dm.records(s)] for s in ("train", "val")}
+        if len(set(cats["train"])) < 2:
+            return False
+        m = self.model
+        z = {s: (dm.tensors(s)["x"] - m.feature_mean) / m.feature_std for s in ("train", "val")}
+        clf = fit_category_classifier(z["train"], cats["train"], z["val"], cats["val"])
+        if clf is None:
+            return False
+        train = dm.tensors("train")
+        n = self.config.n_budget_classes
+        rows = category_prior_probs(train["level"], train["censored"], cats["train"], clf.names, n)
+        table = {c: rows[i].tolist() for i, c in enumerate(clf.names)}
+        table["*"] = self._prior.tolist()
+        self.config = replace(self.config, categories=list(clf.names), offset_probs=table)
+        model = CardModel(self.config)
+        with torch.no_grad():
+            model.feature_mean.copy_(m.feature_mean)
+            model.feature_std.copy_(m.feature_std)
+            model.category_head.weight.copy_(clf.weight)
+            model.category_head.bias.copy_(clf.bias)
+            model.budget_head.weight.zero_()  # exactly the prior at the start
+            model.budget_head.bias.zero_()
+            model.token_head.bias.copy_(token_pass_prior(train["token_pass"]).clamp(1e-3, 1 - 1e-3).logit())
+        model.category_head.requires_grad_(False)
+        self.model = model
+        return True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["card_config"] = self.config.to_dict()  # a residual CARD's categories and rows
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("card_config")
+        if saved is not None and saved != self.config.to_dict():
+            self.config = CardConfig.from_dict(saved, "CARD checkpoint")
+            self.model = CardModel(self.config)
+            if self.model.category_head is not None:
+                self.model.category_head.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(x)

@@ -55,7 +55,11 @@ def test_live_and_replay_agree_request_by_request(grid, use_card):
         rounds |= {a.step.round for a in live.attempts}
         budgets.add(live.budget)
         rec = records[req.id]
-        plan = card_budget(rec, preds.card, policy.card_quantile) if use_card else None
+        plan = (
+            card_budget(rec, preds.card, policy.card_quantile, hopeless_budget=policy.hopeless_budget)
+            if use_card
+            else None
+        )
         rep = replay_signals(rec, policy, record_signals(rec, preds.calibrator), plan)
         assert live.chosen == rep.chosen, req.id
         assert live.nfe == rep.nfe, req.id

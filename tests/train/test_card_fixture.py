@@ -42,13 +42,13 @@ def test_budget_labels_on_the_fixture_are_sane():
 
 def test_tiny_training_run_on_the_fixture(tmp_path):
     cfg = build_config(
-        ["--data", str(FIXTURE), "--out", str(tmp_path), "--no-wandb", "--max-epochs", "8",
+        ["--data", str(FIXTURE), "--out", str(tmp_path), "--no-wandb", "--max-epochs", "30",
          "--trainer.enable_progress_bar=false", "--data.text_encoder={kind: hashing, dim: 128}",
          "--model.hidden=[32]", "--early_stopping_patience=null",
          "--data.split_fractions=[0.7,0.1,0.1,0.1]"]  # 28 training requests of 40 (the default keeps 16)
     )  # fmt: skip
     m = train(cfg)
-    assert m["epochs"] == 8 and all(k in m for k in ("test/spearman", "test/cov@0.8", "test/token_brier"))
+    assert m["epochs"] == 30 and all(k in m for k in ("test/spearman", "test/cov@0.8", "test/token_brier"))
     section = read_manifest(tmp_path / "export")["predictors"]["card"]
     assert section["data"]["source"] == "testbed"
     assert "synthetic testbed" in (tmp_path / "export" / "README.md").read_text()
