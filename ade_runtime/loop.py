@@ -183,11 +183,9 @@ class AdaptiveEditor:
             return cfg.default_budget, fixed_tokens
         try:
             pred = card.predict(request.instruction, request.image, category=request.category)
-            budget, tokens = pred.plan(
-                cfg.card_quantile, self.backbone.supports_reasoning, cfg.hopeless_budget
-            )
+            budget, tokens = pred.plan(cfg.card_quantile, self.backbone.supports_reasoning, cfg.card_cap)
             if card_log is not None:
-                card_log.update(pred.explain(cfg.card_quantile, cfg.hopeless_budget))
+                card_log.update(pred.explain(cfg.card_quantile, cfg.card_cap))
                 card_log.update(
                     source="category_prior" if card.config.is_prior else "card",
                     reasoning_tokens=tokens,

@@ -63,9 +63,7 @@ def _replay(
 ) -> list[Outcome]:
     out = []
     for rec in records:
-        plan = (
-            card(rec).plan(cfg.card_quantile, hopeless_budget=cfg.hopeless_budget) if cfg.use_card else None
-        )  # type: ignore[misc]
+        plan = card(rec).plan(cfg.card_quantile, card_cap=cfg.card_cap) if cfg.use_card else None  # type: ignore[misc]
         out.append(replay_signals(rec, cfg, signals(rec), plan, overhead=overhead))
     return out
 

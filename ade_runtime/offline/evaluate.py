@@ -56,7 +56,7 @@ def compute_signals(
         signals[rec.id] = record_signals(rec, cal, critique_p=cp, refine_ok=refine)
         if card is not None:
             preds[rec.id] = card_prediction(rec, card)
-            budgets[rec.id] = preds[rec.id].plan(base.card_quantile, hopeless_budget=base.hopeless_budget)
+            budgets[rec.id] = preds[rec.id].plan(base.card_quantile, card_cap=base.card_cap)
         out.records.append(rec)
     return out
 

@@ -165,8 +165,8 @@ def card_budget(
     card: Any,
     quantile: float,
     image: Image.Image | None = None,
-    hopeless_budget: int | None = None,
+    card_cap: int | None = None,
 ) -> tuple[int, int]:
-    """CARD's attempt budget (at ``quantile``; a hopeless request gets ``hopeless_budget`` when set)
+    """CARD's attempt budget (at ``quantile``; a hopeless request gets ``card_cap`` when set)
     and reasoning tokens for a logged request."""
-    return card_prediction(record, card, image).plan(quantile, hopeless_budget=hopeless_budget)
+    return card_prediction(record, card, image).plan(quantile, card_cap=card_cap)

@@ -49,9 +49,10 @@ class PolicyConfig(ArtifactConfig):
         "preview confidence below which a candidate is pruned (None: no pruning)", default=None
     )
     default_budget: int = config_field("attempt budget when CARD is off, missing or failed", default=8)
-    hopeless_budget: int | None = config_field(
-        "attempts for a request CARD calls hopeless (the quantile of its need lies beyond every level); "
-        "None: the CARD artifact's calibrated give-up budget (beyond_budget)",
+    card_cap: int | None = config_field(
+        "with CARD, a fixed budget it works within: no request gets more, and a request CARD calls "
+        "hopeless (its need's quantile lies beyond every level) gets all of it; None: CARD's budgets and "
+        "its calibrated give-up budget (beyond_budget)",
         default=None,
     )
     max_candidates: int = config_field("candidates at most, whatever the budget", default=8)
@@ -95,9 +96,9 @@ class PolicyConfig(ArtifactConfig):
             raise ValueError(
                 f"PolicyConfig.prune_threshold must be in [0, 1] or None, got {self.prune_threshold!r}"
             )
-        hb = self.hopeless_budget
+        hb = self.card_cap
         if hb is not None and (not isinstance(hb, int) or isinstance(hb, bool) or hb < 1):
-            raise ValueError(f"PolicyConfig.hopeless_budget must be an int >= 1 or None, got {hb!r}")
+            raise ValueError(f"PolicyConfig.card_cap must be an int >= 1 or None, got {hb!r}")
         rt = self.reasoning_tokens
         if rt is not None and (not isinstance(rt, int) or isinstance(rt, bool) or rt < 0):
             raise ValueError(f"PolicyConfig.reasoning_tokens must be an int >= 0 or None, got {rt!r}")

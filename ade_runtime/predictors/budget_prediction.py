@@ -71,16 +71,20 @@ class BudgetPrediction:
         """True when the q-quantile of the need falls in the beyond mass (no level reaches q)."""
         return sum(self.probs[:-1]) / sum(self.probs) < q - 1e-12
 
-    def quantile(self, q: float, hopeless_budget: int | None = None) -> int:
-        """Attempt budget: smallest level whose CDF >= q; a hopeless request gets ``hopeless_budget``
-        (a policy's, ``PolicyConfig.hopeless_budget``), else the artifact's calibrated ``beyond_budget``.
-        A compound instruction gets at least the budget of each of its ``parts``."""
+    def quantile(self, q: float, card_cap: int | None = None) -> int:
+        """Attempt budget: smallest level whose CDF >= q; a hopeless request gets the artifact's calibrated
+        ``beyond_budget``. A compound instruction gets at least the budget of each of its ``parts``.
+
+        ``card_cap`` (a policy's ``PolicyConfig.card_cap``): CARD works within a fixed budget: no request
+        gets more, and a hopeless request gets all of it (a loop that samples afresh may do better
+        spending it there than giving up)."""
         level = quantile_level(self.levels, self.probs, q)  # checks q and the probabilities
         if self.hopeless(q):
             # spending most where it helps least is what this avoids: the calibrated give-up budget
-            give_up = hopeless_budget if hopeless_budget is not None else self.beyond_budget
+            give_up = card_cap if card_cap is not None else self.beyond_budget
             level = int(give_up) if give_up is not None else self.levels[0]
-        return max([level, *(p.quantile(q, hopeless_budget) for p in self.parts)])
+        level = max([level, *(p.quantile(q, card_cap) for p in self.parts)])
+        return level if card_cap is None else min(level, int(card_cap))
 
     @property
     def reasoning_tokens(self) -> int:
@@ -90,14 +94,12 @@ class BudgetPrediction:
             return choose_tokens(self.token_levels, self.token_pass, self.token_seconds, lam)
         return self.token_levels[max(range(len(self.token_probs)), key=self.token_probs.__getitem__)]
 
-    def plan(
-        self, q: float, supports_reasoning: bool = True, hopeless_budget: int | None = None
-    ) -> tuple[int, int]:
+    def plan(self, q: float, supports_reasoning: bool = True, card_cap: int | None = None) -> tuple[int, int]:
         """(attempt budget at quantile ``q``, reasoning tokens): what the loop, replay and calibration
-        run. A backbone without reasoning gets no tokens, whatever CARD would choose; a hopeless request
-        gets ``hopeless_budget`` when the policy sets one (see ``quantile``)."""
+        run. A backbone without reasoning gets no tokens, whatever CARD would choose; ``card_cap``: the
+        fixed budget CARD works within (see ``quantile``)."""
         tokens = max(0, int(self.reasoning_tokens)) if supports_reasoning else 0
-        return max(1, int(self.quantile(q, hopeless_budget))), tokens
+        return max(1, int(self.quantile(q, card_cap))), tokens
 
     @property
     def expected_level(self) -> float:
@@ -108,11 +110,11 @@ class BudgetPrediction:
     def p_beyond(self) -> float:
         return float(self.probs[-1])
 
-    def explain(self, q: float, hopeless_budget: int | None = None) -> dict[str, Any]:
+    def explain(self, q: float, card_cap: int | None = None) -> dict[str, Any]:
         """The budget and token choice with their reasons (the loop's decision log)."""
         out: dict[str, Any] = {
             "quantile": q,
-            "budget": self.quantile(q, hopeless_budget),
+            "budget": self.quantile(q, card_cap),
             "p_beyond": round(self.p_beyond, 4),
             "hopeless": self.hopeless(q),
             "reasoning_tokens": self.reasoning_tokens,
@@ -123,7 +125,7 @@ class BudgetPrediction:
         if self.category_confidence is not None:
             out["category_confidence"] = round(self.category_confidence, 4)
         if self.parts:  # the compound rule: the budget of the whole and of each clause alone
-            out["compound_parts"] = [p.quantile(q, hopeless_budget) for p in self.parts]
+            out["compound_parts"] = [p.quantile(q, card_cap) for p in self.parts]
         if self.token_pass is not None:
             out["token_pass"] = {
                 str(t): round(p, 4) for t, p in zip(self.token_levels, self.token_pass, strict=True)

@@ -236,7 +236,7 @@ def make_record(req: Request, attempts, cfg: GenConfig, index: int) -> EditRecor
         "s_per_nfe": cost.s_per_nfe,
         "s_per_reasoning_token": cost.s_per_reasoning_token,
         "n_objects": len(req.source.objects),
-        "phrasing": req.phrasing,
+        **({"phrasing": req.phrasing} if req.phrasing != "grammar" else {}),  # absent: the grammar
         **({"reward_model": REWARD_META} if cfg.reward_model else {}),
         **{k: (int(v) if k != "min_target_size" else v) for k, v in req.features.items()},
     }

@@ -102,7 +102,7 @@ def run(
     pri = _predictions(records, prior) if prior is not None else None
     levels = sorted({a.reasoning_tokens for r in records for a in r.attempts})
     never, always = levels[0], levels[-1]
-    card_budget = {r.id: card[r.id].plan(q, hopeless_budget=base.hopeless_budget)[0] for r in records}
+    card_budget = {r.id: card[r.id].plan(q, card_cap=base.card_cap)[0] for r in records}
     matched = max(1, round(sum(card_budget.values()) / len(records)))
 
     def replay(budget_of, tokens_of) -> tuple[list, list[int], list[int]]:
@@ -124,7 +124,7 @@ def run(
     }
     if pri is not None:
         arms_spec["category_prior"] = (
-            lambda r: pri[r.id].plan(q, hopeless_budget=base.hopeless_budget)[0],
+            lambda r: pri[r.id].plan(q, card_cap=base.card_cap)[0],
             lambda r: never,
         )
     arms, per_id = {}, {}

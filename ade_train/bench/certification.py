@@ -54,7 +54,7 @@ def policy_matrix(
     for j, cfg in enumerate(progress(configs, desc="certification: replay grid")):
         for i, rec in enumerate(records):
             plan = (
-                cards[rec.id].plan(cfg.card_quantile, hopeless_budget=cfg.hopeless_budget)
+                cards[rec.id].plan(cfg.card_quantile, card_cap=cfg.card_cap)
                 if cfg.use_card and rec.id in cards
                 else None
             )

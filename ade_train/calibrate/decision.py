@@ -208,7 +208,7 @@ def replayer(records, score_names, calibrator, card, critique, overhead):
 
     def replay(policy: PolicyConfig, name: str = "ade") -> list[Outcome]:
         def card_fn(r):
-            return preds[r.id].plan(policy.card_quantile, hopeless_budget=policy.hopeless_budget)
+            return preds[r.id].plan(policy.card_quantile, card_cap=policy.card_cap)
 
         return replay_policy(records, name, policy, signals, card_fn if card is not None else None, overhead)
 

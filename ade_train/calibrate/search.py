@@ -34,7 +34,7 @@ CardFn = Callable[[EditRecord], tuple[int, int]]
 # CARD's prediction for a record: a BudgetPrediction (anything with .plan(q) -> (attempts, tokens))
 CardPredictFn = Callable[[EditRecord], Any]
 SEARCHED = (
-    "tau_high", "tau_low", "s_max", "card_quantile", "hopeless_budget", "prune_threshold", "verify_band",
+    "tau_high", "tau_low", "s_max", "card_quantile", "card_cap", "prune_threshold", "verify_band",
 )  # fmt: skip
 COLUMNS = (*SEARCHED, "default_budget", "use_card")  # what a candidate row records of its PolicyConfig
 
@@ -59,7 +59,7 @@ _CAST: dict[str, Callable[[Any], Any]] = {
     "s_max": int,
     "card_quantile": float,
     "prune_threshold": lambda v: None if v is None else float(v),
-    "hopeless_budget": lambda v: None if v is None else int(v),
+    "card_cap": lambda v: None if v is None else int(v),
     "default_budget": int,
 }
 
@@ -74,7 +74,7 @@ class SearchGrid:
     s_max: Sequence[int] = _packaged("s_max")
     card_quantile: Sequence[float] = _packaged("card_quantile")
     # with CARD: the attempts of a request it calls hopeless (null: the artifact's calibrated give-up budget)
-    hopeless_budget: Sequence[int | None] = _packaged("hopeless_budget")
+    card_cap: Sequence[int | None] = _packaged("card_cap")
     prune_threshold: Sequence[float | None] = _packaged("prune_threshold")
     verify_band: Sequence[tuple[float, float] | None] = _packaged("verify_band")  # with a verifier
     default_budget: Sequence[int] | None = _packaged("default_budget")  # searched instead of
@@ -111,14 +111,14 @@ class SearchGrid:
         previews pruning stays off; without an expensive verifier the cascade band is not searched."""
         chains = base.refine or base.fixed_rounds
         fixed = list(self.default_budget or levels or [base.default_budget])
-        modes = [(True, self.card_quantile, [base.default_budget], self.hopeless_budget)] if use_card else []
+        modes = [(True, self.card_quantile, [base.default_budget], self.card_cap)] if use_card else []
         if not chains:  # fresh samples only: a budget above max_candidates buys nothing more
             fixed = sorted({min(int(b), base.max_candidates) for b in fixed})
         if not use_card or not chains:
             # without CARD, the fixed attempt budget; without refinement, beside CARD too: CARD's labels
             # count attempts of the loop with refinement chains, so its budgets may be too small for a
             # loop that only samples afresh
-            modes.append((False, [base.card_quantile], fixed, [base.hopeless_budget]))
+            modes.append((False, [base.card_quantile], fixed, [base.card_cap]))
         prunes = self.prune_threshold if use_prune else [None]
         bands = self.verify_band if use_verifier else [None]
         out = []
@@ -140,7 +140,7 @@ class SearchGrid:
                         tau_low=float(tl),
                         s_max=int(s),
                         card_quantile=float(q),
-                        hopeless_budget=None if hb is None else int(hb),
+                        card_cap=None if hb is None else int(hb),
                         default_budget=int(b),
                         prune_threshold=None if pr is None else float(pr),
                         use_card=card_on,
@@ -324,7 +324,7 @@ def search_thresholds(
     )
     for cfg in progress(configs, desc="calibrate: threshold search (replay)"):
         # a card quantile is baked into the per-record budget: recompute the budget for this q
-        card_q = _card_at(cards, cfg.card_quantile, cfg.hopeless_budget) if card is not None else None
+        card_q = _card_at(cards, cfg.card_quantile, cfg.card_cap) if card is not None else None
         outs = replay_policy(records, "ade", cfg, cached_signals, card_q, overhead)
         s = summarize(outs)
         row = {k: getattr(cfg, k) for k in COLUMNS}
@@ -453,10 +453,10 @@ def best_reference(
     return best[0], best[1], means
 
 
-def _card_at(cards: Mapping[str, Any], q: float, hopeless_budget: int | None = None) -> CardFn:
+def _card_at(cards: Mapping[str, Any], q: float, card_cap: int | None = None) -> CardFn:
     """A CardFn answering from precomputed predictions at quantile ``q`` (and a policy's hopeless budget)."""
 
     def fn(rec: EditRecord) -> tuple[int, int]:
-        return cards[rec.id].plan(q, hopeless_budget=hopeless_budget)
+        return cards[rec.id].plan(q, card_cap=card_cap)
 
     return fn

@@ -67,13 +67,14 @@ def test_rule_is_saved_and_old_artifacts_load_without_it(tmp_path):
     assert isinstance(loaded.model, CardModel)
 
 
-def test_a_policy_hopeless_budget_overrides_the_give_up_budget():
+def test_a_policy_card_cap_overrides_the_give_up_budget():
     from ade_runtime.policy import PolicyConfig
 
     p = BudgetPrediction([1, 2, 4], [0.1, 0.1, 0.1, 0.7], [0], [0.5], beyond_budget=1)
     assert p.hopeless(0.8) and p.quantile(0.8) == 1
-    assert p.quantile(0.8, hopeless_budget=8) == 8 and p.plan(0.8, hopeless_budget=6) == (6, 0)
-    assert p.quantile(0.2, hopeless_budget=8) == 2  # not hopeless at 0.2: the override does not apply
+    assert p.quantile(0.8, card_cap=8) == 8 and p.plan(0.8, card_cap=6) == (6, 0)
+    assert p.quantile(0.2, card_cap=8) == 2  # not hopeless at 0.2: the override does not apply
     assert p.explain(0.8, 8)["budget"] == 8
-    with pytest.raises(ValueError, match="hopeless_budget"):
-        PolicyConfig(hopeless_budget=0)
+    assert p.quantile(0.3, card_cap=1) == 1  # within the cap: no request gets more than it
+    with pytest.raises(ValueError, match="card_cap"):
+        PolicyConfig(card_cap=0)

@@ -56,9 +56,7 @@ def test_live_and_replay_agree_request_by_request(grid, use_card):
         budgets.add(live.budget)
         rec = records[req.id]
         plan = (
-            card_budget(rec, preds.card, policy.card_quantile, hopeless_budget=policy.hopeless_budget)
-            if use_card
-            else None
+            card_budget(rec, preds.card, policy.card_quantile, card_cap=policy.card_cap) if use_card else None
         )
         rep = replay_signals(rec, policy, record_signals(rec, preds.calibrator), plan)
         assert live.chosen == rep.chosen, req.id

@@ -100,7 +100,7 @@ def test_generator_records_the_family(tmp_path):
     )  # fmt: skip
     recs, rejects = load_records(tmp_path / "d")
     assert not rejects
-    assert {r.meta["phrasing"] for r in recs} <= {"polite", "casual"}
+    assert {r.meta["phrasing"] for r in recs} == {"polite", "casual"}
     assert all(parse(r.instruction) for r in recs)
     gen = json.loads((tmp_path / "d" / "generation.json").read_text())
     assert gen["phrasing"] == ["polite", "casual"]

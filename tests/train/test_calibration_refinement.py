@@ -93,7 +93,7 @@ def test_without_refinement_fixed_budgets_are_searched_beside_card():
     from ade_train.calibrate.search import SearchGrid
 
     grid = SearchGrid(
-        tau_high=[0.9], tau_low=[0.0, 0.2], s_max=[1, 3], card_quantile=[0.5, 0.9], hopeless_budget=[None, 8]
+        tau_high=[0.9], tau_low=[0.0, 0.2], s_max=[1, 3], card_quantile=[0.5, 0.9], card_cap=[None, 8]
     )
     levels = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
     chains = grid.configs(PolicyConfig(max_candidates=8), use_card=True, use_prune=False, levels=levels)
@@ -104,8 +104,8 @@ def test_without_refinement_fixed_budgets_are_searched_beside_card():
     )
     assert sorted(c.card_quantile for c in fresh if c.use_card) == [0.5, 0.5, 0.9, 0.9]
     # CARD's hopeless requests either get the artifact's give-up budget or the cap
-    assert {c.hopeless_budget for c in fresh if c.use_card} == {None, 8}
-    assert {c.hopeless_budget for c in fresh if not c.use_card} == {None}
+    assert {c.card_cap for c in fresh if c.use_card} == {None, 8}
+    assert {c.card_cap for c in fresh if not c.use_card} == {None}
     # CARD's labels count attempts of chains: fixed budgets beside it, none above max_candidates
     assert sorted(c.default_budget for c in fresh if not c.use_card) == [1, 2, 3, 4, 6, 8]
     assert {(c.tau_low, c.s_max) for c in fresh} == {(0.0, 1)}

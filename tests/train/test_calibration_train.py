@@ -70,7 +70,7 @@ def test_chosen_policy_meets_the_target_on_the_split_it_was_chosen_on(calibrated
 
     def budget(rec):
         b = card.predict(rec.instruction, rec.resolve(rec.source_image))
-        return b.quantile(policy.card_quantile, policy.hopeless_budget), b.reasoning_tokens
+        return b.quantile(policy.card_quantile, policy.card_cap), b.reasoning_tokens
 
     overhead = Overhead(score_s=cfg.score_s, preview_s=cfg.preview_s)
     ours = summarize(replay_policy(records, "ade", policy, signals, budget, overhead))
@@ -89,10 +89,10 @@ def test_alternatives_table_lists_every_candidate_and_the_cheapest_feasible_is_c
     rows = list(csv.DictReader((out / "calibration_candidates.csv").open()))
     as_json = json.loads((out / "calibration_candidates.json").read_text())
     valid = sum(1 for th in GRID["tau_high"] for tl in GRID["tau_low"] if tl <= th)
-    hopeless = len(cfg.search_grid.hopeless_budget)  # CARD's hopeless requests: give up, or spend the cap
-    assert hopeless == 2
-    # x s_max x card_quantile x hopeless_budget x prune_threshold
-    assert len(rows) == len(as_json) == valid * 2 * 2 * hopeless * 2
+    caps = len(cfg.search_grid.card_cap)  # CARD on its own, or within a fixed budget
+    assert caps == 4
+    # x s_max x card_quantile x card_cap x prune_threshold
+    assert len(rows) == len(as_json) == valid * 2 * 2 * caps * 2
     chosen = [r for r in as_json if r["chosen"]]
     assert len(chosen) == 1
     feasible = [r for r in as_json if r["feasible"]]
@@ -258,9 +258,9 @@ def test_pinned_numbers_and_the_fitted_controller(dataset, tmp_path):
 
     out = tmp_path / "out"
     card = export_tiny_card(out)
-    # the numbers were pinned at certify_fraction 0.5 and before the hopeless_budget axis (one value: None)
+    # the numbers were pinned at certify_fraction 0.5 and before the card_cap axis (one value: None)
     cfg = CalibrateConfig(**RELATIVE,
-        data=str(dataset), out=str(out), grid={**GRID, "hopeless_budget": [None]}, wandb=False,
+        data=str(dataset), out=str(out), grid={**GRID, "card_cap": [None]}, wandb=False,
         target_fraction=0.5, score_s=0.05, critique_s=0.03, preview_s=0.05, certify_fraction=0.5,
     )  # fmt: skip
     metrics = train(cfg)
