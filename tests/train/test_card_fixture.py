@@ -44,7 +44,7 @@ def test_tiny_training_run_on_the_fixture(tmp_path):
     cfg = build_config(
         ["--data", str(FIXTURE), "--out", str(tmp_path), "--no-wandb", "--max-epochs", "30",
          "--trainer.enable_progress_bar=false", "--data.text_encoder={kind: hashing, dim: 128}",
-         "--model.hidden=[32]", "--early_stopping_patience=null",
+         "--model.hidden=[32]", "--model.lr=0.003", "--early_stopping_patience=null",
          "--data.split_fractions=[0.7,0.1,0.1,0.1]"]  # 28 training requests of 40 (the default keeps 16)
     )  # fmt: skip
     m = train(cfg)
